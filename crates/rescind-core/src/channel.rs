@@ -1,0 +1,389 @@
+//! Channel traits: what a marketplace channel must offer the saga engine.
+//!
+//! Channel crates (`rescind-channel-top`, `rescind-channel-pandapon`) implement
+//! these; the engine only ever sees the traits. Every failure is a
+//! [`ChannelError`] whose [`ErrorClass`] tells the engine what to do next, and
+//! which keeps the channel's own code and sub-code for operators.
+
+use crate::ids::{ChannelName, OrderRef, RefundId, StockLockRef};
+use crate::machine::{OrderState, RefundState};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Whether a failed call may nevertheless have taken effect upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Applied {
+    /// Certainly not applied (rejected before it reached the business logic:
+    /// rate limit, connection refused, bad signature).
+    No,
+    /// Perhaps applied (timeout, lost response, 5xx, `isp.*` fault): the step
+    /// is *in doubt* and must be resolved by a lookup before it is re-issued.
+    Maybe,
+}
+
+/// Why a state moved upstream under the saga.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "conflict", rename_all = "snake_case")]
+pub enum Conflict {
+    /// The buyer paid while we were cancelling an unpaid order.
+    PaidMeanwhile,
+    /// The order shipped; it can no longer be cancelled.
+    AlreadyShipped,
+    /// The refund already completed (cannot be withdrawn).
+    RefundAlreadyCompleted,
+    /// The refund is closed (refused or withdrawn by someone else).
+    RefundClosed,
+    /// Any other state change, described by the channel.
+    Other {
+        /// What the channel said.
+        detail: String,
+    },
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Conflict::PaidMeanwhile => f.write_str("the buyer paid meanwhile"),
+            Conflict::AlreadyShipped => f.write_str("the order already shipped"),
+            Conflict::RefundAlreadyCompleted => f.write_str("the refund already completed"),
+            Conflict::RefundClosed => f.write_str("the refund is already closed"),
+            Conflict::Other { detail } => write!(f, "state changed upstream: {detail}"),
+        }
+    }
+}
+
+/// Why a call can never succeed as issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PermanentReason {
+    /// The channel rejected a parameter (`isv.*`, missing/invalid argument).
+    InvalidRequest,
+    /// The signature or credentials were rejected.
+    Auth,
+    /// The local clock is off by more than the channel accepts (TOP code 31).
+    ClockSkew,
+    /// The user authorisation (TOP `session`) is invalid or expired (code 27).
+    InvalidSession,
+    /// The order or refund does not exist upstream.
+    NotFound,
+    /// The channel does not offer this operation.
+    Unsupported,
+    /// The channel's reply could not be understood.
+    MalformedResponse,
+    /// Anything else the channel calls final.
+    Other,
+}
+
+/// The engine-facing class of a channel failure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "class", rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Try again later: network, timeout, 5xx, gateway busy, rate limit.
+    Retryable {
+        /// How long the channel asked us to wait (rate-limit bans), if it said.
+        wait_ms: Option<u64>,
+        /// Whether the call may have taken effect anyway.
+        applied: Applied,
+    },
+    /// The effect is already in place (already cancelled, already withdrawn):
+    /// success for an idempotent step.
+    AlreadyDone,
+    /// The state moved upstream; the saga must re-plan.
+    Conflict(Conflict),
+    /// The call will never succeed as issued.
+    Permanent(PermanentReason),
+}
+
+/// A classified channel failure that keeps the channel's own words.
+///
+/// `Display` names the channel, the class, and the channel's code, sub-code
+/// and message. Channel crates must never put a secret in any field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub struct ChannelError {
+    /// The class the engine acts on.
+    pub class: ErrorClass,
+    /// The channel's code (TOP `code`, PandaPon `code`), when it gave one.
+    pub code: Option<String>,
+    /// The channel's sub-code (TOP `sub_code`), when it gave one.
+    pub sub_code: Option<String>,
+    /// A human-readable message: the channel's `msg`/`sub_msg` or ours.
+    pub message: String,
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.class {
+            ErrorClass::Retryable { wait_ms, applied } => {
+                write!(f, "retryable")?;
+                if let Some(w) = wait_ms {
+                    write!(f, " after {w} ms")?;
+                }
+                if *applied == Applied::Maybe {
+                    write!(f, " (may have been applied)")?;
+                }
+            }
+            ErrorClass::AlreadyDone => write!(f, "already done")?,
+            ErrorClass::Conflict(c) => write!(f, "conflict: {c}")?,
+            ErrorClass::Permanent(r) => write!(f, "permanent ({r:?})")?,
+        }
+        if let Some(code) = &self.code {
+            write!(f, "; code {code}")?;
+        }
+        if let Some(sub) = &self.sub_code {
+            write!(f, "; sub_code {sub}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl ChannelError {
+    /// A failure of the given class with our own message.
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        ChannelError {
+            class,
+            code: None,
+            sub_code: None,
+            message: message.into(),
+        }
+    }
+    /// A retryable failure that may have been applied (timeout, lost reply).
+    pub fn in_doubt(message: impl Into<String>) -> Self {
+        Self::new(
+            ErrorClass::Retryable {
+                wait_ms: None,
+                applied: Applied::Maybe,
+            },
+            message,
+        )
+    }
+    /// A retryable failure that certainly was not applied.
+    pub fn not_applied(message: impl Into<String>) -> Self {
+        Self::new(
+            ErrorClass::Retryable {
+                wait_ms: None,
+                applied: Applied::No,
+            },
+            message,
+        )
+    }
+    /// A rate-limit rejection asking for a wait.
+    pub fn rate_limited(wait: Option<Duration>, message: impl Into<String>) -> Self {
+        Self::new(
+            ErrorClass::Retryable {
+                wait_ms: wait.map(|d| d.as_millis() as u64),
+                applied: Applied::No,
+            },
+            message,
+        )
+    }
+    /// A permanent failure.
+    pub fn permanent(reason: PermanentReason, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Permanent(reason), message)
+    }
+    /// A conflict.
+    pub fn conflict(c: Conflict, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Conflict(c), message)
+    }
+    /// The channel does not offer this operation.
+    pub fn unsupported(channel: &ChannelName, op: &str) -> Self {
+        Self::permanent(
+            PermanentReason::Unsupported,
+            format!("channel {channel} does not support {op}"),
+        )
+    }
+    /// Attach the channel's code and sub-code.
+    pub fn with_codes(mut self, code: Option<String>, sub_code: Option<String>) -> Self {
+        self.code = code;
+        self.sub_code = sub_code;
+        self
+    }
+    /// Is this retryable?
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.class, ErrorClass::Retryable { .. })
+    }
+}
+
+/// A request to cancel an order (before or after payment).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    /// The order to cancel.
+    pub order: OrderRef,
+    /// Why, as sent upstream (`cancelReason` on PandaPon), if the channel takes one.
+    pub reason: Option<String>,
+    /// A free remark (`remark` on PandaPon).
+    pub remark: Option<String>,
+}
+
+/// What a successful cancel-before-payment did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelOutcome {
+    /// True when the channel answered "already cancelled".
+    pub already: bool,
+}
+
+/// What a successful cancel-after-payment did: it opened a refund.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundOpened {
+    /// The refund the cancel opened.
+    pub refund_id: RefundId,
+}
+
+/// A request to withdraw (cancel) a refund.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawRequest {
+    /// The order the refund belongs to.
+    pub order: OrderRef,
+    /// The refund to withdraw.
+    pub refund_id: RefundId,
+}
+
+/// Status of an order as the channel reports it, mapped onto rescind's machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderStatus {
+    /// The mapped state.
+    pub state: OrderState,
+    /// The channel's own status word, e.g. `waitbuyerpay`.
+    pub upstream: String,
+}
+
+/// Status of a refund as the channel reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundStatus {
+    /// The mapped state.
+    pub state: RefundState,
+    /// The channel's own status word, e.g. `WAIT_SELLER_AGREE`.
+    pub upstream: String,
+}
+
+/// Cancel an order upstream, before and after payment.
+#[async_trait]
+pub trait CancelOrder: Send + Sync {
+    /// Cancel an unpaid order. `Conflict(PaidMeanwhile)` when the buyer paid;
+    /// `AlreadyDone` when already cancelled.
+    async fn cancel_unpaid(&self, req: &CancelRequest) -> Result<CancelOutcome, ChannelError>;
+    /// Cancel a paid order, which opens a refund.
+    async fn cancel_paid(&self, req: &CancelRequest) -> Result<RefundOpened, ChannelError>;
+}
+
+/// Withdraw (refund-cancel) an open refund.
+#[async_trait]
+pub trait CancelRefund: Send + Sync {
+    /// Withdraw the refund. `AlreadyDone` when already withdrawn.
+    async fn withdraw_refund(&self, req: &WithdrawRequest) -> Result<(), ChannelError>;
+}
+
+/// Release a stock lock (Damai ticket stock) after a cancel.
+#[async_trait]
+pub trait ReleaseStock: Send + Sync {
+    /// Release the lock. `AlreadyDone` when already released.
+    async fn release_stock(&self, lock: &StockLockRef) -> Result<(), ChannelError>;
+}
+
+/// Look up order and refund status: reconciliation and in-doubt resolution.
+#[async_trait]
+pub trait OrderLookup: Send + Sync {
+    /// The order's current status. `Permanent(NotFound)` when unknown.
+    async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError>;
+    /// A refund's current status.
+    async fn refund_status(
+        &self,
+        order: &OrderRef,
+        refund_id: &RefundId,
+    ) -> Result<RefundStatus, ChannelError>;
+}
+
+/// The channels an engine can reach, by name and capability.
+///
+/// A channel registers the capabilities it has; asking for a missing one is a
+/// `Permanent(Unsupported)` error naming the channel, never a panic.
+#[derive(Clone, Default)]
+pub struct Channels {
+    cancel: HashMap<ChannelName, Arc<dyn CancelOrder>>,
+    refund: HashMap<ChannelName, Arc<dyn CancelRefund>>,
+    stock: HashMap<ChannelName, Arc<dyn ReleaseStock>>,
+    lookup: HashMap<ChannelName, Arc<dyn OrderLookup>>,
+}
+
+impl fmt::Debug for Channels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn names<T: ?Sized>(m: &HashMap<ChannelName, Arc<T>>) -> Vec<String> {
+            let mut v: Vec<String> = m.keys().map(|k| k.0.clone()).collect();
+            v.sort();
+            v
+        }
+        f.debug_struct("Channels")
+            .field("cancel", &names(&self.cancel))
+            .field("refund", &names(&self.refund))
+            .field("stock", &names(&self.stock))
+            .field("lookup", &names(&self.lookup))
+            .finish()
+    }
+}
+
+impl Channels {
+    /// No channels.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Register an order-cancel capability.
+    pub fn with_cancel(mut self, name: impl Into<ChannelName>, c: Arc<dyn CancelOrder>) -> Self {
+        self.cancel.insert(name.into(), c);
+        self
+    }
+    /// Register a refund-withdraw capability.
+    pub fn with_refund(mut self, name: impl Into<ChannelName>, c: Arc<dyn CancelRefund>) -> Self {
+        self.refund.insert(name.into(), c);
+        self
+    }
+    /// Register a stock-release capability.
+    pub fn with_stock(mut self, name: impl Into<ChannelName>, c: Arc<dyn ReleaseStock>) -> Self {
+        self.stock.insert(name.into(), c);
+        self
+    }
+    /// Register a lookup capability.
+    pub fn with_lookup(mut self, name: impl Into<ChannelName>, c: Arc<dyn OrderLookup>) -> Self {
+        self.lookup.insert(name.into(), c);
+        self
+    }
+    /// The cancel capability of `name`.
+    pub fn cancel(&self, name: &ChannelName) -> Result<&Arc<dyn CancelOrder>, ChannelError> {
+        self.cancel
+            .get(name)
+            .ok_or_else(|| ChannelError::unsupported(name, "order cancel"))
+    }
+    /// The refund-withdraw capability of `name`.
+    pub fn refund(&self, name: &ChannelName) -> Result<&Arc<dyn CancelRefund>, ChannelError> {
+        self.refund
+            .get(name)
+            .ok_or_else(|| ChannelError::unsupported(name, "refund withdraw"))
+    }
+    /// The stock-release capability of `name`.
+    pub fn stock(&self, name: &ChannelName) -> Result<&Arc<dyn ReleaseStock>, ChannelError> {
+        self.stock
+            .get(name)
+            .ok_or_else(|| ChannelError::unsupported(name, "stock release"))
+    }
+    /// The lookup capability of `name`, if registered.
+    pub fn lookup(&self, name: &ChannelName) -> Option<&Arc<dyn OrderLookup>> {
+        self.lookup.get(name)
+    }
+    /// All channel names with any capability, sorted.
+    pub fn names(&self) -> Vec<ChannelName> {
+        let mut v: Vec<ChannelName> = self
+            .cancel
+            .keys()
+            .chain(self.refund.keys())
+            .chain(self.stock.keys())
+            .chain(self.lookup.keys())
+            .cloned()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}

@@ -1,0 +1,998 @@
+//! The saga engine: decide → journal intent → perform → journal outcome → fold.
+//!
+//! Each saga runs as one task. The engine asks the saga's definition for the
+//! next [`Decision`], journals an `Intent` (durably) before any external call,
+//! performs the call through the registered [`Channels`], retries with
+//! exponential back-off and seeded jitter, resolves in-doubt steps with a
+//! lookup before re-issuing anything, and journals the `Outcome` before the
+//! saga moves on. [`Engine::recover`] replays every unfinished saga from the
+//! journal and continues it the same way.
+
+use crate::channel::{Applied, ChannelError, Channels, CancelRequest, Conflict, ErrorClass, WithdrawRequest};
+use crate::ids::{OrderRef, RefundId, SagaId, SagaKind};
+use crate::journal::{Journal, JournalError, SagaSet};
+use crate::machine::{OrderState, RefundState};
+use crate::metrics::{EngineStats, StatsSnapshot};
+use crate::record::{Action, Entry, Observation, Record, SagaInput, SagaOutcome, StepOutcome, Via};
+use crate::runtime::{Clock, IdGen, RandomIds, Rng, SplitMix64, TokioClock};
+use crate::saga::{Decision, FoldError, SagaDefinition, SagaState};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+/// Every limit the engine enforces. Each has a default; all are in the config file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Sagas actively driving steps at once; more wait for a slot. Sagas
+    /// waiting for a refund do not hold a slot.
+    pub in_flight_max: usize,
+    /// Calls (first try plus retries) one step may take before the saga is stuck.
+    pub attempts_max: u32,
+    /// First back-off after a retryable failure.
+    pub backoff_initial_ms: u64,
+    /// Back-off ceiling.
+    pub backoff_max_ms: u64,
+    /// Jitter added to each back-off, as a percentage of it (0–100).
+    pub jitter_pct: u64,
+    /// Longest a single call may take before it counts as timed out (in doubt).
+    pub attempt_timeout_ms: u64,
+    /// Longest one step may take across all its retries before the saga is stuck.
+    pub step_deadline_ms: u64,
+    /// Longest wait the engine honours when a channel asks for one (rate-limit bans).
+    pub channel_wait_max_ms: u64,
+    /// First poll of an open refund, after this long.
+    pub refund_poll_initial_ms: u64,
+    /// Poll interval ceiling while waiting for a refund.
+    pub refund_poll_max_ms: u64,
+    /// Longest a saga waits for its refund to complete before it is stuck.
+    pub refund_wait_max_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            in_flight_max: 1024,
+            attempts_max: 12,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 30_000,
+            jitter_pct: 20,
+            attempt_timeout_ms: 10_000,
+            step_deadline_ms: 15 * 60_000,
+            channel_wait_max_ms: 10 * 60_000,
+            refund_poll_initial_ms: 2_000,
+            refund_poll_max_ms: 5 * 60_000,
+            refund_wait_max_ms: 14 * 24 * 3_600_000,
+        }
+    }
+}
+
+/// What an in-doubt custom step turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// It took effect; this is its result.
+    Applied(serde_json::Value),
+    /// It did not take effect; re-issue it.
+    NotApplied,
+    /// Cannot tell; re-issue it (the step must then be idempotent).
+    Unknown,
+}
+
+/// Runs the steps of user-defined sagas ([`Action::Custom`]), by name.
+#[async_trait]
+pub trait StepExecutor: Send + Sync + 'static {
+    /// Perform the step. Classify failures like a channel does.
+    async fn execute(&self, payload: &serde_json::Value) -> Result<serde_json::Value, ChannelError>;
+    /// Find out whether an in-doubt step took effect. Default: cannot tell.
+    async fn resolve(&self, payload: &serde_json::Value) -> Result<Resolved, ChannelError> {
+        let _ = payload;
+        Ok(Resolved::Unknown)
+    }
+}
+
+/// The engine's error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A saga's records do not fold.
+    #[error(transparent)]
+    Fold(#[from] FoldError),
+    /// No definition is registered for this kind.
+    #[error("unknown saga kind {kind:?}{}", saga.map(|s| format!(" (saga {s})")).unwrap_or_default())]
+    UnknownSagaKind {
+        /// The saga, when the kind came from the journal.
+        saga: Option<SagaId>,
+        /// The kind.
+        kind: SagaKind,
+    },
+    /// The definition rejected the input.
+    #[error("invalid input for saga kind {kind}: {reason}")]
+    InvalidInput {
+        /// The kind.
+        kind: SagaKind,
+        /// Why.
+        reason: String,
+    },
+    /// The saga already finished.
+    #[error("saga {saga} already finished ({outcome})")]
+    AlreadyFinished {
+        /// The saga.
+        saga: SagaId,
+        /// How it ended.
+        outcome: String,
+    },
+    /// The engine is shutting down or was killed.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a saga task ended in this process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SagaExit {
+    /// The saga finished.
+    Finished(SagaOutcome),
+    /// The saga is stuck and parked; it stays unfinished in the journal.
+    Stuck {
+        /// Why, for operators.
+        reason: String,
+    },
+    /// The task stopped without finishing (shutdown, journal failure); the
+    /// journal still holds it as unfinished for the next recovery.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What [`Engine::recover`] did.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    /// Sagas resumed.
+    pub resumed: usize,
+    /// Of those, sagas with an in-doubt step to resolve first.
+    pub in_doubt: usize,
+    /// Unfinished sagas already running in this engine (left alone).
+    pub already_running: usize,
+    /// Sagas that could not be resumed, each with the error naming it.
+    pub failed: Vec<(SagaId, Error)>,
+}
+
+enum Msg {
+    Observed(Observation),
+    Abort(String),
+}
+
+struct Running {
+    order: OrderRef,
+    mailbox: Mutex<Vec<Msg>>,
+    notify: Notify,
+    done: watch::Sender<Option<SagaExit>>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+struct Inner {
+    journal: Arc<dyn Journal>,
+    channels: Channels,
+    clock: Arc<dyn Clock>,
+    rng: Arc<dyn Rng>,
+    ids: Arc<dyn IdGen>,
+    limits: Limits,
+    sagas: HashMap<SagaKind, Arc<dyn SagaDefinition>>,
+    executors: HashMap<String, Arc<dyn StepExecutor>>,
+    running: Mutex<HashMap<SagaId, Arc<Running>>>,
+    permits: Arc<Semaphore>,
+    stopping: AtomicBool,
+    stats: EngineStats,
+    protections: Protections,
+}
+
+/// Switches that disable a protection, for proving that the test harness
+/// catches the violation that follows. Never set these in production.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Protections {
+    /// Re-issue in-doubt steps without looking them up first.
+    pub skip_in_doubt_lookup: bool,
+}
+
+/// Builds an [`Engine`]. Defaults: system clock, random ids, an RNG seeded
+/// from the clock, the built-in sagas, [`Limits::default`].
+pub struct EngineBuilder {
+    journal: Arc<dyn Journal>,
+    channels: Channels,
+    clock: Option<Arc<dyn Clock>>,
+    rng: Option<Arc<dyn Rng>>,
+    ids: Arc<dyn IdGen>,
+    limits: Limits,
+    sagas: HashMap<SagaKind, Arc<dyn SagaDefinition>>,
+    executors: HashMap<String, Arc<dyn StepExecutor>>,
+    protections: Protections,
+}
+
+impl EngineBuilder {
+    /// Use these channels.
+    pub fn channels(mut self, channels: Channels) -> Self {
+        self.channels = channels;
+        self
+    }
+    /// Use this clock (tests: a clock on tokio's paused time).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+    /// Use this RNG for back-off jitter.
+    pub fn rng(mut self, rng: Arc<dyn Rng>) -> Self {
+        self.rng = Some(rng);
+        self
+    }
+    /// Use this id generator.
+    pub fn ids(mut self, ids: Arc<dyn IdGen>) -> Self {
+        self.ids = ids;
+        self
+    }
+    /// Use these limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+    /// Register a saga definition (replaces one of the same kind).
+    pub fn saga(mut self, def: impl SagaDefinition) -> Self {
+        self.sagas.insert(def.kind(), Arc::new(def));
+        self
+    }
+    /// Register an executor for custom steps named `name`.
+    pub fn executor(mut self, name: impl Into<String>, exec: Arc<dyn StepExecutor>) -> Self {
+        self.executors.insert(name.into(), exec);
+        self
+    }
+    /// Disable protections (harness self-tests only).
+    pub fn protections(mut self, p: Protections) -> Self {
+        self.protections = p;
+        self
+    }
+    /// Build the engine. Nothing runs until `start` or `recover`.
+    pub fn build(self) -> Engine {
+        let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::system()));
+        let rng = self
+            .rng
+            .unwrap_or_else(|| Arc::new(SplitMix64::new(clock.now_ms())));
+        let permits = Arc::new(Semaphore::new(self.limits.in_flight_max.max(1)));
+        Engine {
+            inner: Arc::new(Inner {
+                journal: self.journal,
+                channels: self.channels,
+                clock,
+                rng,
+                ids: self.ids,
+                limits: self.limits,
+                sagas: self.sagas,
+                executors: self.executors,
+                running: Mutex::new(HashMap::new()),
+                permits,
+                stopping: AtomicBool::new(false),
+                stats: EngineStats::default(),
+                protections: self.protections,
+            }),
+        }
+    }
+}
+
+/// The saga engine. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("channels", &self.inner.channels)
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+enum DriveStop {
+    Stuck(String),
+    Stopped(String),
+}
+
+impl From<JournalError> for DriveStop {
+    fn from(e: JournalError) -> Self {
+        DriveStop::Stopped(format!("journal: {e}"))
+    }
+}
+
+enum Resolution {
+    Applied(StepOutcome),
+    Moved(StepOutcome),
+    NotApplied,
+    NoLookup,
+}
+
+impl Engine {
+    /// Start building an engine on `journal`, with the built-in sagas registered.
+    pub fn builder(journal: Arc<dyn Journal>) -> EngineBuilder {
+        let mut sagas: HashMap<SagaKind, Arc<dyn SagaDefinition>> = HashMap::new();
+        for def in crate::sagas::builtin() {
+            sagas.insert(def.kind(), Arc::from(def));
+        }
+        EngineBuilder {
+            journal,
+            channels: Channels::new(),
+            clock: None,
+            rng: None,
+            ids: Arc::new(RandomIds),
+            limits: Limits::default(),
+            sagas,
+            executors: HashMap::new(),
+            protections: Protections::default(),
+        }
+    }
+
+    /// The journal this engine writes.
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.inner.journal
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Counters since this engine was built.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot(lock(&self.inner.running).len())
+    }
+
+    fn definition(&self, kind: &SagaKind, saga: Option<SagaId>) -> Result<Arc<dyn SagaDefinition>> {
+        self.inner
+            .sagas
+            .get(kind)
+            .cloned()
+            .ok_or_else(|| Error::UnknownSagaKind {
+                saga,
+                kind: kind.clone(),
+            })
+    }
+
+    /// Start a saga: its `Started` record is durable when this returns, so the
+    /// saga will finish even if the process dies right after.
+    pub async fn start(&self, input: SagaInput) -> Result<SagaId> {
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let def = self.definition(&input.kind, None)?;
+        def.validate(&input).map_err(|reason| Error::InvalidInput {
+            kind: input.kind.clone(),
+            reason,
+        })?;
+        let id = self.inner.ids.next_id();
+        let at_ms = self.inner.clock.now_ms();
+        let entry = Entry {
+            seq: 0,
+            at_ms,
+            record: Record::Started {
+                input: input.clone(),
+            },
+        };
+        self.inner.journal.append(id, &entry).await.inspect_err(|e| self.on_journal_error(e))?;
+        self.inner.stats.started();
+        self.spawn(SagaState::new(id, input, at_ms), def);
+        Ok(id)
+    }
+
+    /// Start a saga and wait for it to end in this process.
+    pub async fn run(&self, input: SagaInput) -> Result<(SagaId, SagaExit)> {
+        let id = self.start(input).await?;
+        let exit = self.wait(id).await?;
+        Ok((id, exit))
+    }
+
+    /// Wait until a saga's task ends. For a saga not running here, its state
+    /// is read from the journal: finished → its outcome; stuck → `Stuck`;
+    /// otherwise `Stopped` ("not running in this process").
+    pub async fn wait(&self, id: SagaId) -> Result<SagaExit> {
+        let rx = lock(&self.inner.running).get(&id).map(|r| r.done.subscribe());
+        if let Some(mut rx) = rx {
+            loop {
+                if let Some(exit) = rx.borrow_and_update().clone() {
+                    return Ok(exit);
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        let state = self.load(id).await?;
+        Ok(match (state.outcome, state.stuck) {
+            (Some(o), _) => SagaExit::Finished(o),
+            (None, Some(reason)) => SagaExit::Stuck { reason },
+            (None, None) => SagaExit::Stopped {
+                reason: "not running in this process".into(),
+            },
+        })
+    }
+
+    /// Read and fold a saga from the journal.
+    pub async fn load(&self, id: SagaId) -> Result<SagaState> {
+        let entries = self.inner.journal.read(id).await?;
+        Ok(SagaState::fold(id, &entries)?)
+    }
+
+    /// Is the saga's task running in this engine?
+    pub fn is_running(&self, id: SagaId) -> bool {
+        lock(&self.inner.running).contains_key(&id)
+    }
+
+    /// Resume every unfinished saga in the journal that is not already running
+    /// here (stuck ones included: a restart is a fresh attempt). A saga that
+    /// cannot be resumed (corrupt record, newer format, unknown kind) is
+    /// reported by id and skipped; the others still resume.
+    pub async fn recover(&self) -> Result<RecoveryReport> {
+        let ids = self.inner.journal.list(SagaSet::Unfinished).await?;
+        let mut report = RecoveryReport::default();
+        for id in ids {
+            if self.is_running(id) {
+                report.already_running += 1;
+                continue;
+            }
+            match self.resume_one(id).await {
+                Ok(in_doubt) => {
+                    report.resumed += 1;
+                    report.in_doubt += in_doubt as usize;
+                }
+                Err(Error::Journal(JournalError::Crashed)) => {
+                    return Err(Error::Journal(JournalError::Crashed))
+                }
+                Err(e) => {
+                    tracing::warn!(saga = %id, error = %e, "saga not resumed");
+                    report.failed.push((id, e));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Resume one unfinished saga (e.g. a stuck one, after an operator fixed
+    /// the cause). Returns whether it had an in-doubt step.
+    pub async fn resume(&self, id: SagaId) -> Result<bool> {
+        if self.is_running(id) {
+            return Ok(false);
+        }
+        self.resume_one(id).await
+    }
+
+    async fn resume_one(&self, id: SagaId) -> Result<bool> {
+        let entries = self.inner.journal.read(id).await.inspect_err(|e| self.on_journal_error(e))?;
+        let state = SagaState::fold(id, &entries)?;
+        if let Some(o) = &state.outcome {
+            // Finished but not marked (crash between the two): mark it now.
+            self.inner.journal.mark_finished(id).await?;
+            return Err(Error::AlreadyFinished {
+                saga: id,
+                outcome: o.label().into(),
+            });
+        }
+        let def = self.definition(&state.plan, Some(id)).or_else(|_| self.definition(&state.input.kind, Some(id)))?;
+        let in_doubt = state.in_doubt().is_some();
+        self.spawn(state, def);
+        Ok(in_doubt)
+    }
+
+    /// Ask a saga to abort. Running here: delivered to its task, which
+    /// journals the request at its next decision and compensates (an opened
+    /// refund is withdrawn). Not running: the request is journaled now and the
+    /// saga resumed to carry it out.
+    pub async fn abort(&self, id: SagaId, reason: impl Into<String>) -> Result<()> {
+        let reason = reason.into();
+        if let Some(r) = lock(&self.inner.running).get(&id).cloned() {
+            lock(&r.mailbox).push(Msg::Abort(reason));
+            r.notify.notify_one();
+            return Ok(());
+        }
+        let state = self.load(id).await?;
+        if let Some(o) = &state.outcome {
+            return Err(Error::AlreadyFinished {
+                saga: id,
+                outcome: o.label().into(),
+            });
+        }
+        let entry = Entry {
+            seq: state.last_seq + 1,
+            at_ms: self.inner.clock.now_ms(),
+            record: Record::AbortRequested { reason },
+        };
+        self.inner.journal.append(id, &entry).await?;
+        self.resume(id).await?;
+        Ok(())
+    }
+
+    /// Deliver news about an order or refund (a channel callback) to the
+    /// sagas running on that order. Returns how many received it. Order of
+    /// delivery does not matter and duplicates are harmless: a saga only acts
+    /// on news that moves its state.
+    pub fn deliver(&self, obs: Observation) -> usize {
+        let order = match &obs {
+            Observation::Order { order, .. } | Observation::Refund { order, .. } => order.clone(),
+        };
+        let targets: Vec<Arc<Running>> = lock(&self.inner.running)
+            .values()
+            .filter(|r| r.order == order)
+            .cloned()
+            .collect();
+        for r in &targets {
+            lock(&r.mailbox).push(Msg::Observed(obs.clone()));
+            r.notify.notify_one();
+        }
+        targets.len()
+    }
+
+    /// Stop taking new sagas, let running ones reach their next decision
+    /// point (at most `grace`), then stop the rest. Nothing is lost: every
+    /// unfinished saga resumes on the next `recover`.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stopping.store(true, Ordering::Release);
+        let all: Vec<Arc<Running>> = lock(&self.inner.running).values().cloned().collect();
+        for r in &all {
+            r.notify.notify_one();
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !lock(&self.inner.running).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.kill();
+    }
+
+    /// Stop every saga task at once, as if the process died (crash tests).
+    pub fn kill(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        let all: Vec<(SagaId, Arc<Running>)> = lock(&self.inner.running).drain().collect();
+        for (_, r) in all {
+            if let Some(h) = lock(&r.task).take() {
+                h.abort();
+            }
+            r.done.send_replace(Some(SagaExit::Stopped {
+                reason: "engine killed".into(),
+            }));
+        }
+    }
+
+    fn on_journal_error(&self, e: &JournalError) {
+        if *e == JournalError::Crashed {
+            // The simulated process is dead: nothing more may happen in it.
+            self.kill();
+        }
+    }
+
+    fn spawn(&self, state: SagaState, def: Arc<dyn SagaDefinition>) {
+        let (done, _) = watch::channel(None);
+        let running = Arc::new(Running {
+            order: state.input.order.clone(),
+            mailbox: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+            done,
+            task: Mutex::new(None),
+        });
+        let id = state.id;
+        lock(&self.inner.running).insert(id, running.clone());
+        let span = tracing::info_span!(
+            "saga",
+            saga = %id,
+            kind = %state.input.kind,
+            order = %state.input.order.order_id,
+            channel = %state.input.order.channel,
+        );
+        let engine = self.clone();
+        let r2 = running.clone();
+        let handle = tokio::spawn(
+            async move {
+                let exit = engine.drive(state, def, &r2).await;
+                match &exit {
+                    SagaExit::Finished(o) => engine.inner.stats.finished(o),
+                    SagaExit::Stuck { .. } => engine.inner.stats.stuck(),
+                    SagaExit::Stopped { .. } => {}
+                }
+                lock(&engine.inner.running).remove(&id);
+                r2.done.send_replace(Some(exit));
+            }
+            .instrument(span),
+        );
+        *lock(&running.task) = Some(handle.abort_handle());
+        if self.inner.stopping.load(Ordering::Acquire) && !lock(&self.inner.running).contains_key(&id) {
+            handle.abort();
+        }
+    }
+
+    async fn append(&self, state: &mut SagaState, record: Record) -> std::result::Result<(), DriveStop> {
+        let entry = Entry {
+            seq: state.last_seq + 1,
+            at_ms: self.inner.clock.now_ms(),
+            record,
+        };
+        if let Err(e) = self.inner.journal.append(state.id, &entry).await {
+            self.on_journal_error(&e);
+            return Err(e.into());
+        }
+        state
+            .apply(&entry)
+            .map_err(|e| DriveStop::Stuck(format!("journal does not fold: {e}")))
+    }
+
+    async fn acquire(&self) -> OwnedSemaphorePermit {
+        // The semaphore is never closed, so this cannot fail; fall back to a
+        // fresh permit rather than panic if it ever were.
+        match self.inner.permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap_or_else(|_| unreachable!()),
+        }
+    }
+
+    async fn drive(&self, mut state: SagaState, def: Arc<dyn SagaDefinition>, me: &Running) -> SagaExit {
+        let mut permit = Some(self.acquire().await);
+        loop {
+            match self.drive_once(&mut state, &def, me, &mut permit).await {
+                Ok(Some(exit)) => return exit,
+                Ok(None) => continue,
+                Err(DriveStop::Stopped(reason)) => return SagaExit::Stopped { reason },
+                Err(DriveStop::Stuck(reason)) => {
+                    let _ = self.append(&mut state, Record::Stuck { reason: reason.clone() }).await;
+                    tracing::warn!(%reason, "saga stuck");
+                    return SagaExit::Stuck { reason };
+                }
+            }
+        }
+    }
+
+    async fn drive_once(
+        &self,
+        state: &mut SagaState,
+        def: &Arc<dyn SagaDefinition>,
+        me: &Running,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> std::result::Result<Option<SagaExit>, DriveStop> {
+        if let Some(outcome) = &state.outcome {
+            let outcome = outcome.clone();
+            self.inner.journal.mark_finished(state.id).await.inspect_err(|e| self.on_journal_error(e))?;
+            return Ok(Some(SagaExit::Finished(outcome)));
+        }
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(DriveStop::Stopped("engine stopping".into()));
+        }
+        // Operator aborts are journaled by the saga's own task, in sequence.
+        let aborts: Vec<String> = {
+            let mut mb = lock(&me.mailbox);
+            let mut out = Vec::new();
+            mb.retain(|m| match m {
+                Msg::Abort(r) => {
+                    out.push(r.clone());
+                    false
+                }
+                Msg::Observed(_) => true,
+            });
+            out
+        };
+        for reason in aborts {
+            if state.abort.is_none() {
+                self.append(state, Record::AbortRequested { reason }).await?;
+            }
+        }
+        if let Some(step) = state.in_doubt().cloned() {
+            self.inner.stats.in_doubt();
+            let (outcome, via, attempts) = self.perform(state, step.step, &step.action, true).await?;
+            self.append(state, Record::Outcome { step: step.step, outcome, via, attempts }).await?;
+            return Ok(None);
+        }
+        match def.decide(state) {
+            Decision::Act(action) => {
+                let step = state.next_step();
+                self.append(state, Record::Intent { step, action: action.clone() }).await?;
+                let (outcome, via, attempts) = self.perform(state, step, &action, false).await?;
+                self.append(state, Record::Outcome { step, outcome, via, attempts }).await?;
+            }
+            Decision::Switch { to, reason } => {
+                tracing::info!(to = %to, %reason, "saga switches plan");
+                self.append(state, Record::Switched { to, reason }).await?;
+            }
+            Decision::Finish(outcome) => {
+                self.append(state, Record::Finished { outcome }).await?;
+            }
+            Decision::AwaitRefund { refund_id } => {
+                // A waiting saga gives up its in-flight slot.
+                *permit = None;
+                self.await_refund(state, &refund_id, me).await?;
+                *permit = Some(self.acquire().await);
+            }
+        }
+        Ok(None)
+    }
+
+    fn backoff(&self, attempt: u32, asked_ms: Option<u64>) -> Duration {
+        let l = &self.inner.limits;
+        let exp = l
+            .backoff_initial_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30))
+            .min(l.backoff_max_ms);
+        let jitter = self.inner.rng.below(exp * l.jitter_pct.min(100) / 100 + 1);
+        let base = exp + jitter;
+        let asked = asked_ms.map(|w| w.min(l.channel_wait_max_ms)).unwrap_or(0);
+        Duration::from_millis(base.max(asked))
+    }
+
+    async fn perform(
+        &self,
+        state: &SagaState,
+        step: u32,
+        action: &Action,
+        starts_in_doubt: bool,
+    ) -> std::result::Result<(StepOutcome, Via, u32), DriveStop> {
+        let limits = &self.inner.limits;
+        let started = self.inner.clock.now_ms();
+        let mut in_doubt = starts_in_doubt;
+        let mut attempts = 0u32;
+        let mut tries = 0u32;
+        let mut last_error: Option<ChannelError> = None;
+        loop {
+            tries += 1;
+            let mut asked_wait = None;
+            if in_doubt && !self.inner.protections.skip_in_doubt_lookup {
+                let resolution = self
+                    .resolve(state, action)
+                    .instrument(tracing::info_span!("resolve", step, action = action.name()))
+                    .await;
+                match resolution {
+                    Ok(Resolution::Applied(o)) => {
+                        self.inner.stats.resolved_by_lookup();
+                        return Ok((o, Via::Lookup, attempts));
+                    }
+                    Ok(Resolution::Moved(o)) => return Ok((o, Via::Lookup, attempts)),
+                    Ok(Resolution::NotApplied) | Ok(Resolution::NoLookup) => in_doubt = false,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "in-doubt lookup failed");
+                        if let ErrorClass::Retryable { wait_ms, .. } = &e.class {
+                            asked_wait = *wait_ms;
+                        }
+                        last_error = Some(e);
+                    }
+                }
+            } else {
+                in_doubt = false;
+            }
+            if !in_doubt {
+                attempts += 1;
+                let t0 = self.inner.clock.now_ms();
+                let result = self
+                    .execute(state, action)
+                    .instrument(tracing::info_span!("step", step, action = action.name(), attempt = attempts))
+                    .await;
+                self.inner.stats.step_latency(self.inner.clock.now_ms().saturating_sub(t0));
+                match result {
+                    Ok(o) => return Ok((o, Via::Reply, attempts)),
+                    Err(e) => match &e.class {
+                        ErrorClass::AlreadyDone => match action {
+                            Action::CancelPaid { .. } => {
+                                // "Already cancelled" after payment: find the refund.
+                                in_doubt = true;
+                                last_error = Some(e);
+                            }
+                            _ => return Ok((already_done(action), Via::Reply, attempts)),
+                        },
+                        ErrorClass::Conflict(c) => {
+                            return Ok((
+                                StepOutcome::Conflict {
+                                    conflict: c.clone(),
+                                    message: e.message.clone(),
+                                },
+                                Via::Reply,
+                                attempts,
+                            ))
+                        }
+                        ErrorClass::Permanent(_) => {
+                            return Ok((StepOutcome::Failed { error: e }, Via::Reply, attempts))
+                        }
+                        ErrorClass::Retryable { wait_ms, applied } => {
+                            tracing::debug!(error = %e, "retryable failure");
+                            self.inner.stats.retry();
+                            in_doubt = *applied == Applied::Maybe;
+                            asked_wait = *wait_ms;
+                            last_error = Some(e);
+                        }
+                    },
+                }
+            }
+            let elapsed = self.inner.clock.now_ms().saturating_sub(started);
+            if tries >= limits.attempts_max.max(1) || elapsed >= limits.step_deadline_ms {
+                let why = last_error.map(|e| e.to_string()).unwrap_or_else(|| "no error recorded".into());
+                return Err(DriveStop::Stuck(format!(
+                    "step {step} ({}) gave up after {tries} tries over {elapsed} ms{}: {why}",
+                    action.name(),
+                    if in_doubt { " and is still in doubt" } else { "" },
+                )));
+            }
+            self.inner.clock.sleep(self.backoff(tries, asked_wait)).await;
+            if self.inner.stopping.load(Ordering::Acquire) {
+                return Err(DriveStop::Stopped("engine stopping".into()));
+            }
+        }
+    }
+
+    async fn with_timeout<T>(
+        &self,
+        fut: impl std::future::Future<Output = std::result::Result<T, ChannelError>>,
+    ) -> std::result::Result<T, ChannelError> {
+        let ms = self.inner.limits.attempt_timeout_ms;
+        tokio::select! {
+            biased;
+            r = fut => r,
+            _ = self.inner.clock.sleep(Duration::from_millis(ms)) => Err(ChannelError::in_doubt(format!("no answer within {ms} ms"))),
+        }
+    }
+
+    async fn execute(&self, state: &SagaState, action: &Action) -> std::result::Result<StepOutcome, ChannelError> {
+        let ch = &self.inner.channels;
+        let reason = state.input.reason.clone();
+        match action {
+            Action::CancelUnpaid { order } => {
+                let c = ch.cancel(&order.channel)?;
+                let req = CancelRequest { order: order.clone(), reason, remark: Some(format!("rescind saga {}", state.id)) };
+                let out = self.with_timeout(c.cancel_unpaid(&req)).await?;
+                Ok(StepOutcome::Cancelled { already: out.already })
+            }
+            Action::CancelPaid { order } => {
+                let c = ch.cancel(&order.channel)?;
+                let req = CancelRequest { order: order.clone(), reason, remark: Some(format!("rescind saga {}", state.id)) };
+                let out = self.with_timeout(c.cancel_paid(&req)).await?;
+                Ok(StepOutcome::RefundOpened { refund_id: out.refund_id })
+            }
+            Action::WithdrawRefund { order, refund_id } => {
+                let c = ch.refund(&order.channel)?;
+                let req = WithdrawRequest { order: order.clone(), refund_id: refund_id.clone() };
+                self.with_timeout(c.withdraw_refund(&req)).await?;
+                Ok(StepOutcome::RefundWithdrawn { already: false })
+            }
+            Action::ReleaseStock { lock } => {
+                let c = ch.stock(&lock.channel)?;
+                self.with_timeout(c.release_stock(lock)).await?;
+                Ok(StepOutcome::StockReleased { already: false })
+            }
+            Action::Custom { name, payload } => {
+                let exec = self.inner.executors.get(name).ok_or_else(|| {
+                    ChannelError::permanent(
+                        crate::channel::PermanentReason::Unsupported,
+                        format!("no executor registered for custom step {name:?}"),
+                    )
+                })?;
+                let value = self.with_timeout(exec.execute(payload)).await?;
+                Ok(StepOutcome::Custom { value })
+            }
+        }
+    }
+
+    async fn resolve(&self, state: &SagaState, action: &Action) -> std::result::Result<Resolution, ChannelError> {
+        let ch = &self.inner.channels;
+        let order_of = |a: &Action| match a {
+            Action::CancelUnpaid { order } | Action::CancelPaid { order } | Action::WithdrawRefund { order, .. } => Some(order.clone()),
+            _ => None,
+        };
+        let moved = |detail: String| {
+            Resolution::Moved(StepOutcome::Conflict { conflict: Conflict::Other { detail: detail.clone() }, message: detail })
+        };
+        match action {
+            Action::CancelUnpaid { .. } | Action::CancelPaid { .. } => {
+                let order = order_of(action).unwrap_or_else(|| state.input.order.clone());
+                let Some(lookup) = ch.lookup(&order.channel) else { return Ok(Resolution::NoLookup) };
+                let status = self.with_timeout(lookup.order_status(&order)).await?;
+                let paid_cancel = matches!(action, Action::CancelPaid { .. });
+                Ok(match (status.state, paid_cancel) {
+                    (OrderState::PendingPay, false) | (OrderState::Paid, true) => Resolution::NotApplied,
+                    (OrderState::Cancelled, false) => Resolution::Applied(StepOutcome::Cancelled { already: false }),
+                    (OrderState::Paid, false) => Resolution::Moved(StepOutcome::Conflict {
+                        conflict: Conflict::PaidMeanwhile,
+                        message: format!("lookup shows the order {} ({})", status.upstream, "paid"),
+                    }),
+                    (OrderState::Refunding { refund_id } | OrderState::Refunded { refund_id }, true) => {
+                        Resolution::Applied(StepOutcome::RefundOpened { refund_id })
+                    }
+                    (other, _) => moved(format!("lookup shows the order {other} (upstream {})", status.upstream)),
+                })
+            }
+            Action::WithdrawRefund { order, refund_id } => {
+                let Some(lookup) = ch.lookup(&order.channel) else { return Ok(Resolution::NoLookup) };
+                let status = self.with_timeout(lookup.refund_status(order, refund_id)).await?;
+                Ok(match status.state {
+                    RefundState::Requested => Resolution::NotApplied,
+                    RefundState::Withdrawn => Resolution::Applied(StepOutcome::RefundWithdrawn { already: false }),
+                    RefundState::Completed => Resolution::Moved(StepOutcome::Conflict {
+                        conflict: Conflict::RefundAlreadyCompleted,
+                        message: format!("lookup shows refund {refund_id} {}", status.upstream),
+                    }),
+                    RefundState::Refused { .. } => Resolution::Moved(StepOutcome::Conflict {
+                        conflict: Conflict::RefundClosed,
+                        message: format!("lookup shows refund {refund_id} {}", status.upstream),
+                    }),
+                })
+            }
+            // Releasing a lock twice answers "already released": re-issue.
+            Action::ReleaseStock { .. } => Ok(Resolution::NoLookup),
+            Action::Custom { name, payload } => {
+                let Some(exec) = self.inner.executors.get(name) else { return Ok(Resolution::NoLookup) };
+                Ok(match self.with_timeout(exec.resolve(payload)).await? {
+                    Resolved::Applied(value) => Resolution::Applied(StepOutcome::Custom { value }),
+                    Resolved::NotApplied => Resolution::NotApplied,
+                    Resolved::Unknown => Resolution::NoLookup,
+                })
+            }
+        }
+    }
+
+    async fn await_refund(&self, state: &mut SagaState, refund_id: &RefundId, me: &Running) -> std::result::Result<(), DriveStop> {
+        let limits = &self.inner.limits;
+        let started = self.inner.clock.now_ms();
+        let mut delay = limits.refund_poll_initial_ms.max(1);
+        let order = state.input.order.clone();
+        loop {
+            // News delivered by callbacks first: any that moves the refund.
+            let (news, abort) = {
+                let mb = lock(&me.mailbox);
+                let news = mb.iter().find_map(|m| match m {
+                    Msg::Observed(o @ Observation::Refund { refund_id: r, status, .. }) if r == refund_id && status.state.is_terminal() => Some(o.clone()),
+                    _ => None,
+                });
+                (news, mb.iter().any(|m| matches!(m, Msg::Abort(_))))
+            };
+            if let Some(obs) = news {
+                lock(&me.mailbox).retain(|m| !matches!(m, Msg::Observed(_)));
+                return self.append(state, Record::Observed { observation: obs, via: Via::Callback }).await;
+            }
+            if abort || self.inner.stopping.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let waited = self.inner.clock.now_ms().saturating_sub(started);
+            if waited >= limits.refund_wait_max_ms {
+                return Err(DriveStop::Stuck(format!("refund {refund_id} not final after {waited} ms of waiting")));
+            }
+            tokio::select! {
+                biased;
+                _ = me.notify.notified() => continue,
+                _ = self.inner.clock.sleep(Duration::from_millis(delay)) => {}
+            }
+            delay = (delay.saturating_mul(2)).min(limits.refund_poll_max_ms.max(1));
+            if let Some(lookup) = self.inner.channels.lookup(&order.channel) {
+                match self.with_timeout(lookup.refund_status(&order, refund_id)).await {
+                    Ok(status) if status.state.is_terminal() => {
+                        let obs = Observation::Refund { order: order.clone(), refund_id: refund_id.clone(), status };
+                        return self.append(state, Record::Observed { observation: obs, via: Via::Poll }).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "refund poll failed"),
+                }
+            }
+        }
+    }
+}
+
+fn already_done(action: &Action) -> StepOutcome {
+    match action {
+        Action::CancelUnpaid { .. } | Action::CancelPaid { .. } => StepOutcome::Cancelled { already: true },
+        Action::WithdrawRefund { .. } => StepOutcome::RefundWithdrawn { already: true },
+        Action::ReleaseStock { .. } => StepOutcome::StockReleased { already: true },
+        Action::Custom { .. } => StepOutcome::Custom { value: serde_json::Value::Null },
+    }
+}

@@ -1,0 +1,136 @@
+//! Identifiers: sagas, channels, orders, refunds and stock locks.
+//!
+//! Upstream ids are kept as strings end to end: some channels (PandaPon's 1688
+//! order ids) exceed 2^53, and a string can never lose digits to `f64`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The identity of one saga (one cancellation or refund withdrawal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SagaId(pub uuid::Uuid);
+
+impl SagaId {
+    /// A fresh random id (v4).
+    pub fn new_random() -> Self {
+        SagaId(uuid::Uuid::new_v4())
+    }
+    /// An id built from 128 bits, for deterministic id generation.
+    pub fn from_u128(v: u128) -> Self {
+        SagaId(uuid::Uuid::from_u128(v))
+    }
+}
+
+impl fmt::Display for SagaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for SagaId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SagaId(uuid::Uuid::parse_str(s)?))
+    }
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.to_owned())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                $name(s)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// The name a channel is registered under, e.g. `tmall-tbc`, `damai`,
+    /// `pandapon-taobao`, `pandapon-1688`.
+    ChannelName
+);
+string_id!(
+    /// An order id as the channel spells it (never parsed as a number).
+    OrderId
+);
+string_id!(
+    /// A refund (reverse order) id as the channel spells it.
+    RefundId
+);
+string_id!(
+    /// The id of a stock lock (Damai: the order id whose tickets are locked).
+    StockLockId
+);
+string_id!(
+    /// The kind of a saga definition, e.g. `cancel_unpaid`.
+    SagaKind
+);
+
+/// An order on one channel.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OrderRef {
+    /// The channel the order lives on.
+    pub channel: ChannelName,
+    /// The channel's order id.
+    pub order_id: OrderId,
+}
+
+impl OrderRef {
+    /// Build an order reference.
+    pub fn new(channel: impl Into<ChannelName>, order_id: impl Into<OrderId>) -> Self {
+        OrderRef {
+            channel: channel.into(),
+            order_id: order_id.into(),
+        }
+    }
+}
+
+impl fmt::Display for OrderRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.channel, self.order_id)
+    }
+}
+
+/// A stock lock held on a channel (Damai ticket stock), released after a cancel.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StockLockRef {
+    /// The channel holding the lock.
+    pub channel: ChannelName,
+    /// The lock's id on that channel.
+    pub lock_id: StockLockId,
+}
+
+impl StockLockRef {
+    /// Build a stock lock reference.
+    pub fn new(channel: impl Into<ChannelName>, lock_id: impl Into<StockLockId>) -> Self {
+        StockLockRef {
+            channel: channel.into(),
+            lock_id: lock_id.into(),
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The journal: append-only records per saga, durable when `append` returns.
+//!
+//! [`Journal`] is the trait every store implements (sled is the embedded
+//! default, PostgreSQL the shared one). [`MemoryJournal`] keeps records in
+//! memory and can simulate a crash at any append, dropping everything that was
+//! not yet durable — the tool the engine's crash tests are built on.
+
+use crate::ids::SagaId;
+use crate::record::{decode, encode, Entry};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+/// Everything a journal can fail with. Every variant about stored data names
+/// the saga (and the sequence, where one record is at fault).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    /// A stored record could not be decoded. Other records stay readable.
+    #[error("journal record for saga {saga} seq {seq} is corrupt: {detail}")]
+    Corrupt {
+        /// The saga.
+        saga: SagaId,
+        /// The record's sequence.
+        seq: u64,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A record was written by a newer rescind.
+    #[error("journal record for saga {saga} seq {seq} has format version {found}; this build reads up to {supported}")]
+    UnsupportedVersion {
+        /// The saga.
+        saga: SagaId,
+        /// The record's sequence.
+        seq: u64,
+        /// Version found.
+        found: u16,
+        /// Newest version this build reads.
+        supported: u16,
+    },
+    /// An append did not continue the saga's sequence (a duplicate or a gap):
+    /// two writers on one saga, or a bug.
+    #[error("append to saga {saga} at seq {seq} rejected: the journal expects seq {expected}")]
+    SequenceConflict {
+        /// The saga.
+        saga: SagaId,
+        /// The sequence offered.
+        seq: u64,
+        /// The sequence the journal expected.
+        expected: u64,
+    },
+    /// The saga has no records.
+    #[error("saga {0} is not in the journal")]
+    UnknownSaga(SagaId),
+    /// This writer's lease on the saga was taken over; the write was refused.
+    #[error("write to saga {saga} refused: {detail}")]
+    Fenced {
+        /// The saga.
+        saga: SagaId,
+        /// Who holds it now, or the stale token.
+        detail: String,
+    },
+    /// The database was written by a newer rescind and cannot be opened.
+    #[error("journal format version {found} is newer than this build supports ({supported}); upgrade rescind")]
+    NewerFormat {
+        /// Version stored.
+        found: u32,
+        /// Newest version this build supports.
+        supported: u32,
+    },
+    /// A simulated crash: this journal handle is dead (tests only).
+    #[error("the journal crashed (simulated)")]
+    Crashed,
+    /// The storage backend failed (I/O, database, lock).
+    #[error("journal backend error: {0}")]
+    Backend(String),
+}
+
+/// Which sagas to list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SagaSet {
+    /// Sagas not yet marked finished.
+    Unfinished,
+    /// Sagas marked finished (and not yet compacted away).
+    Finished,
+}
+
+/// An append-only, per-saga record store.
+///
+/// **Contract** (checked by the conformance suite every implementation runs):
+/// - `append(saga, entry)` returns only once the entry is durable; entries of a
+///   saga have sequences 0, 1, 2… without gaps, and any other sequence is a
+///   [`JournalError::SequenceConflict`]. A saga is *unfinished* from its first
+///   append until [`Journal::mark_finished`].
+/// - `read` returns a saga's entries in sequence order; a record that cannot
+///   be decoded is an error naming saga and sequence, and other sagas stay readable.
+#[async_trait]
+pub trait Journal: Send + Sync + 'static {
+    /// Append one entry; durable when this returns `Ok`.
+    async fn append(&self, saga: SagaId, entry: &Entry) -> Result<(), JournalError>;
+    /// All entries of a saga, in order. Unknown saga: `UnknownSaga`.
+    async fn read(&self, saga: SagaId) -> Result<Vec<Entry>, JournalError>;
+    /// Sagas in the given set, sorted by id.
+    async fn list(&self, set: SagaSet) -> Result<Vec<SagaId>, JournalError>;
+    /// Move a saga to the finished set (durable when this returns).
+    async fn mark_finished(&self, saga: SagaId) -> Result<(), JournalError>;
+}
+
+/// Where a scheduled [`MemoryJournal`] crash lands, relative to one append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The process dies before the append is written.
+    BeforeAppend,
+    /// The record is written but not yet durable; the crash drops it.
+    AfterWriteBeforeFlush,
+    /// The record is durable, the process dies before the caller learns it.
+    AfterFlush,
+}
+
+#[derive(Default)]
+struct MemState {
+    sagas: BTreeMap<SagaId, Vec<Vec<u8>>>,
+    finished: BTreeSet<SagaId>,
+    appends: u64,
+    crash_at: Option<(u64, CrashPoint)>,
+    crashed: bool,
+}
+
+/// An in-memory journal for tests and simulation, with scheduled crashes.
+///
+/// Records are stored encoded, exactly as a disk journal would store them, so
+/// the codec's version checks run here too. After a crash every call fails
+/// with [`JournalError::Crashed`] until [`MemoryJournal::restart`] hands out a
+/// fresh handle onto the durable records.
+#[derive(Clone, Default)]
+pub struct MemoryJournal {
+    state: Arc<Mutex<MemState>>,
+}
+
+impl std::fmt::Debug for MemoryJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryJournal").finish_non_exhaustive()
+    }
+}
+
+impl MemoryJournal {
+    /// An empty journal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemState> {
+        // A poisoned lock means a test thread panicked mid-append; the data is
+        // still consistent (every mutation below is a single push/insert).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Crash at the `n`-th append from now on (0 = the next one), at `point`.
+    pub fn crash_at(&self, n: u64, point: CrashPoint) {
+        let mut s = self.lock();
+        let at = s.appends + n;
+        s.crash_at = Some((at, point));
+    }
+
+    /// Crash now: every later call fails until `restart`.
+    pub fn crash_now(&self) {
+        self.lock().crashed = true;
+    }
+
+    /// Has a crash happened?
+    pub fn is_crashed(&self) -> bool {
+        self.lock().crashed
+    }
+
+    /// Appends attempted so far (including the one that crashed).
+    pub fn appends(&self) -> u64 {
+        self.lock().appends
+    }
+
+    /// "Restart the process": the same durable records, no crash pending.
+    pub fn restart(&self) -> MemoryJournal {
+        let mut s = self.lock();
+        s.crashed = false;
+        s.crash_at = None;
+        self.clone()
+    }
+
+    /// Overwrite a stored record's bytes (tests of corrupt-record handling).
+    pub fn corrupt(&self, saga: SagaId, seq: u64, bytes: Vec<u8>) -> bool {
+        let mut s = self.lock();
+        match s.sagas.get_mut(&saga).and_then(|v| v.get_mut(seq as usize)) {
+            Some(slot) => {
+                *slot = bytes;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Store raw bytes as the next record of a saga (tests of bad input).
+    pub fn append_raw(&self, saga: SagaId, bytes: Vec<u8>) {
+        self.lock().sagas.entry(saga).or_default().push(bytes);
+    }
+}
+
+#[async_trait]
+impl Journal for MemoryJournal {
+    async fn append(&self, saga: SagaId, entry: &Entry) -> Result<(), JournalError> {
+        let mut s = self.lock();
+        if s.crashed {
+            return Err(JournalError::Crashed);
+        }
+        let n = s.appends;
+        s.appends += 1;
+        let point = match s.crash_at {
+            Some((at, p)) if at == n => Some(p),
+            _ => None,
+        };
+        if matches!(
+            point,
+            Some(CrashPoint::BeforeAppend) | Some(CrashPoint::AfterWriteBeforeFlush)
+        ) {
+            // Written-but-not-flushed is dropped by the crash: same as never written.
+            s.crashed = true;
+            return Err(JournalError::Crashed);
+        }
+        let expected = s.sagas.get(&saga).map_or(0, |v| v.len() as u64);
+        if entry.seq != expected {
+            return Err(JournalError::SequenceConflict {
+                saga,
+                seq: entry.seq,
+                expected,
+            });
+        }
+        let bytes = encode(entry);
+        s.sagas.entry(saga).or_default().push(bytes);
+        if point == Some(CrashPoint::AfterFlush) {
+            s.crashed = true;
+            return Err(JournalError::Crashed);
+        }
+        Ok(())
+    }
+
+    async fn read(&self, saga: SagaId) -> Result<Vec<Entry>, JournalError> {
+        let s = self.lock();
+        if s.crashed {
+            return Err(JournalError::Crashed);
+        }
+        let recs = s.sagas.get(&saga).ok_or(JournalError::UnknownSaga(saga))?;
+        recs.iter()
+            .enumerate()
+            .map(|(i, b)| decode(saga, i as u64, b))
+            .collect()
+    }
+
+    async fn list(&self, set: SagaSet) -> Result<Vec<SagaId>, JournalError> {
+        let s = self.lock();
+        if s.crashed {
+            return Err(JournalError::Crashed);
+        }
+        Ok(s.sagas
+            .keys()
+            .filter(|id| (set == SagaSet::Finished) == s.finished.contains(id))
+            .copied()
+            .collect())
+    }
+
+    async fn mark_finished(&self, saga: SagaId) -> Result<(), JournalError> {
+        let mut s = self.lock();
+        if s.crashed {
+            return Err(JournalError::Crashed);
+        }
+        if !s.sagas.contains_key(&saga) {
+            return Err(JournalError::UnknownSaga(saga));
+        }
+        s.finished.insert(saga);
+        Ok(())
+    }
+}

@@ -1,0 +1,483 @@
+//! Journal records: the versioned, serde-encoded protocol every journal stores.
+//!
+//! A saga's state is the fold of its records ([`crate::saga::SagaState::apply`]).
+//! Journals store each record as the bytes of [`encode`]; every record carries
+//! the format version `v`, and [`decode`] refuses a newer version with a typed
+//! error naming the saga and sequence instead of guessing.
+
+use crate::channel::{ChannelError, Conflict, OrderStatus, RefundStatus};
+use crate::ids::{OrderRef, RefundId, SagaId, SagaKind, StockLockRef};
+use crate::journal::JournalError;
+use crate::machine::OrderState;
+use serde::{Deserialize, Serialize};
+
+/// The record format version this build writes and the newest it reads.
+pub const RECORD_FORMAT_VERSION: u16 = 1;
+
+/// What a saga was asked to do. Journaled in [`Record::Started`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaInput {
+    /// Which saga definition runs it (`cancel_unpaid`, `cancel_paid`,
+    /// `withdraw_refund`, or a user-registered kind).
+    pub kind: SagaKind,
+    /// The order concerned.
+    pub order: OrderRef,
+    /// The order's state as the backend believes it at the start.
+    pub order_state: OrderState,
+    /// A stock lock to release after the cancel (Damai), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock_lock: Option<StockLockRef>,
+    /// A reason sent upstream where the channel takes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Free parameters for user-defined sagas.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub params: serde_json::Value,
+}
+
+impl SagaInput {
+    fn new(kind: &str, order: OrderRef, order_state: OrderState) -> Self {
+        SagaInput {
+            kind: SagaKind(kind.to_owned()),
+            order,
+            order_state,
+            stock_lock: None,
+            reason: None,
+            params: serde_json::Value::Null,
+        }
+    }
+    /// Cancel an unpaid order (switches to a paid cancel if the buyer pays meanwhile).
+    pub fn cancel_unpaid(order: OrderRef) -> Self {
+        Self::new(crate::sagas::CANCEL_UNPAID, order, OrderState::PendingPay)
+    }
+    /// Cancel a paid order: open a refund and wait for it to complete.
+    pub fn cancel_paid(order: OrderRef) -> Self {
+        Self::new(crate::sagas::CANCEL_PAID, order, OrderState::Paid)
+    }
+    /// Withdraw an open refund, returning the order to Paid.
+    pub fn withdraw_refund(order: OrderRef, refund_id: RefundId) -> Self {
+        Self::new(
+            crate::sagas::WITHDRAW_REFUND,
+            order,
+            OrderState::Refunding { refund_id },
+        )
+    }
+    /// A user-defined saga kind.
+    pub fn custom(kind: impl Into<SagaKind>, order: OrderRef, params: serde_json::Value) -> Self {
+        let mut input = Self::new("", order, OrderState::PendingPay);
+        input.kind = kind.into();
+        input.params = params;
+        input
+    }
+    /// Release this stock lock once the order is cancelled or refunded.
+    pub fn with_stock_lock(mut self, lock: StockLockRef) -> Self {
+        self.stock_lock = Some(lock);
+        self
+    }
+    /// Send this reason upstream.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+    /// Override the order state the backend believes.
+    pub fn with_order_state(mut self, state: OrderState) -> Self {
+        self.order_state = state;
+        self
+    }
+}
+
+/// One externally visible action a saga asks the engine to perform.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Cancel an unpaid order upstream.
+    CancelUnpaid {
+        /// The order.
+        order: OrderRef,
+    },
+    /// Cancel a paid order upstream (opens a refund).
+    CancelPaid {
+        /// The order.
+        order: OrderRef,
+    },
+    /// Withdraw a refund upstream.
+    WithdrawRefund {
+        /// The order.
+        order: OrderRef,
+        /// The refund.
+        refund_id: RefundId,
+    },
+    /// Release a stock lock.
+    ReleaseStock {
+        /// The lock.
+        lock: StockLockRef,
+    },
+    /// A step of a user-defined saga, run by the executor registered under `name`.
+    Custom {
+        /// The executor's name.
+        name: String,
+        /// What the executor needs.
+        payload: serde_json::Value,
+    },
+}
+
+impl Action {
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &str {
+        match self {
+            Action::CancelUnpaid { .. } => "cancel_unpaid",
+            Action::CancelPaid { .. } => "cancel_paid",
+            Action::WithdrawRefund { .. } => "withdraw_refund",
+            Action::ReleaseStock { .. } => "release_stock",
+            Action::Custom { name, .. } => name,
+        }
+    }
+}
+
+/// How an outcome became known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The call's own reply.
+    #[default]
+    Reply,
+    /// A status lookup that resolved an in-doubt step.
+    Lookup,
+    /// A poll while waiting.
+    Poll,
+    /// A channel callback delivered to the saga.
+    Callback,
+}
+
+/// What a step achieved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// The order is cancelled (`already`: it was before we asked).
+    Cancelled {
+        /// The channel said "already cancelled".
+        already: bool,
+    },
+    /// The paid cancel opened this refund.
+    RefundOpened {
+        /// The refund opened.
+        refund_id: RefundId,
+    },
+    /// The refund is withdrawn.
+    RefundWithdrawn {
+        /// The channel said "already withdrawn".
+        already: bool,
+    },
+    /// The stock lock is released.
+    StockReleased {
+        /// The channel said "already released".
+        already: bool,
+    },
+    /// The state moved upstream; the saga re-plans.
+    Conflict {
+        /// What moved.
+        conflict: Conflict,
+        /// The channel's words.
+        message: String,
+    },
+    /// The step failed for good.
+    Failed {
+        /// The classified error.
+        error: ChannelError,
+    },
+    /// A custom executor's result.
+    Custom {
+        /// Whatever the executor returned.
+        value: serde_json::Value,
+    },
+}
+
+/// Something observed about the order or refund outside a step's own reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "observed", rename_all = "snake_case")]
+pub enum Observation {
+    /// The order's status.
+    Order {
+        /// The order.
+        order: OrderRef,
+        /// Its status.
+        status: OrderStatus,
+    },
+    /// A refund's status.
+    Refund {
+        /// The order.
+        order: OrderRef,
+        /// The refund.
+        refund_id: RefundId,
+        /// Its status.
+        status: RefundStatus,
+    },
+}
+
+/// How a saga ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum SagaOutcome {
+    /// The saga reached its goal; the order ends in `order`.
+    Completed {
+        /// The order's final state.
+        order: OrderState,
+        /// Anything an operator should know (e.g. "abort came too late").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// The saga could not reach its goal.
+    Failed {
+        /// Why, in words.
+        reason: String,
+    },
+    /// An operator aborted it.
+    Aborted {
+        /// Whether compensation ran (e.g. the opened refund was withdrawn).
+        compensated: bool,
+        /// The operator's reason.
+        reason: String,
+    },
+}
+
+impl SagaOutcome {
+    /// `completed`, `failed` or `aborted`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SagaOutcome::Completed { .. } => "completed",
+            SagaOutcome::Failed { .. } => "failed",
+            SagaOutcome::Aborted { .. } => "aborted",
+        }
+    }
+}
+
+/// One journal record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// The saga was started (always sequence 0).
+    Started {
+        /// What it was asked to do.
+        input: SagaInput,
+    },
+    /// The engine is about to perform `action` as step `step` (write-ahead).
+    Intent {
+        /// Step number, from 0.
+        step: u32,
+        /// The action.
+        action: Action,
+    },
+    /// The outcome of step `step`.
+    Outcome {
+        /// Step number.
+        step: u32,
+        /// What it achieved.
+        outcome: StepOutcome,
+        /// How we learned it.
+        #[serde(default)]
+        via: Via,
+        /// How many attempts the step took (retries + 1).
+        #[serde(default)]
+        attempts: u32,
+    },
+    /// Something observed while waiting (poll or callback).
+    Observed {
+        /// What was seen.
+        observation: Observation,
+        /// How.
+        via: Via,
+    },
+    /// The saga switched plan (e.g. the unpaid cancel found the order paid).
+    Switched {
+        /// The plan it continues as.
+        to: crate::ids::SagaKind,
+        /// Why.
+        reason: String,
+    },
+    /// An operator asked to abort.
+    AbortRequested {
+        /// The operator's reason.
+        reason: String,
+    },
+    /// The saga cannot progress without help; it stays unfinished.
+    Stuck {
+        /// Why, for operators.
+        reason: String,
+    },
+    /// The saga ended. The journal then marks it finished.
+    Finished {
+        /// How.
+        outcome: SagaOutcome,
+    },
+}
+
+impl Record {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Record::Started { .. } => "started",
+            Record::Intent { .. } => "intent",
+            Record::Outcome { .. } => "outcome",
+            Record::Observed { .. } => "observed",
+            Record::Switched { .. } => "switched",
+            Record::AbortRequested { .. } => "abort_requested",
+            Record::Stuck { .. } => "stuck",
+            Record::Finished { .. } => "finished",
+        }
+    }
+}
+
+/// A record with its place in the saga and its wall-clock time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Position in the saga's journal, from 0, without gaps.
+    pub seq: u64,
+    /// When it was written (ms since the Unix epoch, from the engine's clock).
+    pub at_ms: u64,
+    /// The record.
+    pub record: Record,
+}
+
+#[derive(Serialize)]
+struct WireOut<'a> {
+    v: u16,
+    at_ms: u64,
+    #[serde(flatten)]
+    record: &'a Record,
+}
+
+#[derive(Deserialize)]
+struct WireVersion {
+    v: u16,
+}
+
+#[derive(Deserialize)]
+struct WireIn {
+    at_ms: u64,
+    #[serde(flatten)]
+    record: Record,
+}
+
+/// Encode an entry's record as the bytes a journal stores (JSON, with `v`).
+pub fn encode(entry: &Entry) -> Vec<u8> {
+    // Serialising our own types into a Vec cannot fail: no maps with non-string
+    // keys, no I/O. A failure here is a programming error in this module.
+    serde_json::to_vec(&WireOut {
+        v: RECORD_FORMAT_VERSION,
+        at_ms: entry.at_ms,
+        record: &entry.record,
+    })
+    .unwrap_or_else(|e| unreachable!("record serialisation cannot fail: {e}"))
+}
+
+/// Decode stored bytes. Garbage is [`JournalError::Corrupt`]; a newer format
+/// is [`JournalError::UnsupportedVersion`]; both name saga and sequence.
+pub fn decode(saga: SagaId, seq: u64, bytes: &[u8]) -> Result<Entry, JournalError> {
+    let version: WireVersion =
+        serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
+            saga,
+            seq,
+            detail: format!("record header unreadable: {e}"),
+        })?;
+    if version.v > RECORD_FORMAT_VERSION || version.v == 0 {
+        return Err(JournalError::UnsupportedVersion {
+            saga,
+            seq,
+            found: version.v,
+            supported: RECORD_FORMAT_VERSION,
+        });
+    }
+    let wire: WireIn = serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
+        saga,
+        seq,
+        detail: format!("record body unreadable: {e}"),
+    })?;
+    Ok(Entry {
+        seq,
+        at_ms: wire.at_ms,
+        record: wire.record,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sid() -> SagaId {
+        SagaId::from_u128(7)
+    }
+
+    #[test]
+    fn round_trip_every_record_kind() {
+        let order = OrderRef::new("tmall-tbc", "1231231");
+        let records = vec![
+            Record::Started {
+                input: SagaInput::cancel_unpaid(order.clone())
+                    .with_stock_lock(StockLockRef::new("damai", "12345")),
+            },
+            Record::Intent {
+                step: 0,
+                action: Action::CancelUnpaid { order: order.clone() },
+            },
+            Record::Outcome {
+                step: 0,
+                outcome: StepOutcome::Conflict {
+                    conflict: Conflict::PaidMeanwhile,
+                    message: "paid".into(),
+                },
+                via: Via::Lookup,
+                attempts: 3,
+            },
+            Record::Switched {
+                to: SagaKind("cancel_paid".into()),
+                reason: "paid".into(),
+            },
+            Record::AbortRequested { reason: "ops".into() },
+            Record::Stuck { reason: "x".into() },
+            Record::Finished {
+                outcome: SagaOutcome::Aborted {
+                    compensated: true,
+                    reason: "ops".into(),
+                },
+            },
+        ];
+        for (i, record) in records.into_iter().enumerate() {
+            let e = Entry {
+                seq: i as u64,
+                at_ms: 1_700_000_000_000 + i as u64,
+                record,
+            };
+            let bytes = encode(&e);
+            assert_eq!(decode(sid(), e.seq, &bytes).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn newer_version_is_a_typed_error_naming_saga_and_seq() {
+        let bytes = br#"{"v":9,"at_ms":1,"type":"stuck","reason":"x"}"#;
+        match decode(sid(), 4, bytes) {
+            Err(JournalError::UnsupportedVersion {
+                saga,
+                seq,
+                found,
+                supported,
+            }) => {
+                assert_eq!((saga, seq, found, supported), (sid(), 4, 9, RECORD_FORMAT_VERSION));
+            }
+            other => panic!("expected UnsupportedVersion, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_is_corrupt_naming_saga_and_seq() {
+        for bytes in [&b""[..], b"\xff\x00", b"{\"v\":1}", b"{\"v\":1,\"at_ms\":1,\"type\":\"nope\"}"] {
+            match decode(sid(), 2, bytes) {
+                Err(e @ JournalError::Corrupt { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(&sid().to_string()) && msg.contains("seq 2"), "{msg}");
+                }
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Signing (filled by the simulator/wire work).

@@ -1,0 +1,1 @@
+//! rescind facade (filled below).
