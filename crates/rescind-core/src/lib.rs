@@ -29,6 +29,8 @@
 #![warn(missing_docs)]
 
 pub mod channel;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod engine;
 pub mod ids;
 pub mod journal;

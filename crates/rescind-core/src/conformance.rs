@@ -1,0 +1,1 @@
+//! The journal conformance suite (filled by the sled journal work).
