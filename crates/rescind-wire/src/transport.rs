@@ -51,3 +51,710 @@ pub trait Transport: Send + Sync + 'static {
     /// Send `req`.
     async fn send(&self, req: HttpRequest) -> Result<HttpResponse, TransportError>;
 }
+
+// ---------------------------------------------------------------------------
+// Production transport: reqwest with rustls.
+// ---------------------------------------------------------------------------
+
+use rescind_core::Clock;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Timeouts of the production transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReqwestSettings {
+    /// Longest a TCP + TLS connect may take; past it the request was not sent.
+    pub connect_timeout_ms: u64,
+    /// Longest a whole request may take, connect included; past it the
+    /// request is in doubt.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ReqwestSettings {
+    fn default() -> Self {
+        ReqwestSettings {
+            connect_timeout_ms: 3_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The production [`Transport`]: a `reqwest::Client` on rustls.
+///
+/// Failures map onto what the engine must know: a failure to connect is
+/// [`TransportError::NotSent`] (nothing reached the server); a timeout or a
+/// connection dropped after the request went out is
+/// [`TransportError::NoResponse`] (in doubt). Error texts never carry the URL,
+/// headers or body.
+#[derive(Clone, Debug)]
+pub struct ReqwestTransport {
+    client: reqwest::Client,
+}
+
+impl ReqwestTransport {
+    /// A transport with these timeouts.
+    pub fn new(settings: ReqwestSettings) -> Result<Self, TransportError> {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms.max(1)))
+            .timeout(Duration::from_millis(settings.request_timeout_ms.max(1)))
+            .build()
+            .map_err(|e| {
+                TransportError::NotSent(format!(
+                    "cannot build the HTTP client: {}",
+                    e.without_url()
+                ))
+            })?;
+        Ok(ReqwestTransport { client })
+    }
+
+    /// Wrap an existing client (its own timeouts and TLS settings apply).
+    pub fn from_client(client: reqwest::Client) -> Self {
+        ReqwestTransport { client }
+    }
+}
+
+/// Map a reqwest error onto the transport's two failure kinds. The URL is
+/// stripped: some channels carry parameters in the query string.
+fn map_reqwest_error(e: reqwest::Error) -> TransportError {
+    // A connect timeout is both `is_connect` and `is_timeout`: nothing was sent.
+    let not_sent = e.is_connect() || e.is_builder();
+    let text = e.without_url().to_string();
+    if not_sent {
+        TransportError::NotSent(text)
+    } else {
+        TransportError::NoResponse(text)
+    }
+}
+
+#[async_trait]
+impl Transport for ReqwestTransport {
+    async fn send(&self, req: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let mut builder = self.client.request(req.method, &req.url);
+        for (name, value) in &req.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let resp = builder
+            .body(req.body)
+            .send()
+            .await
+            .map_err(map_reqwest_error)?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        // The status line arrived, so the request was delivered; a body cut
+        // short leaves its effect in doubt.
+        let body = resp.bytes().await.map_err(|e| {
+            TransportError::NoResponse(format!("reading the response body: {}", e.without_url()))
+        })?;
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Layers: timeout, rate limit, retry. Each wraps an `Arc<dyn Transport>` and is
+// one itself, so they compose in any order (tower's `Layer`, without generics
+// across the crate boundary).
+// ---------------------------------------------------------------------------
+
+/// Wraps a transport in another (tower's `Layer`, over trait objects).
+pub trait Layer {
+    /// Wrap `inner`.
+    fn layer(&self, inner: Arc<dyn Transport>) -> Arc<dyn Transport>;
+}
+
+/// Fails a request that got no response within a deadline, as
+/// [`TransportError::NoResponse`] (in doubt). Time comes from a [`Clock`], so
+/// the deadline runs on tokio's paused clock in tests.
+pub struct Timeout {
+    inner: Arc<dyn Transport>,
+    clock: Arc<dyn Clock>,
+    timeout_ms: u64,
+}
+
+impl Timeout {
+    /// Give every request through `inner` at most `timeout_ms`.
+    pub fn new(inner: Arc<dyn Transport>, clock: Arc<dyn Clock>, timeout_ms: u64) -> Self {
+        Timeout {
+            inner,
+            clock,
+            timeout_ms,
+        }
+    }
+}
+
+impl std::fmt::Debug for Timeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timeout")
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Transport for Timeout {
+    async fn send(&self, req: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let ms = self.timeout_ms;
+        tokio::select! {
+            biased;
+            r = self.inner.send(req) => r,
+            _ = self.clock.sleep(Duration::from_millis(ms)) => {
+                tracing::debug!(timeout_ms = ms, "request timed out");
+                Err(TransportError::NoResponse(format!("no response within {ms} ms")))
+            }
+        }
+    }
+}
+
+/// A client-side token bucket, so one client never exceeds the rate its
+/// channel grants (TOP bans an app that does, for seconds to hours).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimitSettings {
+    /// Sustained requests per second (> 0).
+    pub rate_per_sec: f64,
+    /// Requests that may go out at once after a quiet spell (≥ 1).
+    pub burst: u32,
+    /// Longest a request waits for a token; past it the request is refused
+    /// locally as [`TransportError::NotSent`] instead of queueing without end.
+    pub wait_max_ms: u64,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            rate_per_sec: 20.0,
+            burst: 20,
+            wait_max_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Tokens available; negative when requests have reserved future tokens.
+    tokens: f64,
+    last_ms: u64,
+}
+
+/// The token-bucket layer: each request takes one token, waiting (on the
+/// [`Clock`]) for it when the bucket is empty. Waiters reserve tokens in
+/// arrival order, so a burst of callers is spread out, not stampeded.
+pub struct RateLimit {
+    inner: Arc<dyn Transport>,
+    clock: Arc<dyn Clock>,
+    settings: RateLimitSettings,
+    bucket: Mutex<Bucket>,
+}
+
+impl std::fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimit {
+    /// Limit requests through `inner`. A non-positive or non-finite rate
+    /// disables the limit; a burst of 0 counts as 1.
+    pub fn new(
+        inner: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+        settings: RateLimitSettings,
+    ) -> Self {
+        let burst = f64::from(settings.burst.max(1));
+        let last_ms = clock.now_ms();
+        RateLimit {
+            inner,
+            clock,
+            settings,
+            bucket: Mutex::new(Bucket {
+                tokens: burst,
+                last_ms,
+            }),
+        }
+    }
+
+    /// Reserve one token; how long to wait for it, or `None` when the wait
+    /// would exceed the limit (nothing is reserved then).
+    fn reserve(&self) -> Option<Duration> {
+        let rate = self.settings.rate_per_sec;
+        if !(rate.is_finite() && rate > 0.0) {
+            return Some(Duration::ZERO);
+        }
+        let burst = f64::from(self.settings.burst.max(1));
+        let now = self.clock.now_ms();
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed_s = now.saturating_sub(b.last_ms) as f64 / 1000.0;
+        b.tokens = (b.tokens + elapsed_s * rate).min(burst);
+        b.last_ms = b.last_ms.max(now);
+        let after = b.tokens - 1.0;
+        let wait_ms = if after >= 0.0 {
+            0.0
+        } else {
+            (-after / rate * 1000.0).ceil()
+        };
+        if wait_ms > self.settings.wait_max_ms as f64 {
+            return None;
+        }
+        b.tokens = after;
+        Some(Duration::from_millis(wait_ms as u64))
+    }
+}
+
+#[async_trait]
+impl Transport for RateLimit {
+    async fn send(&self, req: HttpRequest) -> Result<HttpResponse, TransportError> {
+        match self.reserve() {
+            Some(wait) => {
+                if !wait.is_zero() {
+                    tracing::trace!(
+                        wait_ms = wait.as_millis() as u64,
+                        "rate limit: waiting for a token"
+                    );
+                    self.clock.sleep(wait).await;
+                }
+                self.inner.send(req).await
+            }
+            None => Err(TransportError::NotSent(format!(
+                "client-side rate limit: no token within {} ms",
+                self.settings.wait_max_ms
+            ))),
+        }
+    }
+}
+
+/// How the retry layer retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// Sends per request, the first included (≥ 1).
+    pub attempts_max: u32,
+    /// Wait before the first retry; doubled for each further one.
+    pub backoff_initial_ms: u64,
+    /// Ceiling of that wait.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            attempts_max: 3,
+            backoff_initial_ms: 50,
+            backoff_max_ms: 1_000,
+        }
+    }
+}
+
+/// Retries requests that certainly were **not sent**
+/// ([`TransportError::NotSent`]: connection refused, local rate limit), a
+/// bounded number of times with a small back-off. It never re-sends a request
+/// that may have reached the server ([`TransportError::NoResponse`]) nor one
+/// that got any HTTP response: those are the engine's to resolve, by lookup.
+pub struct Retry {
+    inner: Arc<dyn Transport>,
+    clock: Arc<dyn Clock>,
+    settings: RetrySettings,
+}
+
+impl std::fmt::Debug for Retry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retry")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Retry {
+    /// Retry not-sent requests through `inner`.
+    pub fn new(inner: Arc<dyn Transport>, clock: Arc<dyn Clock>, settings: RetrySettings) -> Self {
+        Retry {
+            inner,
+            clock,
+            settings,
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for Retry {
+    async fn send(&self, req: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let attempts_max = self.settings.attempts_max.max(1);
+        let mut attempt = 1u32;
+        loop {
+            match self.inner.send(req.clone()).await {
+                Err(TransportError::NotSent(why)) if attempt < attempts_max => {
+                    let backoff = self
+                        .settings
+                        .backoff_initial_ms
+                        .saturating_mul(1u64 << (attempt - 1).min(20))
+                        .min(self.settings.backoff_max_ms);
+                    tracing::debug!(attempt, backoff_ms = backoff, reason = %why, "request not sent; retrying");
+                    self.clock.sleep(Duration::from_millis(backoff)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Layer form of [`Timeout`].
+#[derive(Clone)]
+pub struct TimeoutLayer {
+    /// The clock the deadline runs on.
+    pub clock: Arc<dyn Clock>,
+    /// The deadline.
+    pub timeout_ms: u64,
+}
+
+impl Layer for TimeoutLayer {
+    fn layer(&self, inner: Arc<dyn Transport>) -> Arc<dyn Transport> {
+        Arc::new(Timeout::new(inner, self.clock.clone(), self.timeout_ms))
+    }
+}
+
+/// Layer form of [`RateLimit`]. Each call to `layer` makes a fresh bucket.
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    /// The clock waits run on.
+    pub clock: Arc<dyn Clock>,
+    /// The bucket's settings.
+    pub settings: RateLimitSettings,
+}
+
+impl Layer for RateLimitLayer {
+    fn layer(&self, inner: Arc<dyn Transport>) -> Arc<dyn Transport> {
+        Arc::new(RateLimit::new(inner, self.clock.clone(), self.settings))
+    }
+}
+
+/// Layer form of [`Retry`].
+#[derive(Clone)]
+pub struct RetryLayer {
+    /// The clock back-offs run on.
+    pub clock: Arc<dyn Clock>,
+    /// The retry settings.
+    pub settings: RetrySettings,
+}
+
+impl Layer for RetryLayer {
+    fn layer(&self, inner: Arc<dyn Transport>) -> Arc<dyn Transport> {
+        Arc::new(Retry::new(inner, self.clock.clone(), self.settings))
+    }
+}
+
+/// Builds a transport wrapped in layers; each call wraps what is built so
+/// far, so the **last** layer added is the outermost.
+///
+/// ```
+/// use rescind_core::TokioClock;
+/// use rescind_wire::transport::*;
+/// use std::sync::Arc;
+///
+/// let clock: Arc<dyn rescind_core::Clock> = Arc::new(TokioClock::system());
+/// let inner = ReqwestTransport::new(ReqwestSettings::default()).unwrap();
+/// // retry(not sent) → rate limit → timeout → reqwest
+/// let transport = TransportStack::new(Arc::new(inner))
+///     .timeout(clock.clone(), 10_000)
+///     .rate_limit(clock.clone(), RateLimitSettings::default())
+///     .retry(clock, RetrySettings::default())
+///     .build();
+/// # let _ = transport;
+/// ```
+pub struct TransportStack {
+    inner: Arc<dyn Transport>,
+}
+
+impl std::fmt::Debug for TransportStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportStack").finish_non_exhaustive()
+    }
+}
+
+impl TransportStack {
+    /// Start from `inner`.
+    pub fn new(inner: Arc<dyn Transport>) -> Self {
+        TransportStack { inner }
+    }
+    /// Wrap in any [`Layer`].
+    pub fn layer(self, layer: &dyn Layer) -> Self {
+        TransportStack {
+            inner: layer.layer(self.inner),
+        }
+    }
+    /// Wrap in a [`Timeout`].
+    pub fn timeout(self, clock: Arc<dyn Clock>, timeout_ms: u64) -> Self {
+        self.layer(&TimeoutLayer { clock, timeout_ms })
+    }
+    /// Wrap in a [`RateLimit`].
+    pub fn rate_limit(self, clock: Arc<dyn Clock>, settings: RateLimitSettings) -> Self {
+        self.layer(&RateLimitLayer { clock, settings })
+    }
+    /// Wrap in a [`Retry`].
+    pub fn retry(self, clock: Arc<dyn Clock>, settings: RetrySettings) -> Self {
+        self.layer(&RetryLayer { clock, settings })
+    }
+    /// The finished transport.
+    pub fn build(self) -> Arc<dyn Transport> {
+        self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rescind_core::TokioClock;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// What the scripted transport does for one request.
+    enum Step {
+        Reply(u16),
+        Fail(TransportError),
+        /// Answer after this long (on tokio's clock).
+        Slow(u64),
+    }
+
+    /// A transport that plays a script and records when each request came.
+    struct Scripted {
+        script: Mutex<VecDeque<Step>>,
+        sent_at_ms: Mutex<Vec<u64>>,
+        clock: Arc<dyn Clock>,
+        calls: AtomicU32,
+    }
+
+    impl Scripted {
+        fn new(clock: Arc<dyn Clock>, steps: Vec<Step>) -> Arc<Self> {
+            Arc::new(Scripted {
+                script: Mutex::new(steps.into()),
+                sent_at_ms: Mutex::new(Vec::new()),
+                clock,
+                calls: AtomicU32::new(0),
+            })
+        }
+        fn calls(&self) -> u32 {
+            self.calls.load(Ordering::SeqCst)
+        }
+        fn times(&self) -> Vec<u64> {
+            self.sent_at_ms.lock().unwrap().clone()
+        }
+    }
+
+    fn ok(status: u16) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: vec![],
+            body: Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[async_trait]
+    impl Transport for Scripted {
+        async fn send(&self, _req: HttpRequest) -> Result<HttpResponse, TransportError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.sent_at_ms.lock().unwrap().push(self.clock.now_ms());
+            let step = self.script.lock().unwrap().pop_front();
+            match step {
+                Some(Step::Reply(s)) => Ok(ok(s)),
+                None => Ok(ok(200)),
+                Some(Step::Fail(e)) => Err(e),
+                Some(Step::Slow(ms)) => {
+                    self.clock.sleep(Duration::from_millis(ms)).await;
+                    Ok(ok(200))
+                }
+            }
+        }
+    }
+
+    fn req() -> HttpRequest {
+        HttpRequest {
+            method: http::Method::POST,
+            url: "http://127.0.0.1:1/router/rest".into(),
+            headers: vec![],
+            body: Bytes::from_static(b"a=b"),
+        }
+    }
+
+    fn clock() -> Arc<dyn Clock> {
+        Arc::new(TokioClock::with_base(1_000_000))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_turns_a_slow_reply_into_no_response() {
+        let c = clock();
+        let inner = Scripted::new(c.clone(), vec![Step::Slow(5_000), Step::Slow(10)]);
+        let t = TransportStack::new(inner.clone())
+            .timeout(c.clone(), 1_000)
+            .build();
+        let t0 = c.now_ms();
+        let e = t.send(req()).await.unwrap_err();
+        assert!(matches!(e, TransportError::NoResponse(_)), "{e:?}");
+        assert_eq!(c.now_ms() - t0, 1_000);
+        assert_eq!(t.send(req()).await.unwrap().status, 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_resends_only_not_sent() {
+        let c = clock();
+        let inner = Scripted::new(
+            c.clone(),
+            vec![
+                Step::Fail(TransportError::NotSent("refused".into())),
+                Step::Fail(TransportError::NotSent("refused".into())),
+                Step::Reply(200),
+            ],
+        );
+        let settings = RetrySettings {
+            attempts_max: 3,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 150,
+        };
+        let t = TransportStack::new(inner.clone())
+            .retry(c.clone(), settings)
+            .build();
+        assert_eq!(t.send(req()).await.unwrap().status, 200);
+        assert_eq!(inner.calls(), 3);
+        let times = inner.times();
+        assert_eq!(times[1] - times[0], 100);
+        assert_eq!(times[2] - times[1], 150, "back-off is capped");
+
+        // In doubt: never re-sent.
+        let inner = Scripted::new(
+            c.clone(),
+            vec![Step::Fail(TransportError::NoResponse("reset".into()))],
+        );
+        let t = TransportStack::new(inner.clone())
+            .retry(c.clone(), settings)
+            .build();
+        assert!(matches!(
+            t.send(req()).await,
+            Err(TransportError::NoResponse(_))
+        ));
+        assert_eq!(inner.calls(), 1);
+
+        // An HTTP error reply is a reply: never re-sent by the layer.
+        let inner = Scripted::new(c.clone(), vec![Step::Reply(503)]);
+        let t = TransportStack::new(inner.clone())
+            .retry(c.clone(), settings)
+            .build();
+        assert_eq!(t.send(req()).await.unwrap().status, 503);
+        assert_eq!(inner.calls(), 1);
+
+        // Bounded: gives up after attempts_max with the last error.
+        let inner = Scripted::new(
+            c.clone(),
+            (0..5)
+                .map(|_| Step::Fail(TransportError::NotSent("refused".into())))
+                .collect(),
+        );
+        let t = TransportStack::new(inner.clone())
+            .retry(c.clone(), settings)
+            .build();
+        assert!(matches!(
+            t.send(req()).await,
+            Err(TransportError::NotSent(_))
+        ));
+        assert_eq!(inner.calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_spreads_requests_after_the_burst() {
+        let c = clock();
+        let inner = Scripted::new(c.clone(), vec![]);
+        let settings = RateLimitSettings {
+            rate_per_sec: 10.0,
+            burst: 2,
+            wait_max_ms: 10_000,
+        };
+        let t = TransportStack::new(inner.clone())
+            .rate_limit(c.clone(), settings)
+            .build();
+        let t0 = c.now_ms();
+        let mut handles = Vec::new();
+        for _ in 0..5 {
+            let t = t.clone();
+            handles.push(tokio::spawn(async move { t.send(req()).await }));
+        }
+        for h in handles {
+            assert_eq!(h.await.unwrap().unwrap().status, 200);
+        }
+        let mut rel: Vec<u64> = inner.times().iter().map(|t| t - t0).collect();
+        rel.sort();
+        assert_eq!(rel, vec![0, 0, 100, 200, 300]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_refuses_rather_than_wait_past_the_limit() {
+        let c = clock();
+        let inner = Scripted::new(c.clone(), vec![]);
+        let settings = RateLimitSettings {
+            rate_per_sec: 1.0,
+            burst: 1,
+            wait_max_ms: 500,
+        };
+        let t = TransportStack::new(inner.clone())
+            .rate_limit(c.clone(), settings)
+            .build();
+        assert!(t.send(req()).await.is_ok());
+        assert!(matches!(
+            t.send(req()).await,
+            Err(TransportError::NotSent(_))
+        ));
+        assert_eq!(inner.calls(), 1);
+        // The refused request reserved nothing: after a second the next goes.
+        c.sleep(Duration::from_secs(1)).await;
+        assert!(t.send(req()).await.is_ok());
+        assert_eq!(inner.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn reqwest_connect_refused_is_not_sent() {
+        // Bind then drop a listener: the port is very likely closed now.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let t = ReqwestTransport::new(ReqwestSettings::default()).unwrap();
+        let mut r = req();
+        r.url = format!("http://127.0.0.1:{port}/router/rest?secret=s3cr3t");
+        let e = t.send(r).await.unwrap_err();
+        assert!(matches!(e, TransportError::NotSent(_)), "{e:?}");
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn reqwest_timeout_after_sending_is_no_response() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            // Read the request, never answer.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let t = ReqwestTransport::new(ReqwestSettings {
+            connect_timeout_ms: 1_000,
+            request_timeout_ms: 300,
+        })
+        .unwrap();
+        let mut r = req();
+        r.url = format!("http://{addr}/router/rest");
+        let e = t.send(r).await.unwrap_err();
+        assert!(matches!(e, TransportError::NoResponse(_)), "{e:?}");
+        server.abort();
+    }
+}
