@@ -10,7 +10,7 @@
 
 use crate::channel::{Applied, ChannelError, Channels, CancelRequest, Conflict, ErrorClass, WithdrawRequest};
 use crate::ids::{OrderRef, RefundId, SagaId, SagaKind};
-use crate::journal::{Journal, JournalError, SagaSet};
+use crate::journal::{Journal, JournalError};
 use crate::machine::{OrderState, RefundState};
 use crate::metrics::{EngineStats, StatsSnapshot};
 use crate::record::{Action, Entry, Observation, Record, SagaInput, SagaOutcome, StepOutcome, Via};
@@ -447,7 +447,7 @@ impl Engine {
     /// cannot be resumed (corrupt record, newer format, unknown kind) is
     /// reported by id and skipped; the others still resume.
     pub async fn recover(&self) -> Result<RecoveryReport> {
-        let ids = self.inner.journal.list(SagaSet::Unfinished).await?;
+        let ids = self.inner.journal.claim_unfinished().await?;
         let mut report = RecoveryReport::default();
         for id in ids {
             if self.is_running(id) {

@@ -103,6 +103,19 @@ pub trait Journal: Send + Sync + 'static {
     async fn list(&self, set: SagaSet) -> Result<Vec<SagaId>, JournalError>;
     /// Move a saga to the finished set (durable when this returns).
     async fn mark_finished(&self, saga: SagaId) -> Result<(), JournalError>;
+    /// The unfinished sagas this process should run now. A single-process
+    /// journal returns them all; a shared journal (PostgreSQL) claims the ones
+    /// whose lease is free or expired and returns only those, so that every
+    /// saga is driven by one worker at a time.
+    async fn claim_unfinished(&self) -> Result<Vec<SagaId>, JournalError> {
+        self.list(SagaSet::Unfinished).await
+    }
+    /// Give up this process's claim on a saga (a shared journal releases its
+    /// lease; single-process journals do nothing).
+    async fn release(&self, saga: SagaId) -> Result<(), JournalError> {
+        let _ = saga;
+        Ok(())
+    }
 }
 
 /// Where a scheduled [`MemoryJournal`] crash lands, relative to one append.
