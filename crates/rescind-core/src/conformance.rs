@@ -1,1 +1,652 @@
-//! The journal conformance suite (filled by the sled journal work).
+//! The journal conformance suite: one set of checks every [`Journal`] runs.
+//!
+//! A journal implementation proves it keeps the [`Journal`] contract by running
+//! these checks against itself from its own tests. The checks are generic: an
+//! implementation supplies a [`JournalFactory`] that makes fresh, empty
+//! journals, and (where it can) injects corrupt bytes and reopens a journal
+//! onto the same store. Enable the `conformance` feature of `rescind-core` in
+//! the implementation's `[dev-dependencies]`.
+//!
+//! Each check is a `pub async fn` taking the factory, so a test file can run
+//! them one by one (one `#[tokio::test]` each, which is what
+//! [`journal_conformance_tests!`](crate::journal_conformance_tests) generates)
+//! or all at once with [`run_all`]. A failed check panics with the saga, the
+//! sequence and what the journal answered: these are test assertions.
+//!
+//! ```
+//! use async_trait::async_trait;
+//! use rescind_core::conformance::{run_all, JournalFactory};
+//! use rescind_core::{MemoryJournal, SagaId};
+//!
+//! struct Memory;
+//!
+//! #[async_trait]
+//! impl JournalFactory for Memory {
+//!     type Journal = MemoryJournal;
+//!     async fn fresh(&self) -> MemoryJournal {
+//!         MemoryJournal::new()
+//!     }
+//!     async fn corrupt(&self, j: &MemoryJournal, saga: SagaId, seq: u64, bytes: Vec<u8>) -> bool {
+//!         j.corrupt(saga, seq, bytes)
+//!     }
+//!     async fn reopen(&self, j: MemoryJournal) -> Option<MemoryJournal> {
+//!         Some(j.restart())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)] async fn main() {
+//! let passed = run_all(&Memory).await;
+//! assert!(passed.contains(&"append_then_read_in_order"));
+//! # }
+//! ```
+
+use crate::ids::{OrderRef, SagaId};
+use crate::journal::{Journal, JournalError, SagaSet};
+use crate::record::{Entry, Record, SagaInput, SagaOutcome, RECORD_FORMAT_VERSION};
+use crate::OrderState;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// What a journal implementation gives the suite.
+#[async_trait]
+pub trait JournalFactory: Send + Sync {
+    /// The journal under test.
+    type Journal: Journal;
+
+    /// A fresh, empty journal (its own store: no records of earlier journals).
+    async fn fresh(&self) -> Self::Journal;
+
+    /// Overwrite the stored bytes of record `seq` of `saga` with `bytes`,
+    /// bypassing the codec. Return `false` if the record does not exist or the
+    /// implementation cannot inject bytes (the corrupt-record check then fails,
+    /// so an implementation that cannot do it should test it another way and
+    /// not call that check).
+    async fn corrupt(
+        &self,
+        journal: &Self::Journal,
+        saga: SagaId,
+        seq: u64,
+        bytes: Vec<u8>,
+    ) -> bool;
+
+    /// Close `journal` and open the same store again, as a restarted process
+    /// would. `None` if the journal keeps nothing across a reopen; the
+    /// persistence checks then only read back from the live journal.
+    async fn reopen(&self, journal: Self::Journal) -> Option<Self::Journal>;
+}
+
+/// Names of every check, in the order [`run_all`] runs them.
+pub const CHECKS: &[&str] = &[
+    "empty_journal_lists_nothing",
+    "append_then_read_in_order",
+    "read_back_after_append_returns",
+    "duplicate_sequence_is_a_conflict",
+    "gap_in_sequence_is_a_conflict",
+    "unknown_saga_is_typed",
+    "list_is_sorted_by_id",
+    "mark_finished_moves_sets_and_is_idempotent",
+    "concurrent_appends_keep_per_saga_order",
+    "racing_appends_of_one_sequence_admit_one",
+    "corrupt_record_is_typed_and_others_stay_readable",
+    "big_records_round_trip",
+    "reopen_keeps_records_sets_and_sequences",
+];
+
+/// Run every check in [`CHECKS`]; returns their names. Panics at the first
+/// failure, naming the check.
+pub async fn run_all<F: JournalFactory>(f: &F) -> Vec<&'static str> {
+    macro_rules! run {
+        ($($name:ident),* $(,)?) => {{
+            let mut passed = Vec::new();
+            $(
+                $name(f).await;
+                passed.push(stringify!($name));
+            )*
+            passed
+        }};
+    }
+    let passed = run!(
+        empty_journal_lists_nothing,
+        append_then_read_in_order,
+        read_back_after_append_returns,
+        duplicate_sequence_is_a_conflict,
+        gap_in_sequence_is_a_conflict,
+        unknown_saga_is_typed,
+        list_is_sorted_by_id,
+        mark_finished_moves_sets_and_is_idempotent,
+        concurrent_appends_keep_per_saga_order,
+        racing_appends_of_one_sequence_admit_one,
+        corrupt_record_is_typed_and_others_stay_readable,
+        big_records_round_trip,
+        reopen_keeps_records_sets_and_sequences,
+    );
+    debug_assert_eq!(passed, CHECKS);
+    passed
+}
+
+/// Generate one `#[tokio::test]` per conformance check, each calling
+/// `$factory` (an expression, evaluated per test) for its own factory.
+///
+/// ```ignore
+/// rescind_core::journal_conformance_tests!(MyFactory::new());
+/// ```
+#[macro_export]
+macro_rules! journal_conformance_tests {
+    ($factory:expr) => {
+        $crate::journal_conformance_tests!(@each $factory;
+            empty_journal_lists_nothing,
+            append_then_read_in_order,
+            read_back_after_append_returns,
+            duplicate_sequence_is_a_conflict,
+            gap_in_sequence_is_a_conflict,
+            unknown_saga_is_typed,
+            list_is_sorted_by_id,
+            mark_finished_moves_sets_and_is_idempotent,
+            concurrent_appends_keep_per_saga_order,
+            racing_appends_of_one_sequence_admit_one,
+            corrupt_record_is_typed_and_others_stay_readable,
+            big_records_round_trip,
+            reopen_keeps_records_sets_and_sequences,
+        );
+    };
+    (@each $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let factory = $factory;
+                $crate::conformance::$name(&factory).await;
+            }
+        )*
+    };
+}
+
+// ---- entries used by the checks -------------------------------------------
+
+/// A saga id for check `check`, number `n` (ids differ across checks so a
+/// journal shared by mistake shows up as a failure, not a pass).
+fn sid(check: u8, n: u32) -> SagaId {
+    SagaId::from_u128(((check as u128) << 96) | ((n as u128) << 32) | 0x5a5a)
+}
+
+/// Entry `seq` of a saga: `Started` at 0, then `Stuck` records whose reason
+/// names saga and seq, so a record read back in the wrong place is visible.
+pub fn entry(saga: SagaId, seq: u64) -> Entry {
+    let record = if seq == 0 {
+        Record::Started {
+            input: SagaInput::cancel_unpaid(OrderRef::new(
+                "tmall-tbc",
+                format!("{}", saga.0.as_u128() % 1_000_000_007),
+            )),
+        }
+    } else {
+        Record::Stuck {
+            reason: format!("saga {saga} record {seq}"),
+        }
+    };
+    Entry {
+        seq,
+        at_ms: 1_700_000_000_000 + seq,
+        record,
+    }
+}
+
+fn finished_entry(seq: u64) -> Entry {
+    Entry {
+        seq,
+        at_ms: 1_700_000_000_000 + seq,
+        record: Record::Finished {
+            outcome: SagaOutcome::Completed {
+                order: OrderState::Cancelled,
+                note: None,
+            },
+        },
+    }
+}
+
+async fn append_n<J: Journal>(j: &J, saga: SagaId, n: u64) {
+    for seq in 0..n {
+        if let Err(e) = j.append(saga, &entry(saga, seq)).await {
+            panic!("append saga {saga} seq {seq}: {e}");
+        }
+    }
+}
+
+async fn expect_entries<J: Journal>(j: &J, saga: SagaId, n: u64, what: &str) {
+    let got = match j.read(saga).await {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: read saga {saga}: {e}"),
+    };
+    let want: Vec<Entry> = (0..n).map(|seq| entry(saga, seq)).collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: saga {saga} has {} records, want {}",
+        got.len(),
+        want.len()
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w, "{what}: saga {saga} seq {} differs", w.seq);
+    }
+}
+
+async fn expect_list<J: Journal>(j: &J, set: SagaSet, want: &[SagaId], what: &str) {
+    let got = j
+        .list(set)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: list {set:?}: {e}"));
+    assert_eq!(got, want, "{what}: list {set:?}");
+}
+
+fn expect_conflict(r: Result<(), JournalError>, saga: SagaId, seq: u64, expected: u64, what: &str) {
+    match r {
+        Err(JournalError::SequenceConflict { saga: s, seq: q, expected: e }) => {
+            assert_eq!((s, q, e), (saga, seq, expected), "{what}: conflict names the wrong place");
+        }
+        other => panic!("{what}: saga {saga} seq {seq}: expected SequenceConflict(expected {expected}), got {other:?}"),
+    }
+}
+
+// ---- the checks -------------------------------------------------------------
+
+/// A fresh journal lists no sagas in either set.
+pub async fn empty_journal_lists_nothing<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    expect_list(&j, SagaSet::Unfinished, &[], "fresh journal").await;
+    expect_list(&j, SagaSet::Finished, &[], "fresh journal").await;
+}
+
+/// Appended entries read back equal and in sequence order.
+pub async fn append_then_read_in_order<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let (a, b) = (sid(1, 1), sid(1, 2));
+    // Interleave two sagas so a journal that orders by arrival, not by saga, fails.
+    for seq in 0..10 {
+        j.append(a, &entry(a, seq))
+            .await
+            .unwrap_or_else(|e| panic!("append {a} {seq}: {e}"));
+        if seq < 5 {
+            j.append(b, &entry(b, seq))
+                .await
+                .unwrap_or_else(|e| panic!("append {b} {seq}: {e}"));
+        }
+    }
+    expect_entries(&j, a, 10, "interleaved appends").await;
+    expect_entries(&j, b, 5, "interleaved appends").await;
+}
+
+/// What `append` acknowledged is there after a reopen (for persistent journals),
+/// and is readable at once (for all).
+pub async fn read_back_after_append_returns<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let a = sid(2, 1);
+    append_n(&j, a, 3).await;
+    expect_entries(&j, a, 3, "read right after append").await;
+    if let Some(j) = f.reopen(j).await {
+        expect_entries(&j, a, 3, "read after reopen").await;
+        expect_list(&j, SagaSet::Unfinished, &[a], "after reopen").await;
+    }
+}
+
+/// Appending a sequence that already exists is a `SequenceConflict` naming
+/// the expected sequence, and changes nothing.
+pub async fn duplicate_sequence_is_a_conflict<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let a = sid(3, 1);
+    append_n(&j, a, 3).await;
+    for seq in [0, 1, 2] {
+        let mut dup = entry(a, seq);
+        dup.at_ms += 999; // a different record: must not replace the stored one
+        expect_conflict(j.append(a, &dup).await, a, seq, 3, "duplicate");
+    }
+    expect_entries(&j, a, 3, "after rejected duplicates").await;
+}
+
+/// A gap (including a first append that is not 0) is a `SequenceConflict`.
+pub async fn gap_in_sequence_is_a_conflict<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let (a, b) = (sid(4, 1), sid(4, 2));
+    expect_conflict(
+        j.append(b, &entry(b, 1)).await,
+        b,
+        1,
+        0,
+        "first append at seq 1",
+    );
+    append_n(&j, a, 2).await;
+    expect_conflict(j.append(a, &entry(a, 5)).await, a, 5, 2, "gap");
+    expect_entries(&j, a, 2, "after rejected gap").await;
+    // The rejected first append did not create the saga.
+    match j.read(b).await {
+        Err(JournalError::UnknownSaga(s)) => assert_eq!(s, b),
+        other => {
+            panic!("a saga whose only append was rejected: expected UnknownSaga, got {other:?}")
+        }
+    }
+    expect_list(&j, SagaSet::Unfinished, &[a], "after rejected first append").await;
+    // And the sequence continues where it should.
+    j.append(a, &entry(a, 2))
+        .await
+        .unwrap_or_else(|e| panic!("append after gap rejection: {e}"));
+}
+
+/// Reading or finishing a saga with no records is `UnknownSaga`.
+pub async fn unknown_saga_is_typed<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let a = sid(5, 1);
+    match j.read(a).await {
+        Err(JournalError::UnknownSaga(s)) => assert_eq!(s, a),
+        other => panic!("read of unknown saga: expected UnknownSaga, got {other:?}"),
+    }
+    match j.mark_finished(a).await {
+        Err(JournalError::UnknownSaga(s)) => assert_eq!(s, a),
+        other => panic!("mark_finished of unknown saga: expected UnknownSaga, got {other:?}"),
+    }
+    expect_list(
+        &j,
+        SagaSet::Finished,
+        &[],
+        "after finishing an unknown saga",
+    )
+    .await;
+}
+
+/// Both sets list sorted by id, whatever the order of creation.
+pub async fn list_is_sorted_by_id<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let mut ids: Vec<SagaId> = [7u32, 3, 250, 1, 90, 12, 4096, 2]
+        .iter()
+        .map(|&n| sid(6, n))
+        .collect();
+    // Ids that sort differently as bytes and as the low bits alone.
+    ids.push(SagaId::from_u128(u128::MAX - 1));
+    ids.push(SagaId::from_u128(1 << 127));
+    for &id in &ids {
+        append_n(&j, id, 1).await;
+    }
+    let finished = [ids[1], ids[4], ids[8]];
+    for &id in &finished {
+        j.append(id, &finished_entry(1))
+            .await
+            .unwrap_or_else(|e| panic!("append finished {id}: {e}"));
+        j.mark_finished(id)
+            .await
+            .unwrap_or_else(|e| panic!("mark_finished {id}: {e}"));
+    }
+    let mut want_unfinished: Vec<SagaId> = ids
+        .iter()
+        .copied()
+        .filter(|i| !finished.contains(i))
+        .collect();
+    want_unfinished.sort();
+    let mut want_finished = finished.to_vec();
+    want_finished.sort();
+    expect_list(&j, SagaSet::Unfinished, &want_unfinished, "sorted").await;
+    expect_list(&j, SagaSet::Finished, &want_finished, "sorted").await;
+}
+
+/// `mark_finished` moves a saga from unfinished to finished, keeps its
+/// records, and a second call is a no-op success.
+pub async fn mark_finished_moves_sets_and_is_idempotent<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let (a, b) = (sid(7, 1), sid(7, 2));
+    append_n(&j, a, 2).await;
+    append_n(&j, b, 1).await;
+    j.mark_finished(a)
+        .await
+        .unwrap_or_else(|e| panic!("mark_finished {a}: {e}"));
+    expect_list(&j, SagaSet::Unfinished, &[b], "after finish").await;
+    expect_list(&j, SagaSet::Finished, &[a], "after finish").await;
+    j.mark_finished(a)
+        .await
+        .unwrap_or_else(|e| panic!("second mark_finished {a}: {e}"));
+    expect_list(&j, SagaSet::Unfinished, &[b], "after second finish").await;
+    expect_list(&j, SagaSet::Finished, &[a], "after second finish").await;
+    expect_entries(&j, a, 2, "finished saga stays readable").await;
+    if let Some(j) = f.reopen(j).await {
+        expect_list(&j, SagaSet::Unfinished, &[b], "finish survives reopen").await;
+        expect_list(&j, SagaSet::Finished, &[a], "finish survives reopen").await;
+    }
+}
+
+/// Many sagas appending concurrently: each saga's records stay in order and
+/// complete, and every saga is listed.
+pub async fn concurrent_appends_keep_per_saga_order<F: JournalFactory>(f: &F) {
+    const SAGAS: u32 = 64;
+    const RECORDS: u64 = 20;
+    let j = Arc::new(f.fresh().await);
+    let mut tasks = Vec::new();
+    for n in 0..SAGAS {
+        let j = Arc::clone(&j);
+        tasks.push(tokio::spawn(async move {
+            let id = sid(8, n);
+            for seq in 0..RECORDS {
+                j.append(id, &entry(id, seq))
+                    .await
+                    .map_err(|e| format!("append {id} {seq}: {e}"))?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("concurrent append failed: {e}"),
+            Err(e) => panic!("concurrent append task died: {e}"),
+        }
+    }
+    let mut want: Vec<SagaId> = (0..SAGAS).map(|n| sid(8, n)).collect();
+    want.sort();
+    expect_list(&*j, SagaSet::Unfinished, &want, "after concurrent appends").await;
+    for &id in &want {
+        expect_entries(&*j, id, RECORDS, "after concurrent appends").await;
+    }
+}
+
+/// Two appends racing for the same sequence of one saga: exactly one wins,
+/// the other is a `SequenceConflict`.
+pub async fn racing_appends_of_one_sequence_admit_one<F: JournalFactory>(f: &F) {
+    let j = Arc::new(f.fresh().await);
+    for round in 0..20u32 {
+        let id = sid(9, round);
+        let seq = u64::from(round % 3);
+        append_n(&*j, id, seq).await;
+        let (j1, j2) = (Arc::clone(&j), Arc::clone(&j));
+        let mut other = entry(id, seq);
+        other.at_ms += 1;
+        let mine = entry(id, seq);
+        let (r1, r2) = tokio::join!(
+            tokio::spawn(async move { j1.append(id, &mine).await }),
+            tokio::spawn(async move { j2.append(id, &other).await }),
+        );
+        let (r1, r2) = match (r1, r2) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => panic!("racing append task died"),
+        };
+        let oks = [&r1, &r2].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(
+            oks, 1,
+            "saga {id} seq {seq}: racing appends gave {r1:?} and {r2:?}"
+        );
+        let loser = if r1.is_ok() { r2 } else { r1 };
+        expect_conflict(loser, id, seq, seq + 1, "racing append");
+        let got = j
+            .read(id)
+            .await
+            .unwrap_or_else(|e| panic!("read {id}: {e}"));
+        assert_eq!(
+            got.len() as u64,
+            seq + 1,
+            "saga {id}: racing appends left {} records",
+            got.len()
+        );
+    }
+}
+
+/// A record whose stored bytes are garbage, truncated or from a newer format
+/// is a typed error naming saga and sequence; other sagas stay readable and
+/// listable.
+pub async fn corrupt_record_is_typed_and_others_stay_readable<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let (bad, trunc, newer, good) = (sid(10, 1), sid(10, 2), sid(10, 3), sid(10, 4));
+    for id in [bad, trunc, newer, good] {
+        append_n(&j, id, 3).await;
+    }
+    let whole = crate::record::encode(&entry(trunc, 1));
+    let cut = whole[..whole.len() / 2].to_vec();
+    let newer_bytes = format!(
+        r#"{{"v":{},"at_ms":1,"type":"stuck","reason":"from the future"}}"#,
+        RECORD_FORMAT_VERSION + 1
+    )
+    .into_bytes();
+    assert!(
+        f.corrupt(&j, bad, 2, b"\xff\x00not json".to_vec()).await,
+        "factory could not corrupt {bad} seq 2"
+    );
+    assert!(
+        f.corrupt(&j, trunc, 1, cut).await,
+        "factory could not corrupt {trunc} seq 1"
+    );
+    assert!(
+        f.corrupt(&j, newer, 0, newer_bytes).await,
+        "factory could not corrupt {newer} seq 0"
+    );
+
+    for (id, seq) in [(bad, 2), (trunc, 1)] {
+        match j.read(id).await {
+            Err(e @ JournalError::Corrupt { .. }) => {
+                let JournalError::Corrupt { saga, seq: s, .. } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(
+                    (*saga, *s),
+                    (id, seq),
+                    "corrupt error names the wrong record: {e}"
+                );
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&id.to_string()) && msg.contains(&format!("seq {seq}")),
+                    "message: {msg}"
+                );
+            }
+            other => {
+                panic!("read of saga {id} with corrupt seq {seq}: expected Corrupt, got {other:?}")
+            }
+        }
+    }
+    match j.read(newer).await {
+        Err(JournalError::UnsupportedVersion {
+            saga,
+            seq,
+            found,
+            supported,
+        }) => {
+            assert_eq!(
+                (saga, seq, found, supported),
+                (newer, 0, RECORD_FORMAT_VERSION + 1, RECORD_FORMAT_VERSION)
+            );
+        }
+        other => {
+            panic!("read of a newer-format record: expected UnsupportedVersion, got {other:?}")
+        }
+    }
+    expect_entries(&j, good, 3, "neighbour of corrupt sagas").await;
+    let mut all = vec![bad, trunc, newer, good];
+    all.sort();
+    expect_list(&j, SagaSet::Unfinished, &all, "with corrupt records").await;
+    // Appending after a corrupt record still works: sequences are kept apart from contents.
+    j.append(good, &entry(good, 3))
+        .await
+        .unwrap_or_else(|e| panic!("append next to corrupt sagas: {e}"));
+    if let Some(j) = f.reopen(j).await {
+        expect_entries(&j, good, 4, "neighbour of corrupt sagas after reopen").await;
+        assert!(
+            matches!(j.read(bad).await, Err(JournalError::Corrupt { seq: 2, .. })),
+            "corruption after reopen"
+        );
+    }
+}
+
+/// Records of hundreds of KiB round-trip, also across a reopen.
+pub async fn big_records_round_trip<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let a = sid(11, 1);
+    let mut want = Vec::new();
+    for (seq, kib) in [(0u64, 0usize), (1, 64), (2, 300), (3, 1)] {
+        let e = if seq == 0 {
+            entry(a, 0)
+        } else {
+            Entry {
+                seq,
+                at_ms: 1_700_000_000_000 + seq,
+                // Non-ASCII and JSON escapes included on purpose.
+                record: Record::Stuck {
+                    reason: "\"取消\"\n".repeat(kib * 1024 / 10 + 1),
+                },
+            }
+        };
+        j.append(a, &e)
+            .await
+            .unwrap_or_else(|err| panic!("append {kib} KiB record: {err}"));
+        want.push(e);
+    }
+    let got = j
+        .read(a)
+        .await
+        .unwrap_or_else(|e| panic!("read big records: {e}"));
+    assert!(got == want, "big records differ after read");
+    if let Some(j) = f.reopen(j).await {
+        let got = j
+            .read(a)
+            .await
+            .unwrap_or_else(|e| panic!("read big records after reopen: {e}"));
+        assert!(got == want, "big records differ after reopen");
+    }
+}
+
+/// After a reopen: records, both sets and the next sequence of every saga are
+/// as before (a duplicate is still a conflict, the next sequence is accepted).
+pub async fn reopen_keeps_records_sets_and_sequences<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let (a, b, c) = (sid(12, 1), sid(12, 2), sid(12, 3));
+    append_n(&j, a, 4).await;
+    append_n(&j, b, 1).await;
+    append_n(&j, c, 2).await;
+    j.mark_finished(c)
+        .await
+        .unwrap_or_else(|e| panic!("mark_finished {c}: {e}"));
+    let j = match f.reopen(j).await {
+        Some(j) => j,
+        None => return, // nothing to check for a journal that keeps nothing
+    };
+    expect_entries(&j, a, 4, "after reopen").await;
+    expect_entries(&j, b, 1, "after reopen").await;
+    expect_entries(&j, c, 2, "after reopen").await;
+    expect_list(&j, SagaSet::Unfinished, &[a, b], "after reopen").await;
+    expect_list(&j, SagaSet::Finished, &[c], "after reopen").await;
+    expect_conflict(
+        j.append(a, &entry(a, 3)).await,
+        a,
+        3,
+        4,
+        "duplicate after reopen",
+    );
+    expect_conflict(
+        j.append(b, &entry(b, 0)).await,
+        b,
+        0,
+        1,
+        "duplicate of seq 0 after reopen",
+    );
+    j.append(a, &entry(a, 4))
+        .await
+        .unwrap_or_else(|e| panic!("next seq after reopen: {e}"));
+    j.append(b, &entry(b, 1))
+        .await
+        .unwrap_or_else(|e| panic!("next seq after reopen: {e}"));
+    expect_entries(&j, a, 5, "append after reopen").await;
+    // And once more, so what was appended after the reopen persists too.
+    if let Some(j) = f.reopen(j).await {
+        expect_entries(&j, a, 5, "second reopen").await;
+        expect_entries(&j, b, 2, "second reopen").await;
+    }
+}

@@ -1,0 +1,462 @@
+//! The group committer: one thread that owns every write.
+//!
+//! Writers queue requests; the committer takes whatever is queued (up to
+//! `batch_records_max`, waiting at most `batch_wait_max_us` for more), checks
+//! each against the per-saga sequence cache, applies the accepted ones as one
+//! `sled::Batch`, flushes once (and `fdatasync`s for [`Durability::PowerLoss`]),
+//! and only then answers every waiter. Because it is the only writer, the
+//! sequence check and the write cannot race.
+
+use crate::config::{Durability, SledConfig};
+use crate::keys;
+use rescind_core::{JournalError, SagaId};
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+/// What a writer asks of the committer.
+pub(crate) enum Op {
+    /// Append an encoded record at `seq` (must be the saga's next).
+    Append {
+        saga: SagaId,
+        seq: u64,
+        at_ms: u64,
+        bytes: Vec<u8>,
+    },
+    /// Move a saga to the finished set.
+    Finish { saga: SagaId },
+    /// Store raw bytes as record `seq`, bypassing codec and sequence checks.
+    Raw {
+        saga: SagaId,
+        seq: u64,
+        bytes: Vec<u8>,
+    },
+    /// Delete these finished sagas and their records. Answers the number of
+    /// records deleted.
+    Compact { sagas: Vec<SagaId> },
+    /// Finish what is queued before this, then stop.
+    Shutdown,
+}
+
+/// A queued request and where to send its answer.
+pub(crate) struct Request {
+    pub op: Op,
+    pub reply: Option<oneshot::Sender<Result<u64, JournalError>>>,
+    /// Held until answered: bounds the queue.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Clone, Copy)]
+struct SeqState {
+    next: u64,
+    /// `at_ms` of the last record, when this process wrote it.
+    last_at_ms: Option<u64>,
+}
+
+/// Makes sled's writes survive power loss: `fdatasync` of the data file, and
+/// of blob files (sled writes large pages as separate files and never syncs them).
+struct PowerLossSync {
+    data_file: File,
+    blobs_dir: PathBuf,
+    synced_blobs: HashSet<OsString>,
+}
+
+impl PowerLossSync {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        let data_file = std::fs::OpenOptions::new().read(true).write(true).open(path.join("db"))?;
+        let mut me = PowerLossSync {
+            data_file,
+            blobs_dir: path.join("blobs"),
+            synced_blobs: HashSet::new(),
+        };
+        // The directory entries of `db`, `conf` and `blobs` themselves.
+        File::open(path)?.sync_all()?;
+        me.sync()?;
+        Ok(me)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.data_file.sync_data()?;
+        let mut present = HashSet::new();
+        let mut new_blob = false;
+        for dirent in std::fs::read_dir(&self.blobs_dir)? {
+            let dirent = dirent?;
+            let name = dirent.file_name();
+            if !self.synced_blobs.contains(&name) {
+                match File::open(dirent.path()) {
+                    Ok(f) => f.sync_data()?,
+                    // sled removed it meanwhile (blob garbage collection).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                new_blob = true;
+            }
+            present.insert(name);
+        }
+        if new_blob {
+            File::open(&self.blobs_dir)?.sync_all()?;
+        }
+        self.synced_blobs = present;
+        Ok(())
+    }
+}
+
+/// What this batch has staged but the tree does not show yet.
+#[derive(Default)]
+struct BatchState {
+    /// Sagas marked finished in this batch.
+    finished: HashSet<SagaId>,
+    /// Sagas any append, finish or raw write looked at in this batch.
+    touched: HashSet<SagaId>,
+    /// Sagas deleted by compaction in this batch.
+    compacted: HashSet<SagaId>,
+}
+
+pub(crate) struct Committer {
+    db: sled::Db,
+    tree: sled::Tree,
+    path: PathBuf,
+    config: SledConfig,
+    seqs: HashMap<SagaId, SeqState>,
+    power: Option<PowerLossSync>,
+    /// Set by the first failed flush: after that nothing is acknowledged.
+    failed: Option<String>,
+}
+
+impl Committer {
+    pub(crate) fn new(
+        db: sled::Db,
+        tree: sled::Tree,
+        path: PathBuf,
+        config: SledConfig,
+    ) -> Result<Self, JournalError> {
+        let power = match config.durability {
+            Durability::Process => None,
+            Durability::PowerLoss => Some(PowerLossSync::open(&path).map_err(|e| {
+                JournalError::Backend(format!(
+                    "sled journal at {}: cannot open sled's data file for fdatasync: {e}",
+                    path.display()
+                ))
+            })?),
+        };
+        Ok(Committer {
+            db,
+            tree,
+            path,
+            config,
+            seqs: HashMap::new(),
+            power,
+            failed: None,
+        })
+    }
+
+    fn backend(&self, what: &str, e: impl std::fmt::Display) -> JournalError {
+        JournalError::Backend(format!("sled journal at {}: {what}: {e}", self.path.display()))
+    }
+
+    /// Run until `Shutdown` arrives or every sender is gone.
+    pub(crate) fn run(mut self, rx: Receiver<Request>) {
+        let batch_max = self.config.batch_records_max.max(1);
+        let wait = Duration::from_micros(self.config.batch_wait_max_us);
+        let mut batch: Vec<Request> = Vec::with_capacity(batch_max);
+        loop {
+            let first = match rx.recv() {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            let started = Instant::now();
+            batch.push(first);
+            let mut stop = false;
+            while batch.len() < batch_max {
+                let next = match rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(_) if wait.is_zero() => None,
+                    Err(_) => match wait.checked_sub(started.elapsed()) {
+                        Some(left) => match rx.recv_timeout(left) {
+                            Ok(r) => Some(r),
+                            Err(RecvTimeoutError::Timeout) => None,
+                            Err(RecvTimeoutError::Disconnected) => None,
+                        },
+                        None => None,
+                    },
+                };
+                match next {
+                    Some(r) => batch.push(r),
+                    None => break,
+                }
+            }
+            if batch.iter().any(|r| matches!(r.op, Op::Shutdown)) {
+                stop = true;
+            }
+            self.commit(&mut batch);
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Check, apply, flush, answer. Empties `batch`.
+    fn commit(&mut self, batch: &mut Vec<Request>) {
+        let mut writes = sled::Batch::default();
+        let mut pending: Vec<(Request, u64)> = Vec::with_capacity(batch.len());
+        let mut now = BatchState::default();
+        let mut dirty = false;
+        for req in batch.drain(..) {
+            if let Some(why) = &self.failed {
+                let err = JournalError::Backend(why.clone());
+                answer(req, Err(err));
+                continue;
+            }
+            let result = match &req.op {
+                Op::Append { saga, seq, at_ms, bytes } => {
+                    self.stage_append(&mut writes, &mut now, *saga, *seq, *at_ms, bytes)
+                }
+                Op::Finish { saga } => self.stage_finish(&mut writes, &mut now, *saga),
+                Op::Raw { saga, seq, bytes } => self.stage_raw(&mut writes, &mut now, *saga, *seq, bytes),
+                Op::Compact { sagas } => self.stage_compact(&mut writes, &mut now, sagas),
+                Op::Shutdown => Ok(0),
+            };
+            match result {
+                Ok(n) => {
+                    dirty |= !matches!(req.op, Op::Shutdown);
+                    pending.push((req, n));
+                }
+                Err(e) => answer(req, Err(e)),
+            }
+        }
+        if !dirty {
+            for (req, n) in pending {
+                answer(req, Ok(n));
+            }
+            return;
+        }
+        let outcome = self.apply_and_flush(writes);
+        if let Err(e) = &outcome {
+            // Records may be in sled's memory but not durable; nothing
+            // later may be acknowledged on top of them.
+            tracing::error!(path = %self.path.display(), error = %e, "journal flush failed; refusing further writes");
+            self.failed = Some(format!("{e}; the journal refuses writes until reopened"));
+            self.seqs.clear();
+        }
+        tracing::trace!(records = pending.len(), "group commit");
+        for (req, n) in pending {
+            match &outcome {
+                Ok(()) => answer(req, Ok(n)),
+                Err(e) => answer(req, Err(e.clone())),
+            }
+        }
+    }
+
+    fn apply_and_flush(&mut self, writes: sled::Batch) -> Result<(), JournalError> {
+        self.tree.apply_batch(writes).map_err(|e| self.backend("write failed", e))?;
+        self.db.flush().map_err(|e| self.backend("flush failed", e))?;
+        if let Some(p) = &mut self.power {
+            p.sync().map_err(|e| {
+                JournalError::Backend(format!("sled journal at {}: fdatasync failed: {e}", self.path.display()))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The saga's next sequence: from the cache, else from the last record key.
+    fn next_seq(&mut self, now: &mut BatchState, saga: SagaId) -> Result<SeqState, JournalError> {
+        now.touched.insert(saga);
+        if now.compacted.contains(&saga) {
+            // Deleted earlier in this batch: the saga no longer exists.
+            return Ok(SeqState {
+                next: 0,
+                last_at_ms: None,
+            });
+        }
+        if let Some(s) = self.seqs.get(&saga) {
+            return Ok(*s);
+        }
+        let last = self
+            .tree
+            .scan_prefix(keys::record_prefix(saga))
+            .keys()
+            .next_back()
+            .transpose()
+            .map_err(|e| self.backend(&format!("cannot read saga {saga}"), e))?;
+        let next = match last {
+            None => 0,
+            Some(k) => match keys::seq_of_record(&k) {
+                Some(seq) => seq.saturating_add(1),
+                None => {
+                    return Err(JournalError::Corrupt {
+                        saga,
+                        seq: 0,
+                        detail: format!("malformed record key of {} bytes", k.len()),
+                    })
+                }
+            },
+        };
+        let state = SeqState {
+            next,
+            last_at_ms: None,
+        };
+        self.remember(saga, state);
+        Ok(state)
+    }
+
+    fn remember(&mut self, saga: SagaId, state: SeqState) {
+        if self.seqs.len() >= self.config.seq_cache_sagas_max && !self.seqs.contains_key(&saga) {
+            // Rare and cheap to recover from: misses read the last key.
+            self.seqs.clear();
+        }
+        self.seqs.insert(saga, state);
+    }
+
+    fn stage_append(
+        &mut self,
+        writes: &mut sled::Batch,
+        now: &mut BatchState,
+        saga: SagaId,
+        seq: u64,
+        at_ms: u64,
+        bytes: &[u8],
+    ) -> Result<u64, JournalError> {
+        let state = self.next_seq(now, saga)?;
+        if seq != state.next {
+            return Err(JournalError::SequenceConflict {
+                saga,
+                seq,
+                expected: state.next,
+            });
+        }
+        writes.insert(&keys::record(saga, seq)[..], bytes);
+        if seq == 0 {
+            writes.insert(&keys::index(keys::UNFINISHED, saga)[..], &at_ms.to_be_bytes()[..]);
+        }
+        self.remember(
+            saga,
+            SeqState {
+                next: seq + 1,
+                last_at_ms: Some(at_ms),
+            },
+        );
+        Ok(0)
+    }
+
+    fn stage_finish(
+        &mut self,
+        writes: &mut sled::Batch,
+        now: &mut BatchState,
+        saga: SagaId,
+    ) -> Result<u64, JournalError> {
+        let state = self.next_seq(now, saga)?;
+        if state.next == 0 {
+            return Err(JournalError::UnknownSaga(saga));
+        }
+        let fkey = keys::index(keys::FINISHED, saga);
+        let already = now.finished.contains(&saga)
+            || (!now.compacted.contains(&saga)
+                && self
+                .tree
+                .contains_key(fkey)
+                    .map_err(|e| self.backend(&format!("cannot read saga {saga}"), e))?);
+        if already {
+            // Idempotent; answered after this batch's flush, so "finished" is
+            // durable when the call returns even if the first mark is in this batch.
+            return Ok(0);
+        }
+        let at_ms = match state.last_at_ms {
+            Some(t) => t,
+            None => self.last_at_ms_on_disk(saga, state.next - 1),
+        };
+        writes.remove(&keys::index(keys::UNFINISHED, saga)[..]);
+        writes.insert(&fkey[..], &at_ms.to_be_bytes()[..]);
+        now.finished.insert(saga);
+        Ok(0)
+    }
+
+    /// `at_ms` of the saga's last record; the wall clock if it cannot be read
+    /// (a corrupt last record must not stop a saga from being finished).
+    fn last_at_ms_on_disk(&self, saga: SagaId, seq: u64) -> u64 {
+        let from_disk = self
+            .tree
+            .get(keys::record(saga, seq))
+            .ok()
+            .flatten()
+            .and_then(|v| rescind_core::record::decode(saga, seq, &v).ok())
+            .map(|e| e.at_ms);
+        from_disk.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        })
+    }
+
+    fn stage_raw(
+        &mut self,
+        writes: &mut sled::Batch,
+        now: &mut BatchState,
+        saga: SagaId,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<u64, JournalError> {
+        let state = self.next_seq(now, saga)?;
+        writes.insert(&keys::record(saga, seq)[..], bytes);
+        if state.next == 0 {
+            writes.insert(&keys::index(keys::UNFINISHED, saga)[..], &0u64.to_be_bytes()[..]);
+        }
+        if seq >= state.next {
+            self.remember(
+                saga,
+                SeqState {
+                    next: seq.saturating_add(1),
+                    last_at_ms: None,
+                },
+            );
+        }
+        Ok(0)
+    }
+
+    fn stage_compact(
+        &mut self,
+        writes: &mut sled::Batch,
+        now: &mut BatchState,
+        sagas: &[SagaId],
+    ) -> Result<u64, JournalError> {
+        let mut records = 0u64;
+        for &saga in sagas {
+            let fkey = keys::index(keys::FINISHED, saga);
+            // Only sagas still finished on disk and not written earlier in
+            // this batch (the tree does not show the batch's writes yet).
+            if now.touched.contains(&saga) || now.compacted.contains(&saga) {
+                continue;
+            }
+            let finished = self
+                .tree
+                .contains_key(fkey)
+                .map_err(|e| self.backend(&format!("cannot read saga {saga}"), e))?;
+            if !finished {
+                continue;
+            }
+            for key in self.tree.scan_prefix(keys::record_prefix(saga)).keys() {
+                let key = key.map_err(|e| self.backend(&format!("cannot read saga {saga}"), e))?;
+                writes.remove(key);
+                records += 1;
+            }
+            writes.remove(&fkey[..]);
+            // Defensive: a finished saga has no unfinished entry, but a
+            // half-written index must not outlive the records it points to.
+            writes.remove(&keys::index(keys::UNFINISHED, saga)[..]);
+            self.seqs.remove(&saga);
+            now.compacted.insert(saga);
+        }
+        Ok(records)
+    }
+}
+
+fn answer(req: Request, result: Result<u64, JournalError>) {
+    if let Some(reply) = req.reply {
+        // The writer may have gone (its future dropped); nothing to tell then.
+        let _ = reply.send(result);
+    }
+    drop(req.permit);
+}

@@ -1,0 +1,135 @@
+//! Opening a journal directory: checks before sled, sled's own errors (and
+//! panics) turned into clear errors, and the format version.
+
+use crate::config::SledConfig;
+use crate::{keys, JOURNAL_FORMAT_VERSION};
+use rescind_core::JournalError;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+fn err(path: &Path, what: impl std::fmt::Display) -> JournalError {
+    JournalError::Backend(format!("sled journal at {}: {what}", path.display()))
+}
+
+/// Run `f`, turning a panic inside sled into an error naming `path`.
+fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> Result<T, JournalError>) -> Result<T, JournalError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(err(
+                path,
+                format_args!("sled panicked during {what} (the database is probably corrupt; see sled issue 1533): {msg}"),
+            ))
+        }
+    }
+}
+
+/// Explain a sled error met while opening.
+fn explain(path: &Path, e: sled::Error) -> JournalError {
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => err(
+            path,
+            format_args!("the database is locked: another process (or another journal in this one) has it open ({io})"),
+        ),
+        sled::Error::Io(io) => err(path, format_args!("cannot open the database: {io}")),
+        sled::Error::Corruption { at, .. } => err(
+            path,
+            format_args!(
+                "sled reports the database corrupt at {at:?} and cannot recover it; \
+                 restore from a copy (see sled issue 1533 on 0.34 after abrupt stops)"
+            ),
+        ),
+        sled::Error::Unsupported(why) => err(path, format_args!("not a usable sled database: {why}")),
+        other => err(path, format_args!("cannot open the database: {other}")),
+    }
+}
+
+/// Refuse paths that are certainly not a journal before sled creates files in them.
+fn precheck(path: &Path) -> Result<(), JournalError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(path, format_args!("cannot inspect the directory: {e}"))),
+        Ok(m) if !m.is_dir() => Err(err(path, "not a directory (a journal is a sled database directory)")),
+        Ok(_) => {
+            let names: Vec<String> = std::fs::read_dir(path)
+                .map_err(|e| err(path, format_args!("cannot list the directory: {e}")))?
+                .filter_map(|d| d.ok().map(|d| d.file_name().to_string_lossy().into_owned()))
+                .collect();
+            let is_sled = names.iter().any(|n| n == "conf") && names.iter().any(|n| n == "db");
+            if names.is_empty() || is_sled {
+                Ok(())
+            } else {
+                Err(err(
+                    path,
+                    "the directory is not empty and is not a sled database (no `conf` and `db` files); \
+                     refusing to create a journal among other files",
+                ))
+            }
+        }
+    }
+}
+
+/// Open the database and the journal tree, and check or write the format version.
+pub(crate) fn open_db(path: &Path, config: &SledConfig) -> Result<(sled::Db, sled::Tree), JournalError> {
+    precheck(path)?;
+    let db = guarded(path, "open", || {
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(config.cache_capacity_bytes)
+            // rescind flushes itself, once per group commit; sled's periodic
+            // flusher would only add flushes of nothing.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| explain(path, e))
+    })?;
+    let tree = guarded(path, "opening the journal tree", || {
+        db.open_tree(keys::TREE).map_err(|e| explain(path, e))
+    })?;
+    guarded(path, "reading the format version", || check_format(path, &db, &tree))?;
+    Ok((db, tree))
+}
+
+fn check_format(path: &Path, db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalError> {
+    let stored = tree
+        .get(keys::META_FORMAT_VERSION)
+        .map_err(|e| err(path, format_args!("cannot read the format version: {e}")))?;
+    match stored {
+        Some(v) => {
+            let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| {
+                err(path, format_args!("the stored format version is {} bytes, not 4: not a rescind journal or corrupt", v.len()))
+            })?;
+            let found = u32::from_be_bytes(bytes);
+            if found > JOURNAL_FORMAT_VERSION {
+                return Err(JournalError::NewerFormat {
+                    found,
+                    supported: JOURNAL_FORMAT_VERSION,
+                });
+            }
+            if found == 0 {
+                return Err(err(path, "the stored format version is 0: corrupt"));
+            }
+            Ok(())
+        }
+        None => {
+            // A new journal only if nothing else is in the database: never
+            // adopt another application's sled database.
+            let foreign_trees = db.tree_names().into_iter().any(|n| n != keys::TREE && n != b"__sled__default");
+            if !tree.is_empty() || !db.is_empty() || foreign_trees {
+                return Err(err(
+                    path,
+                    "a sled database without a rescind format version: not a rescind journal",
+                ));
+            }
+            tree.insert(keys::META_FORMAT_VERSION, &JOURNAL_FORMAT_VERSION.to_be_bytes()[..])
+                .map_err(|e| err(path, format_args!("cannot write the format version: {e}")))?;
+            db.flush()
+                .map_err(|e| err(path, format_args!("cannot flush the format version: {e}")))?;
+            Ok(())
+        }
+    }
+}
