@@ -8,7 +8,9 @@
 //! saga moves on. [`Engine::recover`] replays every unfinished saga from the
 //! journal and continues it the same way.
 
-use crate::channel::{Applied, ChannelError, Channels, CancelRequest, Conflict, ErrorClass, WithdrawRequest};
+use crate::channel::{
+    Applied, CancelRequest, ChannelError, Channels, Conflict, ErrorClass, WithdrawRequest,
+};
 use crate::ids::{OrderRef, RefundId, SagaId, SagaKind};
 use crate::journal::{Journal, JournalError};
 use crate::machine::{OrderState, RefundState};
@@ -86,7 +88,8 @@ pub enum Resolved {
 #[async_trait]
 pub trait StepExecutor: Send + Sync + 'static {
     /// Perform the step. Classify failures like a channel does.
-    async fn execute(&self, payload: &serde_json::Value) -> Result<serde_json::Value, ChannelError>;
+    async fn execute(&self, payload: &serde_json::Value)
+        -> Result<serde_json::Value, ChannelError>;
     /// Find out whether an in-doubt step took effect. Default: cannot tell.
     async fn resolve(&self, payload: &serde_json::Value) -> Result<Resolved, ChannelError> {
         let _ = payload;
@@ -393,7 +396,11 @@ impl Engine {
                 input: input.clone(),
             },
         };
-        self.inner.journal.append(id, &entry).await.inspect_err(|e| self.on_journal_error(e))?;
+        self.inner
+            .journal
+            .append(id, &entry)
+            .await
+            .inspect_err(|e| self.on_journal_error(e))?;
         self.inner.stats.started();
         self.spawn(SagaState::new(id, input, at_ms), def);
         Ok(id)
@@ -410,7 +417,9 @@ impl Engine {
     /// is read from the journal: finished → its outcome; stuck → `Stuck`;
     /// otherwise `Stopped` ("not running in this process").
     pub async fn wait(&self, id: SagaId) -> Result<SagaExit> {
-        let rx = lock(&self.inner.running).get(&id).map(|r| r.done.subscribe());
+        let rx = lock(&self.inner.running)
+            .get(&id)
+            .map(|r| r.done.subscribe());
         if let Some(mut rx) = rx {
             loop {
                 if let Some(exit) = rx.borrow_and_update().clone() {
@@ -481,7 +490,12 @@ impl Engine {
     }
 
     async fn resume_one(&self, id: SagaId) -> Result<bool> {
-        let entries = self.inner.journal.read(id).await.inspect_err(|e| self.on_journal_error(e))?;
+        let entries = self
+            .inner
+            .journal
+            .read(id)
+            .await
+            .inspect_err(|e| self.on_journal_error(e))?;
         let state = SagaState::fold(id, &entries)?;
         if let Some(o) = &state.outcome {
             // Finished but not marked (crash between the two): mark it now.
@@ -491,7 +505,9 @@ impl Engine {
                 outcome: o.label().into(),
             });
         }
-        let def = self.definition(&state.plan, Some(id)).or_else(|_| self.definition(&state.input.kind, Some(id)))?;
+        let def = self
+            .definition(&state.plan, Some(id))
+            .or_else(|_| self.definition(&state.input.kind, Some(id)))?;
         let in_doubt = state.in_doubt().is_some();
         self.spawn(state, def);
         Ok(in_doubt)
@@ -616,12 +632,18 @@ impl Engine {
             .instrument(span),
         );
         *lock(&running.task) = Some(handle.abort_handle());
-        if self.inner.stopping.load(Ordering::Acquire) && !lock(&self.inner.running).contains_key(&id) {
+        if self.inner.stopping.load(Ordering::Acquire)
+            && !lock(&self.inner.running).contains_key(&id)
+        {
             handle.abort();
         }
     }
 
-    async fn append(&self, state: &mut SagaState, record: Record) -> std::result::Result<(), DriveStop> {
+    async fn append(
+        &self,
+        state: &mut SagaState,
+        record: Record,
+    ) -> std::result::Result<(), DriveStop> {
         let entry = Entry {
             seq: state.last_seq + 1,
             at_ms: self.inner.clock.now_ms(),
@@ -641,11 +663,19 @@ impl Engine {
         // fresh permit rather than panic if it ever were.
         match self.inner.permits.clone().acquire_owned().await {
             Ok(p) => p,
-            Err(_) => Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap_or_else(|_| unreachable!()),
+            Err(_) => Arc::new(Semaphore::new(1))
+                .acquire_owned()
+                .await
+                .unwrap_or_else(|_| unreachable!()),
         }
     }
 
-    async fn drive(&self, mut state: SagaState, def: Arc<dyn SagaDefinition>, me: &Running) -> SagaExit {
+    async fn drive(
+        &self,
+        mut state: SagaState,
+        def: Arc<dyn SagaDefinition>,
+        me: &Running,
+    ) -> SagaExit {
         let mut permit = Some(self.acquire().await);
         loop {
             match self.drive_once(&mut state, &def, me, &mut permit).await {
@@ -653,7 +683,14 @@ impl Engine {
                 Ok(None) => continue,
                 Err(DriveStop::Stopped(reason)) => return SagaExit::Stopped { reason },
                 Err(DriveStop::Stuck(reason)) => {
-                    let _ = self.append(&mut state, Record::Stuck { reason: reason.clone() }).await;
+                    let _ = self
+                        .append(
+                            &mut state,
+                            Record::Stuck {
+                                reason: reason.clone(),
+                            },
+                        )
+                        .await;
                     tracing::warn!(%reason, "saga stuck");
                     return SagaExit::Stuck { reason };
                 }
@@ -670,7 +707,11 @@ impl Engine {
     ) -> std::result::Result<Option<SagaExit>, DriveStop> {
         if let Some(outcome) = &state.outcome {
             let outcome = outcome.clone();
-            self.inner.journal.mark_finished(state.id).await.inspect_err(|e| self.on_journal_error(e))?;
+            self.inner
+                .journal
+                .mark_finished(state.id)
+                .await
+                .inspect_err(|e| self.on_journal_error(e))?;
             return Ok(Some(SagaExit::Finished(outcome)));
         }
         if self.inner.stopping.load(Ordering::Acquire) {
@@ -691,21 +732,48 @@ impl Engine {
         };
         for reason in aborts {
             if state.abort.is_none() {
-                self.append(state, Record::AbortRequested { reason }).await?;
+                self.append(state, Record::AbortRequested { reason })
+                    .await?;
             }
         }
         if let Some(step) = state.in_doubt().cloned() {
             self.inner.stats.in_doubt();
-            let (outcome, via, attempts) = self.perform(state, step.step, &step.action, true).await?;
-            self.append(state, Record::Outcome { step: step.step, outcome, via, attempts }).await?;
+            let (outcome, via, attempts) =
+                self.perform(state, step.step, &step.action, true).await?;
+            self.append(
+                state,
+                Record::Outcome {
+                    step: step.step,
+                    outcome,
+                    via,
+                    attempts,
+                },
+            )
+            .await?;
             return Ok(None);
         }
         match def.decide(state) {
             Decision::Act(action) => {
                 let step = state.next_step();
-                self.append(state, Record::Intent { step, action: action.clone() }).await?;
+                self.append(
+                    state,
+                    Record::Intent {
+                        step,
+                        action: action.clone(),
+                    },
+                )
+                .await?;
                 let (outcome, via, attempts) = self.perform(state, step, &action, false).await?;
-                self.append(state, Record::Outcome { step, outcome, via, attempts }).await?;
+                self.append(
+                    state,
+                    Record::Outcome {
+                        step,
+                        outcome,
+                        via,
+                        attempts,
+                    },
+                )
+                .await?;
             }
             Decision::Switch { to, reason } => {
                 tracing::info!(to = %to, %reason, "saga switches plan");
@@ -780,9 +848,16 @@ impl Engine {
                 let t0 = self.inner.clock.now_ms();
                 let result = self
                     .execute(state, action)
-                    .instrument(tracing::info_span!("step", step, action = action.name(), attempt = attempts))
+                    .instrument(tracing::info_span!(
+                        "step",
+                        step,
+                        action = action.name(),
+                        attempt = attempts
+                    ))
                     .await;
-                self.inner.stats.step_latency(self.inner.clock.now_ms().saturating_sub(t0));
+                self.inner
+                    .stats
+                    .step_latency(self.inner.clock.now_ms().saturating_sub(t0));
                 match result {
                     Ok(o) => return Ok((o, Via::Reply, attempts)),
                     Err(e) => match &e.class {
@@ -819,14 +894,23 @@ impl Engine {
             }
             let elapsed = self.inner.clock.now_ms().saturating_sub(started);
             if tries >= limits.attempts_max.max(1) || elapsed >= limits.step_deadline_ms {
-                let why = last_error.map(|e| e.to_string()).unwrap_or_else(|| "no error recorded".into());
+                let why = last_error
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "no error recorded".into());
                 return Err(DriveStop::Stuck(format!(
                     "step {step} ({}) gave up after {tries} tries over {elapsed} ms{}: {why}",
                     action.name(),
-                    if in_doubt { " and is still in doubt" } else { "" },
+                    if in_doubt {
+                        " and is still in doubt"
+                    } else {
+                        ""
+                    },
                 )));
             }
-            self.inner.clock.sleep(self.backoff(tries, asked_wait)).await;
+            self.inner
+                .clock
+                .sleep(self.backoff(tries, asked_wait))
+                .await;
             if self.inner.stopping.load(Ordering::Acquire) {
                 return Err(DriveStop::Stopped("engine stopping".into()));
             }
@@ -845,25 +929,44 @@ impl Engine {
         }
     }
 
-    async fn execute(&self, state: &SagaState, action: &Action) -> std::result::Result<StepOutcome, ChannelError> {
+    async fn execute(
+        &self,
+        state: &SagaState,
+        action: &Action,
+    ) -> std::result::Result<StepOutcome, ChannelError> {
         let ch = &self.inner.channels;
         let reason = state.input.reason.clone();
         match action {
             Action::CancelUnpaid { order } => {
                 let c = ch.cancel(&order.channel)?;
-                let req = CancelRequest { order: order.clone(), reason, remark: Some(format!("rescind saga {}", state.id)) };
+                let req = CancelRequest {
+                    order: order.clone(),
+                    reason,
+                    remark: Some(format!("rescind saga {}", state.id)),
+                };
                 let out = self.with_timeout(c.cancel_unpaid(&req)).await?;
-                Ok(StepOutcome::Cancelled { already: out.already })
+                Ok(StepOutcome::Cancelled {
+                    already: out.already,
+                })
             }
             Action::CancelPaid { order } => {
                 let c = ch.cancel(&order.channel)?;
-                let req = CancelRequest { order: order.clone(), reason, remark: Some(format!("rescind saga {}", state.id)) };
+                let req = CancelRequest {
+                    order: order.clone(),
+                    reason,
+                    remark: Some(format!("rescind saga {}", state.id)),
+                };
                 let out = self.with_timeout(c.cancel_paid(&req)).await?;
-                Ok(StepOutcome::RefundOpened { refund_id: out.refund_id })
+                Ok(StepOutcome::RefundOpened {
+                    refund_id: out.refund_id,
+                })
             }
             Action::WithdrawRefund { order, refund_id } => {
                 let c = ch.refund(&order.channel)?;
-                let req = WithdrawRequest { order: order.clone(), refund_id: refund_id.clone() };
+                let req = WithdrawRequest {
+                    order: order.clone(),
+                    refund_id: refund_id.clone(),
+                };
                 self.with_timeout(c.withdraw_refund(&req)).await?;
                 Ok(StepOutcome::RefundWithdrawn { already: false })
             }
@@ -885,40 +988,67 @@ impl Engine {
         }
     }
 
-    async fn resolve(&self, state: &SagaState, action: &Action) -> std::result::Result<Resolution, ChannelError> {
+    async fn resolve(
+        &self,
+        state: &SagaState,
+        action: &Action,
+    ) -> std::result::Result<Resolution, ChannelError> {
         let ch = &self.inner.channels;
         let order_of = |a: &Action| match a {
-            Action::CancelUnpaid { order } | Action::CancelPaid { order } | Action::WithdrawRefund { order, .. } => Some(order.clone()),
+            Action::CancelUnpaid { order }
+            | Action::CancelPaid { order }
+            | Action::WithdrawRefund { order, .. } => Some(order.clone()),
             _ => None,
         };
         let moved = |detail: String| {
-            Resolution::Moved(StepOutcome::Conflict { conflict: Conflict::Other { detail: detail.clone() }, message: detail })
+            Resolution::Moved(StepOutcome::Conflict {
+                conflict: Conflict::Other {
+                    detail: detail.clone(),
+                },
+                message: detail,
+            })
         };
         match action {
             Action::CancelUnpaid { .. } | Action::CancelPaid { .. } => {
                 let order = order_of(action).unwrap_or_else(|| state.input.order.clone());
-                let Some(lookup) = ch.lookup(&order.channel) else { return Ok(Resolution::NoLookup) };
+                let Some(lookup) = ch.lookup(&order.channel) else {
+                    return Ok(Resolution::NoLookup);
+                };
                 let status = self.with_timeout(lookup.order_status(&order)).await?;
                 let paid_cancel = matches!(action, Action::CancelPaid { .. });
                 Ok(match (status.state, paid_cancel) {
-                    (OrderState::PendingPay, false) | (OrderState::Paid, true) => Resolution::NotApplied,
-                    (OrderState::Cancelled, false) => Resolution::Applied(StepOutcome::Cancelled { already: false }),
+                    (OrderState::PendingPay, false) | (OrderState::Paid, true) => {
+                        Resolution::NotApplied
+                    }
+                    (OrderState::Cancelled, false) => {
+                        Resolution::Applied(StepOutcome::Cancelled { already: false })
+                    }
                     (OrderState::Paid, false) => Resolution::Moved(StepOutcome::Conflict {
                         conflict: Conflict::PaidMeanwhile,
                         message: format!("lookup shows the order {} ({})", status.upstream, "paid"),
                     }),
-                    (OrderState::Refunding { refund_id } | OrderState::Refunded { refund_id }, true) => {
-                        Resolution::Applied(StepOutcome::RefundOpened { refund_id })
-                    }
-                    (other, _) => moved(format!("lookup shows the order {other} (upstream {})", status.upstream)),
+                    (
+                        OrderState::Refunding { refund_id } | OrderState::Refunded { refund_id },
+                        true,
+                    ) => Resolution::Applied(StepOutcome::RefundOpened { refund_id }),
+                    (other, _) => moved(format!(
+                        "lookup shows the order {other} (upstream {})",
+                        status.upstream
+                    )),
                 })
             }
             Action::WithdrawRefund { order, refund_id } => {
-                let Some(lookup) = ch.lookup(&order.channel) else { return Ok(Resolution::NoLookup) };
-                let status = self.with_timeout(lookup.refund_status(order, refund_id)).await?;
+                let Some(lookup) = ch.lookup(&order.channel) else {
+                    return Ok(Resolution::NoLookup);
+                };
+                let status = self
+                    .with_timeout(lookup.refund_status(order, refund_id))
+                    .await?;
                 Ok(match status.state {
                     RefundState::Requested => Resolution::NotApplied,
-                    RefundState::Withdrawn => Resolution::Applied(StepOutcome::RefundWithdrawn { already: false }),
+                    RefundState::Withdrawn => {
+                        Resolution::Applied(StepOutcome::RefundWithdrawn { already: false })
+                    }
                     RefundState::Completed => Resolution::Moved(StepOutcome::Conflict {
                         conflict: Conflict::RefundAlreadyCompleted,
                         message: format!("lookup shows refund {refund_id} {}", status.upstream),
@@ -932,7 +1062,9 @@ impl Engine {
             // Releasing a lock twice answers "already released": re-issue.
             Action::ReleaseStock { .. } => Ok(Resolution::NoLookup),
             Action::Custom { name, payload } => {
-                let Some(exec) = self.inner.executors.get(name) else { return Ok(Resolution::NoLookup) };
+                let Some(exec) = self.inner.executors.get(name) else {
+                    return Ok(Resolution::NoLookup);
+                };
                 Ok(match self.with_timeout(exec.resolve(payload)).await? {
                     Resolved::Applied(value) => Resolution::Applied(StepOutcome::Custom { value }),
                     Resolved::NotApplied => Resolution::NotApplied,
@@ -942,7 +1074,12 @@ impl Engine {
         }
     }
 
-    async fn await_refund(&self, state: &mut SagaState, refund_id: &RefundId, me: &Running) -> std::result::Result<(), DriveStop> {
+    async fn await_refund(
+        &self,
+        state: &mut SagaState,
+        refund_id: &RefundId,
+        me: &Running,
+    ) -> std::result::Result<(), DriveStop> {
         let limits = &self.inner.limits;
         let started = self.inner.clock.now_ms();
         let mut delay = limits.refund_poll_initial_ms.max(1);
@@ -952,21 +1089,37 @@ impl Engine {
             let (news, abort) = {
                 let mb = lock(&me.mailbox);
                 let news = mb.iter().find_map(|m| match m {
-                    Msg::Observed(o @ Observation::Refund { refund_id: r, status, .. }) if r == refund_id && status.state.is_terminal() => Some(o.clone()),
+                    Msg::Observed(
+                        o @ Observation::Refund {
+                            refund_id: r,
+                            status,
+                            ..
+                        },
+                    ) if r == refund_id && status.state.is_terminal() => Some(o.clone()),
                     _ => None,
                 });
                 (news, mb.iter().any(|m| matches!(m, Msg::Abort(_))))
             };
             if let Some(obs) = news {
                 lock(&me.mailbox).retain(|m| !matches!(m, Msg::Observed(_)));
-                return self.append(state, Record::Observed { observation: obs, via: Via::Callback }).await;
+                return self
+                    .append(
+                        state,
+                        Record::Observed {
+                            observation: obs,
+                            via: Via::Callback,
+                        },
+                    )
+                    .await;
             }
             if abort || self.inner.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
             let waited = self.inner.clock.now_ms().saturating_sub(started);
             if waited >= limits.refund_wait_max_ms {
-                return Err(DriveStop::Stuck(format!("refund {refund_id} not final after {waited} ms of waiting")));
+                return Err(DriveStop::Stuck(format!(
+                    "refund {refund_id} not final after {waited} ms of waiting"
+                )));
             }
             tokio::select! {
                 biased;
@@ -975,10 +1128,25 @@ impl Engine {
             }
             delay = (delay.saturating_mul(2)).min(limits.refund_poll_max_ms.max(1));
             if let Some(lookup) = self.inner.channels.lookup(&order.channel) {
-                match self.with_timeout(lookup.refund_status(&order, refund_id)).await {
+                match self
+                    .with_timeout(lookup.refund_status(&order, refund_id))
+                    .await
+                {
                     Ok(status) if status.state.is_terminal() => {
-                        let obs = Observation::Refund { order: order.clone(), refund_id: refund_id.clone(), status };
-                        return self.append(state, Record::Observed { observation: obs, via: Via::Poll }).await;
+                        let obs = Observation::Refund {
+                            order: order.clone(),
+                            refund_id: refund_id.clone(),
+                            status,
+                        };
+                        return self
+                            .append(
+                                state,
+                                Record::Observed {
+                                    observation: obs,
+                                    via: Via::Poll,
+                                },
+                            )
+                            .await;
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "refund poll failed"),
@@ -990,9 +1158,13 @@ impl Engine {
 
 fn already_done(action: &Action) -> StepOutcome {
     match action {
-        Action::CancelUnpaid { .. } | Action::CancelPaid { .. } => StepOutcome::Cancelled { already: true },
+        Action::CancelUnpaid { .. } | Action::CancelPaid { .. } => {
+            StepOutcome::Cancelled { already: true }
+        }
         Action::WithdrawRefund { .. } => StepOutcome::RefundWithdrawn { already: true },
         Action::ReleaseStock { .. } => StepOutcome::StockReleased { already: true },
-        Action::Custom { .. } => StepOutcome::Custom { value: serde_json::Value::Null },
+        Action::Custom { .. } => StepOutcome::Custom {
+            value: serde_json::Value::Null,
+        },
     }
 }

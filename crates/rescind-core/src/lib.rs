@@ -46,10 +46,17 @@ pub use channel::{
     Conflict, ErrorClass, OrderLookup, OrderStatus, PermanentReason, RefundOpened, RefundStatus,
     ReleaseStock, WithdrawRequest,
 };
-pub use engine::{Engine, EngineBuilder, Error, Limits, RecoveryReport, Resolved, SagaExit, StepExecutor};
-pub use ids::{ChannelName, OrderId, OrderRef, RefundId, SagaId, SagaKind, StockLockId, StockLockRef};
+pub use engine::{
+    Engine, EngineBuilder, Error, Limits, RecoveryReport, Resolved, SagaExit, StepExecutor,
+};
+pub use ids::{
+    ChannelName, OrderId, OrderRef, RefundId, SagaId, SagaKind, StockLockId, StockLockRef,
+};
 pub use journal::{CrashPoint, Journal, JournalError, MemoryJournal, SagaSet};
-pub use machine::{order_transition, refund_transition, InvalidTransition, OrderEvent, OrderState, RefundEvent, RefundState};
+pub use machine::{
+    order_transition, refund_transition, InvalidTransition, OrderEvent, OrderState, RefundEvent,
+    RefundState,
+};
 pub use record::{Action, Entry, Observation, Record, SagaInput, SagaOutcome, StepOutcome, Via};
 pub use runtime::{Clock, IdGen, RandomIds, Rng, SeededIds, SplitMix64, TokioClock};
 pub use saga::{Decision, FoldError, SagaDefinition, SagaState, StepView};

@@ -143,7 +143,9 @@ pub fn order_transition(
         (S::Paid, E::RefundOpened { refund_id }) => Some(S::Refunding {
             refund_id: refund_id.clone(),
         }),
-        (S::Refunding { refund_id: open }, E::RefundCompleted { refund_id }) if open == refund_id => {
+        (S::Refunding { refund_id: open }, E::RefundCompleted { refund_id })
+            if open == refund_id =>
+        {
             Some(S::Refunded {
                 refund_id: refund_id.clone(),
             })
@@ -288,9 +290,36 @@ mod tests {
         let refunding = S::Refunding { refund_id: r("R1") };
         let refunded = S::Refunded { refund_id: r("R1") };
         let table: [[Option<OrderState>; 8]; 5] = [
-            [Some(S::Paid), Some(S::Cancelled), None, None, None, None, None, None],
-            [None, None, Some(refunding.clone()), None, None, None, None, None],
-            [None, None, None, Some(refunded), Some(S::Paid), Some(S::Paid), None, None],
+            [
+                Some(S::Paid),
+                Some(S::Cancelled),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            ],
+            [
+                None,
+                None,
+                Some(refunding.clone()),
+                None,
+                None,
+                None,
+                None,
+                None,
+            ],
+            [
+                None,
+                None,
+                None,
+                Some(refunded),
+                Some(S::Paid),
+                Some(S::Paid),
+                None,
+                None,
+            ],
             [None, None, None, None, None, None, None, None],
             [None, None, None, None, None, None, None, None],
         ];
@@ -310,7 +339,12 @@ mod tests {
                         assert_eq!(err.state, state.to_string());
                         assert_eq!(err.event, event.to_string());
                         let msg = err.to_string();
-                        assert!(msg.contains("O-42") && msg.contains(&err.state) && msg.contains(&err.event), "{msg}");
+                        assert!(
+                            msg.contains("O-42")
+                                && msg.contains(&err.state)
+                                && msg.contains(&err.event),
+                            "{msg}"
+                        );
                     }
                 }
             }
@@ -329,13 +363,17 @@ mod tests {
         let events = [
             RefundEvent::Withdraw,
             RefundEvent::Complete,
-            RefundEvent::Refuse { reason: Some("no".into()) },
+            RefundEvent::Refuse {
+                reason: Some("no".into()),
+            },
         ];
         let table: [[Option<RefundState>; 3]; 4] = [
             [
                 Some(RefundState::Withdrawn),
                 Some(RefundState::Completed),
-                Some(RefundState::Refused { reason: Some("no".into()) }),
+                Some(RefundState::Refused {
+                    reason: Some("no".into()),
+                }),
             ],
             [None, None, None],
             [None, None, None],

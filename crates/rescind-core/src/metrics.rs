@@ -5,7 +5,8 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds (ms) of the step-latency histogram buckets; the last bucket is +Inf.
-pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 30_000];
+pub const LATENCY_BUCKETS_MS: [u64; 12] =
+    [1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 30_000];
 
 /// Live counters (atomics).
 #[derive(Debug, Default)]
@@ -79,7 +80,10 @@ impl EngineStats {
     pub(crate) fn step_latency(&self, ms: u64) {
         self.steps.fetch_add(1, Relaxed);
         self.latency_sum_ms.fetch_add(ms, Relaxed);
-        let i = LATENCY_BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(LATENCY_BUCKETS_MS.len());
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
         self.buckets[i].fetch_add(1, Relaxed);
     }
     /// Copy the counters.

@@ -417,7 +417,9 @@ mod tests {
             },
             Record::Intent {
                 step: 0,
-                action: Action::CancelUnpaid { order: order.clone() },
+                action: Action::CancelUnpaid {
+                    order: order.clone(),
+                },
             },
             Record::Outcome {
                 step: 0,
@@ -432,7 +434,9 @@ mod tests {
                 to: SagaKind("cancel_paid".into()),
                 reason: "paid".into(),
             },
-            Record::AbortRequested { reason: "ops".into() },
+            Record::AbortRequested {
+                reason: "ops".into(),
+            },
             Record::Stuck { reason: "x".into() },
             Record::Finished {
                 outcome: SagaOutcome::Aborted {
@@ -462,7 +466,10 @@ mod tests {
                 found,
                 supported,
             }) => {
-                assert_eq!((saga, seq, found, supported), (sid(), 4, 9, RECORD_FORMAT_VERSION));
+                assert_eq!(
+                    (saga, seq, found, supported),
+                    (sid(), 4, 9, RECORD_FORMAT_VERSION)
+                );
             }
             other => panic!("expected UnsupportedVersion, got {other:?}"),
         }
@@ -470,11 +477,19 @@ mod tests {
 
     #[test]
     fn garbage_is_corrupt_naming_saga_and_seq() {
-        for bytes in [&b""[..], b"\xff\x00", b"{\"v\":1}", b"{\"v\":1,\"at_ms\":1,\"type\":\"nope\"}"] {
+        for bytes in [
+            &b""[..],
+            b"\xff\x00",
+            b"{\"v\":1}",
+            b"{\"v\":1,\"at_ms\":1,\"type\":\"nope\"}",
+        ] {
             match decode(sid(), 2, bytes) {
                 Err(e @ JournalError::Corrupt { .. }) => {
                     let msg = e.to_string();
-                    assert!(msg.contains(&sid().to_string()) && msg.contains("seq 2"), "{msg}");
+                    assert!(
+                        msg.contains(&sid().to_string()) && msg.contains("seq 2"),
+                        "{msg}"
+                    );
                 }
                 other => panic!("expected Corrupt, got {other:?}"),
             }

@@ -113,7 +113,11 @@ impl SagaState {
                 return Err(FoldError {
                     saga: id,
                     seq: first.seq,
-                    detail: format!("first record is {} at seq {}, expected started at seq 0", other.name(), first.seq),
+                    detail: format!(
+                        "first record is {} at seq {}, expected started at seq 0",
+                        other.name(),
+                        first.seq
+                    ),
                 })
             }
         };
@@ -145,7 +149,10 @@ impl SagaState {
 
     /// Retries taken over all steps (attempts beyond the first).
     pub fn retries(&self) -> u32 {
-        self.steps.iter().map(|s| s.attempts.saturating_sub(1)).sum()
+        self.steps
+            .iter()
+            .map(|s| s.attempts.saturating_sub(1))
+            .sum()
     }
 
     fn err(&self, seq: u64, detail: impl Into<String>) -> FoldError {
@@ -172,13 +179,23 @@ impl SagaState {
             return Err(self.err(e.seq, format!("expected seq {}", self.last_seq + 1)));
         }
         if self.outcome.is_some() {
-            return Err(self.err(e.seq, format!("{} after the saga finished", e.record.name())));
+            return Err(self.err(
+                e.seq,
+                format!("{} after the saga finished", e.record.name()),
+            ));
         }
         match &e.record {
             Record::Started { .. } => return Err(self.err(e.seq, "a second started record")),
             Record::Intent { step, action } => {
                 if *step != self.next_step() || self.in_doubt().is_some() {
-                    return Err(self.err(e.seq, format!("intent for step {step} while the next step is {} (in doubt: {})", self.next_step(), self.in_doubt().is_some())));
+                    return Err(self.err(
+                        e.seq,
+                        format!(
+                            "intent for step {step} while the next step is {} (in doubt: {})",
+                            self.next_step(),
+                            self.in_doubt().is_some()
+                        ),
+                    ));
                 }
                 self.steps.push(StepView {
                     step: *step,
@@ -198,7 +215,12 @@ impl SagaState {
                 let seq = e.seq;
                 let action = match self.steps.last() {
                     Some(s) if s.step == *step && s.outcome.is_none() => s.action.clone(),
-                    _ => return Err(self.err(seq, format!("outcome for step {step} without an open intent"))),
+                    _ => {
+                        return Err(self.err(
+                            seq,
+                            format!("outcome for step {step} without an open intent"),
+                        ))
+                    }
                 };
                 self.fold_outcome(seq, &action, outcome)?;
                 if *via == Via::Lookup {
@@ -226,33 +248,64 @@ impl SagaState {
         Ok(())
     }
 
-    fn fold_outcome(&mut self, seq: u64, action: &Action, outcome: &StepOutcome) -> Result<(), FoldError> {
+    fn fold_outcome(
+        &mut self,
+        seq: u64,
+        action: &Action,
+        outcome: &StepOutcome,
+    ) -> Result<(), FoldError> {
         match (action, outcome) {
-            (Action::CancelUnpaid { .. } | Action::CancelPaid { .. }, StepOutcome::Cancelled { .. }) => {
+            (
+                Action::CancelUnpaid { .. } | Action::CancelPaid { .. },
+                StepOutcome::Cancelled { .. },
+            ) => {
                 if self.order != OrderState::Cancelled {
                     self.order_event(seq, OrderEvent::CancelledUpstream)?;
                 }
             }
             (Action::CancelPaid { .. }, StepOutcome::RefundOpened { refund_id }) => {
-                self.order_event(seq, OrderEvent::RefundOpened { refund_id: refund_id.clone() })?;
+                self.order_event(
+                    seq,
+                    OrderEvent::RefundOpened {
+                        refund_id: refund_id.clone(),
+                    },
+                )?;
                 self.opened_refund = Some(refund_id.clone());
                 self.refund = Some(RefundState::Requested);
             }
             (Action::WithdrawRefund { refund_id, .. }, StepOutcome::RefundWithdrawn { .. }) => {
-                self.order_event(seq, OrderEvent::RefundWithdrawn { refund_id: refund_id.clone() })?;
+                self.order_event(
+                    seq,
+                    OrderEvent::RefundWithdrawn {
+                        refund_id: refund_id.clone(),
+                    },
+                )?;
                 self.refund = Some(RefundState::Withdrawn);
             }
-            (Action::ReleaseStock { .. }, StepOutcome::StockReleased { .. }) => self.stock_released = true,
-            (_, StepOutcome::Conflict { conflict, .. }) => self.fold_conflict(seq, action, conflict)?,
-            (_, StepOutcome::Failed { .. }) | (Action::Custom { .. }, StepOutcome::Custom { .. }) => {}
+            (Action::ReleaseStock { .. }, StepOutcome::StockReleased { .. }) => {
+                self.stock_released = true
+            }
+            (_, StepOutcome::Conflict { conflict, .. }) => {
+                self.fold_conflict(seq, action, conflict)?
+            }
+            (_, StepOutcome::Failed { .. })
+            | (Action::Custom { .. }, StepOutcome::Custom { .. }) => {}
             (a, o) => {
-                return Err(self.err(seq, format!("outcome {o:?} does not answer action {}", a.name())));
+                return Err(self.err(
+                    seq,
+                    format!("outcome {o:?} does not answer action {}", a.name()),
+                ));
             }
         }
         Ok(())
     }
 
-    fn fold_conflict(&mut self, seq: u64, action: &Action, conflict: &Conflict) -> Result<(), FoldError> {
+    fn fold_conflict(
+        &mut self,
+        seq: u64,
+        action: &Action,
+        conflict: &Conflict,
+    ) -> Result<(), FoldError> {
         match (conflict, &self.order) {
             (Conflict::PaidMeanwhile, OrderState::PendingPay) => {
                 self.order_event(seq, OrderEvent::PaymentConfirmed)
@@ -279,17 +332,26 @@ impl SagaState {
 
     fn fold_observation(&mut self, seq: u64, obs: &Observation) -> Result<(), FoldError> {
         match obs {
-            Observation::Refund { refund_id, status, .. } => {
-                let open = matches!(&self.order, OrderState::Refunding { refund_id: r } if r == refund_id);
+            Observation::Refund {
+                refund_id, status, ..
+            } => {
+                let open =
+                    matches!(&self.order, OrderState::Refunding { refund_id: r } if r == refund_id);
                 if !open {
                     // A stale or foreign refund's news: recorded, no state change.
                     return Ok(());
                 }
                 let event = match &status.state {
                     RefundState::Requested => return Ok(()),
-                    RefundState::Completed => OrderEvent::RefundCompleted { refund_id: refund_id.clone() },
-                    RefundState::Withdrawn => OrderEvent::RefundWithdrawn { refund_id: refund_id.clone() },
-                    RefundState::Refused { .. } => OrderEvent::RefundRefused { refund_id: refund_id.clone() },
+                    RefundState::Completed => OrderEvent::RefundCompleted {
+                        refund_id: refund_id.clone(),
+                    },
+                    RefundState::Withdrawn => OrderEvent::RefundWithdrawn {
+                        refund_id: refund_id.clone(),
+                    },
+                    RefundState::Refused { .. } => OrderEvent::RefundRefused {
+                        refund_id: refund_id.clone(),
+                    },
                 };
                 self.refund = Some(status.state.clone());
                 self.order_event(seq, event)

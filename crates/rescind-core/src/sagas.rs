@@ -32,13 +32,21 @@ fn last_step_failure(s: &SagaState) -> Option<Decision> {
     let step = s.steps.last()?;
     match step.outcome.as_ref()? {
         StepOutcome::Failed { error } => Some(Decision::Finish(SagaOutcome::Failed {
-            reason: format!("step {} ({}) failed: {error}", step.step, step.action.name()),
+            reason: format!(
+                "step {} ({}) failed: {error}",
+                step.step,
+                step.action.name()
+            ),
         })),
         StepOutcome::Conflict {
             conflict: c @ (Conflict::AlreadyShipped | Conflict::Other { .. }),
             message,
         } => Some(Decision::Finish(SagaOutcome::Failed {
-            reason: format!("step {} ({}): {c} ({message})", step.step, step.action.name()),
+            reason: format!(
+                "step {} ({}): {c} ({message})",
+                step.step,
+                step.action.name()
+            ),
         })),
         _ => None,
     }
@@ -46,7 +54,9 @@ fn last_step_failure(s: &SagaState) -> Option<Decision> {
 
 fn release_or_finish(s: &SagaState, note: Option<String>) -> Decision {
     match &s.input.stock_lock {
-        Some(lock) if !s.stock_released => Decision::Act(Action::ReleaseStock { lock: lock.clone() }),
+        Some(lock) if !s.stock_released => {
+            Decision::Act(Action::ReleaseStock { lock: lock.clone() })
+        }
         _ => Decision::Finish(SagaOutcome::Completed {
             order: s.order.clone(),
             note,
@@ -71,17 +81,26 @@ fn decide_cancel(s: &SagaState) -> Decision {
             }
             OrderState::PendingPay | OrderState::Paid | OrderState::Refunding { .. } => {
                 return Decision::Finish(SagaOutcome::Aborted {
-                    compensated: s.refund == Some(RefundState::Withdrawn) && s.opened_refund.is_some(),
+                    compensated: s.refund == Some(RefundState::Withdrawn)
+                        && s.opened_refund.is_some(),
                     reason: reason.clone(),
                 });
             }
             OrderState::Cancelled | OrderState::Refunded { .. } => {
-                return release_or_finish(s, Some(format!("abort ({reason}) came after the order was {}; nothing to compensate", s.order.name())));
+                return release_or_finish(
+                    s,
+                    Some(format!(
+                        "abort ({reason}) came after the order was {}; nothing to compensate",
+                        s.order.name()
+                    )),
+                );
             }
         }
     }
     match &s.order {
-        OrderState::PendingPay => Decision::Act(Action::CancelUnpaid { order: order.clone() }),
+        OrderState::PendingPay => Decision::Act(Action::CancelUnpaid {
+            order: order.clone(),
+        }),
         OrderState::Paid => {
             if let (Some(refund_id), Some(state)) = (&s.opened_refund, &s.refund) {
                 return Decision::Finish(SagaOutcome::Failed {
@@ -94,7 +113,9 @@ fn decide_cancel(s: &SagaState) -> Decision {
                     reason: "the buyer paid meanwhile; continuing as a paid cancel".into(),
                 }
             } else {
-                Decision::Act(Action::CancelPaid { order: order.clone() })
+                Decision::Act(Action::CancelPaid {
+                    order: order.clone(),
+                })
             }
         }
         OrderState::Refunding { refund_id } => Decision::AwaitRefund {
@@ -180,11 +201,15 @@ impl SagaDefinition for WithdrawRefund {
                 order: OrderState::Paid,
                 note: match &s.refund {
                     Some(RefundState::Withdrawn) | None => None,
-                    Some(other) => Some(format!("the refund was already closed upstream ({other})")),
+                    Some(other) => {
+                        Some(format!("the refund was already closed upstream ({other})"))
+                    }
                 },
             }),
             OrderState::Refunded { refund_id } => Decision::Finish(SagaOutcome::Failed {
-                reason: format!("refund {refund_id} already completed; it can no longer be withdrawn"),
+                reason: format!(
+                    "refund {refund_id} already completed; it can no longer be withdrawn"
+                ),
             }),
             other => Decision::Finish(SagaOutcome::Failed {
                 reason: format!("order is {other}, not refunding"),

@@ -46,7 +46,12 @@ fn setup(s: Scenario) -> (Upstream, SagaInput) {
             SagaInput::cancel_paid(order("O1")).with_stock_lock(lock)
         }
         Scenario::WithdrawRefund => {
-            up.order("O1", OrderState::Refunding { refund_id: RefundId("R5".into()) });
+            up.order(
+                "O1",
+                OrderState::Refunding {
+                    refund_id: RefundId("R5".into()),
+                },
+            );
             SagaInput::withdraw_refund(order("O1"), RefundId("R5".into()))
         }
     };
@@ -62,7 +67,11 @@ struct End {
 
 /// Run a scenario; `crashes` are applied one per process life (the second
 /// lands during recovery). Returns the end state and the appends of life 1.
-async fn run(s: Scenario, crashes: &[(u64, CrashPoint)], crash_after_apply: Option<usize>) -> (End, Upstream, u64) {
+async fn run(
+    s: Scenario,
+    crashes: &[(u64, CrashPoint)],
+    crash_after_apply: Option<usize>,
+) -> (End, Upstream, u64) {
     let (up, input) = setup(s);
     if let Some(n) = crash_after_apply {
         // Let the n-th mutating call apply its effect and then kill the process.
@@ -73,7 +82,9 @@ async fn run(s: Scenario, crashes: &[(u64, CrashPoint)], crash_after_apply: Opti
         }
         // A call the scenario scripts (the buyer pays first) keeps its fault;
         // the crash then lands on the next call.
-        let at = (n..script.len()).find(|i| matches!(script[*i], Fault::Pass)).unwrap_or(script.len());
+        let at = (n..script.len())
+            .find(|i| matches!(script[*i], Fault::Pass))
+            .unwrap_or(script.len());
         if at == script.len() {
             script.push(Fault::Pass);
         }
@@ -108,10 +119,13 @@ async fn run(s: Scenario, crashes: &[(u64, CrashPoint)], crash_after_apply: Opti
             j.crash_at(*k, *p);
         }
         engine = engine_on(&j, &up, life);
-        let known: Vec<SagaId> = [j.list(SagaSet::Unfinished).await, j.list(SagaSet::Finished).await]
-            .into_iter()
-            .flat_map(|r| r.unwrap_or_default())
-            .collect();
+        let known: Vec<SagaId> = [
+            j.list(SagaSet::Unfinished).await,
+            j.list(SagaSet::Finished).await,
+        ]
+        .into_iter()
+        .flat_map(|r| r.unwrap_or_default())
+        .collect();
         if known.is_empty() {
             // The Started record never became durable: the caller, who got an
             // error from start(), starts it again.
@@ -128,7 +142,10 @@ async fn run(s: Scenario, crashes: &[(u64, CrashPoint)], crash_after_apply: Opti
     }
     let id = id.expect("a saga exists");
     let state = engine.load(id).await.expect("saga readable");
-    let outcome = state.outcome.clone().unwrap_or_else(|| panic!("{s:?} {crashes:?}: saga not terminal: {state:?}"));
+    let outcome = state
+        .outcome
+        .clone()
+        .unwrap_or_else(|| panic!("{s:?} {crashes:?}: saga not terminal: {state:?}"));
     let end = End {
         outcome,
         upstream: up.state("O1").unwrap(),
@@ -145,7 +162,11 @@ fn assert_at_most_once(up: &Upstream, ctx: &str) {
 
 #[tokio::test(start_paused = true)]
 async fn crash_at_every_record_boundary_ends_like_no_crash() {
-    let points = [CrashPoint::BeforeAppend, CrashPoint::AfterWriteBeforeFlush, CrashPoint::AfterFlush];
+    let points = [
+        CrashPoint::BeforeAppend,
+        CrashPoint::AfterWriteBeforeFlush,
+        CrashPoint::AfterFlush,
+    ];
     let mut runs = 0;
     for s in SCENARIOS {
         let (reference, up, appends) = run(s, &[], None).await;
@@ -201,9 +222,14 @@ async fn disabling_the_in_doubt_lookup_is_caught() {
     let e = Engine::builder(std::sync::Arc::new(j.clone()))
         .channels(up.channels("tbc"))
         .limits(fast_limits())
-        .protections(rescind_core::engine::Protections { skip_in_doubt_lookup: true })
+        .protections(rescind_core::engine::Protections {
+            skip_in_doubt_lookup: true,
+        })
         .build();
     let (_, _exit) = e.run(SagaInput::cancel_paid(order("O1"))).await.unwrap();
     let calls = up.book.lock().unwrap().calls;
-    assert!(calls >= 2, "the paid cancel must have been re-issued blindly, saw {calls} calls");
+    assert!(
+        calls >= 2,
+        "the paid cancel must have been re-issued blindly, saw {calls} calls"
+    );
 }

@@ -58,10 +58,19 @@ impl Upstream {
     }
     pub fn order(&self, id: &str, state: OrderState) -> &Self {
         let refund = match &state {
-            OrderState::Refunding { refund_id } => Some((refund_id.clone(), RefundState::Requested)),
+            OrderState::Refunding { refund_id } => {
+                Some((refund_id.clone(), RefundState::Requested))
+            }
             _ => None,
         };
-        self.book.lock().unwrap().orders.insert(id.into(), UOrder { state, refund, shipped: false });
+        self.book.lock().unwrap().orders.insert(
+            id.into(),
+            UOrder {
+                state,
+                refund,
+                shipped: false,
+            },
+        );
         self
     }
     pub fn lock(&self, id: &str) -> &Self {
@@ -140,7 +149,8 @@ impl Upstream {
 }
 
 fn not_found(what: &str) -> ChannelError {
-    ChannelError::permanent(PermanentReason::NotFound, format!("{what} not found")).with_codes(Some("404".into()), None)
+    ChannelError::permanent(PermanentReason::NotFound, format!("{what} not found"))
+        .with_codes(Some("404".into()), None)
 }
 
 #[async_trait]
@@ -153,9 +163,26 @@ impl CancelOrder for Upstream {
             let o = b.orders.get_mut(id).ok_or_else(|| not_found("order"))?;
             match o.state {
                 OrderState::PendingPay => o.state = OrderState::Cancelled,
-                OrderState::Cancelled => return Err(ChannelError::new(ErrorClass::AlreadyDone, "already cancelled")),
-                OrderState::Paid => return Err(ChannelError::conflict(Conflict::PaidMeanwhile, "order paid")),
-                _ => return Err(ChannelError::conflict(Conflict::Other { detail: "bad state".into() }, "bad state")),
+                OrderState::Cancelled => {
+                    return Err(ChannelError::new(
+                        ErrorClass::AlreadyDone,
+                        "already cancelled",
+                    ))
+                }
+                OrderState::Paid => {
+                    return Err(ChannelError::conflict(
+                        Conflict::PaidMeanwhile,
+                        "order paid",
+                    ))
+                }
+                _ => {
+                    return Err(ChannelError::conflict(
+                        Conflict::Other {
+                            detail: "bad state".into(),
+                        },
+                        "bad state",
+                    ))
+                }
             }
             b.effects.push(format!("cancel_unpaid:{id}"));
         }
@@ -171,15 +198,30 @@ impl CancelOrder for Upstream {
             let rid = RefundId(format!("R{}", b.refund_seq));
             let o = b.orders.get_mut(id).ok_or_else(|| not_found("order"))?;
             if o.shipped {
-                return Err(ChannelError::conflict(Conflict::AlreadyShipped, "shipped").with_codes(Some("ORDER_SHIPPED".into()), None));
+                return Err(ChannelError::conflict(Conflict::AlreadyShipped, "shipped")
+                    .with_codes(Some("ORDER_SHIPPED".into()), None));
             }
             match &o.state {
                 OrderState::Paid => {
-                    o.state = OrderState::Refunding { refund_id: rid.clone() };
+                    o.state = OrderState::Refunding {
+                        refund_id: rid.clone(),
+                    };
                     o.refund = Some((rid.clone(), RefundState::Requested));
                 }
-                OrderState::Refunding { .. } => return Err(ChannelError::new(ErrorClass::AlreadyDone, "refund already open")),
-                _ => return Err(ChannelError::conflict(Conflict::Other { detail: "not paid".into() }, "not paid")),
+                OrderState::Refunding { .. } => {
+                    return Err(ChannelError::new(
+                        ErrorClass::AlreadyDone,
+                        "refund already open",
+                    ))
+                }
+                _ => {
+                    return Err(ChannelError::conflict(
+                        Conflict::Other {
+                            detail: "not paid".into(),
+                        },
+                        "not paid",
+                    ))
+                }
             }
             b.effects.push(format!("cancel_paid:{id}"));
             rid
@@ -202,10 +244,16 @@ impl CancelRefund for Upstream {
                     o.state = OrderState::Paid;
                 }
                 Some((rid, RefundState::Withdrawn)) if rid == req.refund_id => {
-                    return Err(ChannelError::new(ErrorClass::AlreadyDone, "already withdrawn"))
+                    return Err(ChannelError::new(
+                        ErrorClass::AlreadyDone,
+                        "already withdrawn",
+                    ))
                 }
                 Some((rid, RefundState::Completed)) if rid == req.refund_id => {
-                    return Err(ChannelError::conflict(Conflict::RefundAlreadyCompleted, "completed"))
+                    return Err(ChannelError::conflict(
+                        Conflict::RefundAlreadyCompleted,
+                        "completed",
+                    ))
                 }
                 _ => return Err(not_found("refund")),
             }
@@ -221,9 +269,15 @@ impl ReleaseStock for Upstream {
         let (lose, crash) = self.begin(None)?;
         {
             let mut b = self.book.lock().unwrap();
-            let released = b.locks.get_mut(lock.lock_id.as_str()).ok_or_else(|| not_found("lock"))?;
+            let released = b
+                .locks
+                .get_mut(lock.lock_id.as_str())
+                .ok_or_else(|| not_found("lock"))?;
             if *released {
-                return Err(ChannelError::new(ErrorClass::AlreadyDone, "already released"));
+                return Err(ChannelError::new(
+                    ErrorClass::AlreadyDone,
+                    "already released",
+                ));
             }
             *released = true;
             b.effects.push(format!("release_stock:{}", lock.lock_id));
@@ -236,10 +290,20 @@ impl ReleaseStock for Upstream {
 impl OrderLookup for Upstream {
     async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError> {
         let b = self.book.lock().unwrap();
-        let o = b.orders.get(order.order_id.as_str()).ok_or_else(|| not_found("order"))?;
-        Ok(OrderStatus { state: o.state.clone(), upstream: o.state.name().to_string() })
+        let o = b
+            .orders
+            .get(order.order_id.as_str())
+            .ok_or_else(|| not_found("order"))?;
+        Ok(OrderStatus {
+            state: o.state.clone(),
+            upstream: o.state.name().to_string(),
+        })
     }
-    async fn refund_status(&self, order: &OrderRef, refund_id: &RefundId) -> Result<RefundStatus, ChannelError> {
+    async fn refund_status(
+        &self,
+        order: &OrderRef,
+        refund_id: &RefundId,
+    ) -> Result<RefundStatus, ChannelError> {
         let mut b = self.book.lock().unwrap();
         let never = b.refunds_never_complete;
         let need = b.refund_polls_before_complete;
@@ -248,18 +312,30 @@ impl OrderLookup for Upstream {
             *p += 1;
             *p
         };
-        let o = b.orders.get_mut(order.order_id.as_str()).ok_or_else(|| not_found("order"))?;
+        let o = b
+            .orders
+            .get_mut(order.order_id.as_str())
+            .ok_or_else(|| not_found("order"))?;
         match o.refund.clone() {
             Some((rid, RefundState::Requested)) if &rid == refund_id => {
                 if !never && polls > need {
                     o.refund = Some((rid.clone(), RefundState::Completed));
                     o.state = OrderState::Refunded { refund_id: rid };
-                    Ok(RefundStatus { state: RefundState::Completed, upstream: "SUCCESS".into() })
+                    Ok(RefundStatus {
+                        state: RefundState::Completed,
+                        upstream: "SUCCESS".into(),
+                    })
                 } else {
-                    Ok(RefundStatus { state: RefundState::Requested, upstream: "WAIT_SELLER_AGREE".into() })
+                    Ok(RefundStatus {
+                        state: RefundState::Requested,
+                        upstream: "WAIT_SELLER_AGREE".into(),
+                    })
                 }
             }
-            Some((rid, st)) if &rid == refund_id => Ok(RefundStatus { upstream: st.name().into(), state: st }),
+            Some((rid, st)) if &rid == refund_id => Ok(RefundStatus {
+                upstream: st.name().into(),
+                state: st,
+            }),
             _ => Err(not_found("refund")),
         }
     }
