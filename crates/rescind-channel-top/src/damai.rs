@@ -1,0 +1,193 @@
+//! Damai ticketing: `alibaba.damai.yuntoc.order.cancellockstock`, used as the
+//! stock-release step after a cancel.
+
+use crate::client::{layered_transport, TopClient};
+use crate::config::DamaiConfig;
+use crate::envelope::text_of;
+use crate::Error;
+use async_trait::async_trait;
+use rescind_core::{
+    ChannelError, Clock, ErrorClass, PermanentReason, ReleaseStock, StockLockRef, TokioClock,
+};
+use rescind_wire::sign::DamaiHeadFields;
+use rescind_wire::transport::Transport;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// `result.head.return_code` values (assumed) → rescind; `None` is success.
+/// Any other code is Permanent(Other), its code kept.
+pub const DAMAI_RETURN_CODES: &[(&str, Option<ErrorClass>)] = &[
+    ("0", None),
+    ("1001", Some(ErrorClass::AlreadyDone)),
+    (
+        "1002",
+        Some(ErrorClass::Permanent(PermanentReason::NotFound)),
+    ),
+    ("1003", Some(ErrorClass::Permanent(PermanentReason::Auth))),
+];
+
+/// Check the `result` of a cancel-lock-stock response by its
+/// `head.return_code`; a missing head is in doubt (the effect is unknown).
+pub fn check_damai_result(response: &Value, method: &str) -> Result<(), ChannelError> {
+    let head = response.get("result").and_then(|r| r.get("head"));
+    let Some(code) = head.and_then(|h| h.get("return_code")).and_then(text_of) else {
+        return Err(ChannelError::in_doubt(format!(
+            "malformed {method} response: no result.head.return_code"
+        )));
+    };
+    let desc = head
+        .and_then(|h| h.get("return_desc"))
+        .and_then(text_of)
+        .unwrap_or_default();
+    let class = DAMAI_RETURN_CODES
+        .iter()
+        .find(|(k, _)| *k == code)
+        .map(|(_, c)| c.clone())
+        .unwrap_or(Some(ErrorClass::Permanent(PermanentReason::Other)));
+    match class {
+        None => Ok(()),
+        Some(class) => {
+            let hint = if class == ErrorClass::Permanent(PermanentReason::Auth) {
+                " (check supplier_key, supplier_secret and the head signer)"
+            } else {
+                ""
+            };
+            Err(
+                ChannelError::new(class, format!("{method} returned {code}: {desc}{hint}"))
+                    .with_codes(Some(code), None),
+            )
+        }
+    }
+}
+
+/// The Damai channel: [`ReleaseStock`] by cancel-lock-stock. The lock id is
+/// Damai's order id. Releasing twice answers `AlreadyDone`.
+pub struct DamaiChannel {
+    client: TopClient,
+    config: DamaiConfig,
+    seq: AtomicU64,
+}
+
+impl std::fmt::Debug for DamaiChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DamaiChannel")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DamaiChannel {
+    /// The channel over `transport`, with timestamps and `msg_id`s from `clock`.
+    pub fn new(
+        config: DamaiConfig,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        let client = TopClient::new(config.gateway.clone(), transport, clock)?;
+        Ok(DamaiChannel {
+            client,
+            config,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// The channel on reqwest with the configured layers, on the system clock.
+    pub fn connect(config: DamaiConfig) -> Result<Self, Error> {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::system());
+        let transport = layered_transport(&config.gateway.transport, clock.clone())?;
+        Self::new(config, transport, clock)
+    }
+
+    /// The underlying gateway client.
+    pub fn client(&self) -> &TopClient {
+        &self.client
+    }
+
+    /// The `param_cancel_stock_lock_request` JSON for `order_id`, with a fresh
+    /// `msg_id`, the clock's `time_stamp` (epoch ms) and the signed head. It
+    /// holds the supplier secret: never log it.
+    pub fn cancel_param(&self, order_id: &str) -> String {
+        let c = &self.config;
+        let time_stamp = self.client.clock().now_ms().to_string();
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let msg_id = format!("{time_stamp}-{}-{n}", std::process::id());
+        let signed = c.head_signer.sign(
+            &DamaiHeadFields {
+                msg_id: &msg_id,
+                supplier_key: &c.supplier_key,
+                time_stamp: &time_stamp,
+                version: &c.version,
+            },
+            &c.supplier_secret,
+        );
+        json!({
+            "cancel_stock_lock_request_body": {"cancel_stock_lock_req_param": {"order_id": order_id}},
+            "head": {
+                "msg_id": msg_id,
+                "signed": signed,
+                "supplier_key": c.supplier_key,
+                "supplier_secret": c.supplier_secret.expose(),
+                "time_stamp": time_stamp,
+                "version": c.version,
+            }
+        })
+        .to_string()
+    }
+}
+
+#[async_trait]
+impl ReleaseStock for DamaiChannel {
+    async fn release_stock(&self, lock: &StockLockRef) -> Result<(), ChannelError> {
+        let method = self.config.method.as_str();
+        let param = self.cancel_param(lock.lock_id.as_str());
+        let response = self
+            .client
+            .call(method, &[("param_cancel_stock_lock_request", &param)])
+            .await?;
+        check_damai_result(&response, method)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rescind_core::Applied;
+
+    #[test]
+    fn return_codes() {
+        let m = "alibaba.damai.yuntoc.order.cancellockstock";
+        let body = |code: &str| json!({"result": {"cancel_stock_lock_result_body": {"order_id": "1"}, "head": {"return_code": code, "return_desc": "d"}}});
+        assert!(check_damai_result(&body("0"), m).is_ok());
+        let cases: &[(&str, ErrorClass)] = &[
+            ("1001", ErrorClass::AlreadyDone),
+            ("1002", ErrorClass::Permanent(PermanentReason::NotFound)),
+            ("1003", ErrorClass::Permanent(PermanentReason::Auth)),
+            ("77", ErrorClass::Permanent(PermanentReason::Other)),
+        ];
+        for (code, class) in cases {
+            let e = check_damai_result(&body(code), m).unwrap_err();
+            assert_eq!(&e.class, class, "{code}");
+            assert_eq!(e.code.as_deref(), Some(*code));
+        }
+        // Numeric code, as a lenient server might send it.
+        let v = json!({"result": {"head": {"return_code": 0}}});
+        assert!(check_damai_result(&v, m).is_ok());
+        for bad in [
+            json!({}),
+            json!({"result": {}}),
+            json!({"result": {"head": {"return_desc": "x"}}}),
+        ] {
+            let e = check_damai_result(&bad, m).unwrap_err();
+            assert_eq!(
+                e.class,
+                ErrorClass::Retryable {
+                    wait_ms: None,
+                    applied: Applied::Maybe
+                },
+                "{bad}"
+            );
+        }
+    }
+}
