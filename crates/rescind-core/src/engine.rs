@@ -379,6 +379,30 @@ impl Engine {
     /// Start a saga: its `Started` record is durable when this returns, so the
     /// saga will finish even if the process dies right after.
     pub async fn start(&self, input: SagaInput) -> Result<SagaId> {
+        let id = self.inner.ids.next_id();
+        self.start_as(id, input).await
+    }
+
+    /// Start a saga idempotently: the same `key` always names the same saga.
+    /// If it was already started (by this or an earlier process), its id is
+    /// returned and nothing new is journaled; if it is unfinished and not
+    /// running here, it is resumed.
+    pub async fn start_keyed(&self, key: &str, input: SagaInput) -> Result<(SagaId, bool)> {
+        let id = SagaId::from_key(key);
+        match self.start_as(id, input).await {
+            Ok(id) => Ok((id, true)),
+            Err(Error::Journal(JournalError::SequenceConflict { .. })) => {
+                let state = self.load(id).await?;
+                if state.outcome.is_none() && !self.is_running(id) {
+                    let _ = self.resume(id).await;
+                }
+                Ok((id, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn start_as(&self, id: SagaId, input: SagaInput) -> Result<SagaId> {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
@@ -387,7 +411,6 @@ impl Engine {
             kind: input.kind.clone(),
             reason,
         })?;
-        let id = self.inner.ids.next_id();
         let at_ms = self.inner.clock.now_ms();
         let entry = Entry {
             seq: 0,

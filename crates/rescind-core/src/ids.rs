@@ -16,6 +16,12 @@ impl SagaId {
     pub fn new_random() -> Self {
         SagaId(uuid::Uuid::new_v4())
     }
+    /// The id a caller-chosen idempotency key always maps to (UUID v5), so a
+    /// start retried after a lost reply finds the saga it already created.
+    pub fn from_key(key: &str) -> Self {
+        const NS: uuid::Uuid = uuid::Uuid::from_u128(0x7265_7363_696e_6400_0000_0000_0000_0001);
+        SagaId(uuid::Uuid::new_v5(&NS, key.as_bytes()))
+    }
     /// An id built from 128 bits, for deterministic id generation.
     pub fn from_u128(v: u128) -> Self {
         SagaId(uuid::Uuid::from_u128(v))

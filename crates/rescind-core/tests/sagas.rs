@@ -461,3 +461,42 @@ async fn custom_saga_runs_on_the_same_engine() {
     assert_eq!(*exec.0.lock().unwrap(), vec![0, 1]);
     assert_eq!(records(&j, id).await.len(), 6);
 }
+
+#[tokio::test(start_paused = true)]
+async fn keyed_start_is_idempotent() {
+    let up = Upstream::new();
+    up.order("O1", OrderState::PendingPay);
+    let j = MemoryJournal::new();
+    let e = engine_on(&j, &up, 16);
+    let (a, fresh_a) = e
+        .start_keyed(
+            "backend-order-O1-cancel",
+            SagaInput::cancel_unpaid(order("O1")),
+        )
+        .await
+        .unwrap();
+    let (b, fresh_b) = e
+        .start_keyed(
+            "backend-order-O1-cancel",
+            SagaInput::cancel_unpaid(order("O1")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    assert!(fresh_a && !fresh_b);
+    assert_eq!(completed(&e.wait(a).await.unwrap()), OrderState::Cancelled);
+    let (c, fresh_c) = e
+        .start_keyed(
+            "backend-order-O1-cancel",
+            SagaInput::cancel_unpaid(order("O1")),
+        )
+        .await
+        .unwrap();
+    assert_eq!((c, fresh_c), (a, false));
+    assert_eq!(up.effects(), vec!["cancel_unpaid:O1"]);
+    assert_eq!(
+        j.list(SagaSet::Finished).await.unwrap().len()
+            + j.list(SagaSet::Unfinished).await.unwrap().len(),
+        1
+    );
+}
