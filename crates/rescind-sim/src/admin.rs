@@ -1,0 +1,230 @@
+//! The admin API under `/_admin/`: state, effect log, reset, faults, fixture
+//! rows, generation, scheduled events, callback pushes. JSON in and out;
+//! errors are `{"error": "..."}` with HTTP 400 or 404.
+
+use axum::extract::{Path, Request, State};
+use axum::response::Response;
+use http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::book::{Book, Mix, OrderSeed, ScheduledEvent};
+use crate::faults::FaultProfile;
+use crate::http_util::{self, json_response};
+use crate::{lock, Sim};
+
+/// Largest admin request body (fixtures can be big), bytes.
+pub const ADMIN_BODY_BYTES_MAX: usize = 64 << 20;
+
+fn bad(msg: impl std::fmt::Display) -> Response {
+    json_response(StatusCode::BAD_REQUEST, &json!({"error": msg.to_string()}))
+}
+
+fn ok(v: Value) -> Response {
+    json_response(StatusCode::OK, &v)
+}
+
+async fn body_json<T: DeserializeOwned>(req: Request) -> Result<T, Response> {
+    let bytes = http_util::read_body(req.into_body(), ADMIN_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| {
+            bad(format!(
+                "body unreadable or larger than {ADMIN_BODY_BYTES_MAX} bytes"
+            ))
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("malformed JSON: {e}")))
+}
+
+fn state_json(b: &Book) -> Value {
+    let mut orders: Vec<_> = b
+        .orders
+        .keys()
+        .filter_map(|(c, id)| b.order_view(c, id))
+        .collect();
+    orders.sort_by(|a, b| (&a.channel, &a.order_id).cmp(&(&b.channel, &b.order_id)));
+    let mut refunds: Vec<_> = b
+        .refunds
+        .keys()
+        .filter_map(|(c, id)| b.refund_view(c, id))
+        .collect();
+    refunds.sort_by(|a, b| (&a.channel, &a.refund_id).cmp(&(&b.channel, &b.refund_id)));
+    let locks: std::collections::BTreeMap<_, _> = b.locks.iter().collect();
+    json!({
+        "orders": orders,
+        "refunds": refunds,
+        "stock_locks": locks,
+        "effects": b.effects.len(),
+        "pending_events": b.pending.iter().map(|(due, e)| json!({"due_ms": due, "event": e})).collect::<Vec<_>>(),
+        "event_history": b.history,
+    })
+}
+
+/// `GET /_admin/state`: every order, refund and stock lock, the number of
+/// effects, pending and applied scheduled events.
+pub async fn state(State(sim): State<Sim>) -> Response {
+    sim.tick();
+    let v = state_json(&lock(&sim.inner.book));
+    ok(v)
+}
+
+type Pair = Result<Path<(String, String)>, axum::extract::rejection::PathRejection>;
+
+/// `GET /_admin/orders/{channel}/{id}`.
+pub async fn order(State(sim): State<Sim>, p: Pair) -> Response {
+    let Ok(Path((channel, id))) = p else {
+        return bad("malformed path");
+    };
+    match sim.order(&channel, &id) {
+        Some(v) => ok(json!(v)),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no order {channel}:{id}")}),
+        ),
+    }
+}
+
+/// `GET /_admin/refunds/{channel}/{id}`.
+pub async fn refund(State(sim): State<Sim>, p: Pair) -> Response {
+    let Ok(Path((channel, id))) = p else {
+        return bad("malformed path");
+    };
+    match sim.refund(&channel, &id) {
+        Some(v) => ok(json!(v)),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no refund {channel}:{id}")}),
+        ),
+    }
+}
+
+/// `GET /_admin/effects`: `{effects: [...], counts: [{op, target, count}]}`.
+pub async fn effects(State(sim): State<Sim>) -> Response {
+    let b = lock(&sim.inner.book);
+    let counts: Vec<Value> = b
+        .counts
+        .iter()
+        .map(|((op, target), n)| json!({"op": op, "target": target, "count": n}))
+        .collect();
+    ok(json!({"effects": b.effects, "counts": counts}))
+}
+
+/// `POST /_admin/reset`: empty everything and reload the fixture.
+pub async fn reset(State(sim): State<Sim>) -> Response {
+    sim.reset();
+    ok(json!({"ok": true}))
+}
+
+/// `GET /_admin/faults`.
+pub async fn get_faults(State(sim): State<Sim>) -> Response {
+    ok(json!(sim.faults()))
+}
+
+/// `POST /_admin/faults`: replace the fault profile.
+pub async fn set_faults(State(sim): State<Sim>, req: Request) -> Response {
+    match body_json::<FaultProfile>(req).await {
+        Ok(p) => {
+            sim.set_faults(p);
+            ok(json!({"ok": true}))
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Rows {
+    List(Vec<OrderSeed>),
+    Wrapped { orders: Vec<OrderSeed> },
+}
+
+/// `POST /_admin/orders`: fixture rows (a list, or `{"orders": [...]}`);
+/// all or nothing.
+pub async fn add_orders(State(sim): State<Sim>, req: Request) -> Response {
+    let rows = match body_json::<Rows>(req).await {
+        Ok(Rows::List(r)) | Ok(Rows::Wrapped { orders: r }) => r,
+        Err(r) => return r,
+    };
+    let errors: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Book::validate(r).err().map(|e| format!("row {i}: {e}")))
+        .collect();
+    if !errors.is_empty() {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "invalid rows", "errors": errors}),
+        );
+    }
+    let n = rows.len();
+    for r in rows {
+        sim.add_order(r);
+    }
+    ok(json!({"added": n}))
+}
+
+#[derive(Deserialize)]
+struct GenerateReq {
+    seed: u64,
+    n: usize,
+    #[serde(default)]
+    mix: Mix,
+}
+
+/// Most orders one generate call may create.
+pub const GENERATE_N_MAX: usize = 1_000_000;
+
+/// `POST /_admin/generate` `{seed, n, mix?}`: returns the generated rows.
+pub async fn generate(State(sim): State<Sim>, req: Request) -> Response {
+    let g = match body_json::<GenerateReq>(req).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    if g.n > GENERATE_N_MAX {
+        return bad(format!("n must be at most {GENERATE_N_MAX}"));
+    }
+    let rows = sim.generate(g.seed, g.n, &g.mix);
+    ok(json!({"orders": rows}))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Events {
+    One(ScheduledEvent),
+    Many(Vec<ScheduledEvent>),
+}
+
+/// `POST /_admin/schedule`: one event or a list.
+pub async fn schedule(State(sim): State<Sim>, req: Request) -> Response {
+    let evs = match body_json::<Events>(req).await {
+        Ok(Events::One(e)) => vec![e],
+        Ok(Events::Many(v)) => v,
+        Err(r) => return r,
+    };
+    let n = evs.len();
+    for e in evs {
+        sim.schedule(e);
+    }
+    ok(json!({"scheduled": n}))
+}
+
+/// `GET /_admin/pushes`: every callback push attempt.
+pub async fn pushes(State(sim): State<Sim>) -> Response {
+    ok(json!({"pushes": sim.pushes()}))
+}
+
+#[derive(Deserialize)]
+struct CallbackReq {
+    url: Option<String>,
+}
+
+/// `POST /_admin/callback` `{"url": "http://..."|null}`.
+pub async fn set_callback(State(sim): State<Sim>, req: Request) -> Response {
+    match body_json::<CallbackReq>(req).await {
+        Ok(c) => {
+            sim.set_callback_url(c.url);
+            ok(json!({"ok": true}))
+        }
+        Err(r) => r,
+    }
+}

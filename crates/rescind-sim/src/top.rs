@@ -1,0 +1,595 @@
+//! The Taobao Open Platform gateway at `/router/rest`.
+//!
+//! Parameters come from the query string and/or the form body (the body wins
+//! on a duplicate name). Checks run in the gateway's order: method, app key,
+//! timestamp, version, format, signature; then faults; then the method.
+//! Errors are `error_response {code, msg, sub_code, sub_msg, request_id}`
+//! with HTTP 200, in the requested `format` (`xml` by default).
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::{header, HeaderValue, StatusCode};
+use rescind_wire::sign::{signatures_match, top_sign, DamaiHeadFields, SignMethod};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use crate::book::{Refusal, RequestSummary, TMALL_TBC};
+use crate::defaults::{CANCEL_METHOD, DAMAI_CANCEL_METHOD};
+use crate::faults::FaultKind;
+use crate::http_util::{self, BodyError};
+use crate::Sim;
+
+/// Response format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Json,
+    Xml,
+}
+
+/// A TOP platform error (`error_response`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopError {
+    /// Top-level code (e.g. 25 Invalid Signature).
+    pub code: u32,
+    /// Top-level message.
+    pub msg: &'static str,
+    /// Sub code (`isv.*`, `isp.*`, ...), empty when none.
+    pub sub_code: String,
+    /// Sub message.
+    pub sub_msg: String,
+}
+
+impl TopError {
+    fn new(
+        code: u32,
+        msg: &'static str,
+        sub_code: impl Into<String>,
+        sub_msg: impl Into<String>,
+    ) -> Self {
+        TopError {
+            code,
+            msg,
+            sub_code: sub_code.into(),
+            sub_msg: sub_msg.into(),
+        }
+    }
+    fn missing_arg(name: &str) -> Self {
+        Self::new(
+            40,
+            "Missing Required Arguments",
+            format!("isv.missing-parameter:{name}"),
+            format!("missing required parameter: {name}"),
+        )
+    }
+    fn invalid_arg(name: &str, why: &str) -> Self {
+        Self::new(
+            41,
+            "Invalid Arguments",
+            format!("isv.invalid-parameter:{name}"),
+            format!("invalid parameter {name}: {why}"),
+        )
+    }
+}
+
+struct Reply {
+    format: Format,
+    simplify: bool,
+    request_id: String,
+}
+
+impl Reply {
+    fn render(&self, root: &str, mut inner: Value) -> Response {
+        if let Value::Object(m) = &mut inner {
+            m.insert("request_id".into(), Value::String(self.request_id.clone()));
+        }
+        match self.format {
+            Format::Json => {
+                let v = if self.simplify && root != "error_response" {
+                    inner
+                } else {
+                    json!({ root: inner })
+                };
+                http_util::json_response(StatusCode::OK, &v)
+            }
+            Format::Xml => {
+                let mut s = String::from("<?xml version=\"1.0\" encoding=\"utf-8\" ?>");
+                http_util::to_xml(root, &inner, &mut s);
+                let mut r = Response::new(axum::body::Body::from(s));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/xml;charset=UTF-8"),
+                );
+                r
+            }
+        }
+    }
+
+    fn error(&self, e: TopError) -> Response {
+        let mut v = json!({"code": e.code, "msg": e.msg});
+        if !e.sub_code.is_empty() {
+            v["sub_code"] = Value::String(e.sub_code);
+            v["sub_msg"] = Value::String(e.sub_msg);
+        }
+        self.render("error_response", v)
+    }
+}
+
+fn response_root(method: &str) -> String {
+    format!("{}_response", method.replace('.', "_"))
+}
+
+/// The handler of `/router/rest` (GET or POST).
+pub async fn handle(State(sim): State<Sim>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let mut reply = Reply {
+        format: Format::Xml,
+        simplify: false,
+        request_id: sim.request_id(),
+    };
+    let query = match http_util::parse_form(parts.uri.query().unwrap_or("").as_bytes()) {
+        Some(q) => q,
+        None => return reply.error(TopError::new(47, "Invalid Encoding", "", "")),
+    };
+    // The format is known from the query before the body is read, so even a
+    // body error answers in the requested format.
+    if let Some((_, f)) = query.iter().rev().find(|(k, _)| k == "format") {
+        if f == "json" {
+            reply.format = Format::Json;
+        }
+    }
+    let body = match http_util::read_body(body, sim.inner.cfg.body_bytes_max).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return reply.error(TopError::new(
+                41,
+                "Invalid Arguments",
+                "isv.invalid-parameter",
+                format!(
+                    "request body exceeds {} bytes",
+                    sim.inner.cfg.body_bytes_max
+                ),
+            ))
+        }
+        Err(BodyError::Io) => {
+            return reply.error(TopError::new(
+                41,
+                "Invalid Arguments",
+                "isv.invalid-parameter",
+                "unreadable body",
+            ))
+        }
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let is_form =
+        content_type.is_empty() || content_type.starts_with("application/x-www-form-urlencoded");
+    let mut params: BTreeMap<String, String> = query.into_iter().collect();
+    let mut raw_body: Option<&[u8]> = None;
+    if is_form {
+        match http_util::parse_form(&body) {
+            Some(form) => params.extend(form),
+            None => {
+                return reply.error(TopError::new(
+                    47,
+                    "Invalid Encoding",
+                    "isv.invalid-encoding",
+                    "the form body is not valid UTF-8 url encoding",
+                ))
+            }
+        }
+    } else if content_type.starts_with("multipart/") {
+        return reply.error(TopError::new(
+            41,
+            "Invalid Arguments",
+            "isv.invalid-parameter",
+            "multipart bodies are not supported by this simulator",
+        ));
+    } else if !body.is_empty() {
+        raw_body = Some(&body);
+    }
+    // Empty values are neither sent nor signed.
+    params.retain(|_, v| !v.is_empty());
+
+    match params.get("format").map(String::as_str) {
+        None | Some("xml") => reply.format = Format::Xml,
+        Some("json") => reply.format = Format::Json,
+        Some(_) => {
+            reply.format = Format::Xml;
+            return reply.error(TopError::new(23, "Invalid Format", "", ""));
+        }
+    }
+    reply.simplify =
+        reply.format == Format::Json && params.get("simplify").map(String::as_str) == Some("true");
+
+    if let Err(e) = check_system(&sim, &params, raw_body) {
+        return reply.error(e);
+    }
+    let method = params.get("method").cloned().unwrap_or_default();
+
+    if let Some(d) = sim.decide_faults(&method) {
+        if d.latency_ms > 0 {
+            sim.inner
+                .cfg
+                .clock
+                .sleep(std::time::Duration::from_millis(d.latency_ms))
+                .await;
+        }
+        match d.before {
+            Some(FaultKind::Http5xx) => return http_util::gateway_5xx(d.status_5xx),
+            Some(FaultKind::Isp) => {
+                let e = if sim.inner.rng_below(2) == 0 {
+                    TopError::new(
+                        15,
+                        "Remote service error",
+                        "isp.top-remote-connection-timeout",
+                        "remote service timed out",
+                    )
+                } else {
+                    TopError::new(
+                        10,
+                        "Service Currently Unavailable",
+                        "isp.top-remote-service-unavailable",
+                        "remote service unavailable",
+                    )
+                };
+                return reply.error(e);
+            }
+            Some(FaultKind::RateLimit) => {
+                return reply.error(TopError::new(
+                    7,
+                    "App Call Limited",
+                    "accesscontrol.limited-by-app-access-count",
+                    format!("This ban will last for {} more seconds", d.ban_secs),
+                ))
+            }
+            _ => {}
+        }
+        let resp = dispatch(
+            &sim,
+            &method,
+            &params,
+            &reply,
+            parts.method.as_str(),
+            parts.uri.path(),
+        );
+        if let Some(mode) = d.lost {
+            return http_util::lost(mode);
+        }
+        return resp;
+    }
+    dispatch(
+        &sim,
+        &method,
+        &params,
+        &reply,
+        parts.method.as_str(),
+        parts.uri.path(),
+    )
+}
+
+impl crate::Inner {
+    pub(crate) fn rng_below(&self, n: u64) -> u64 {
+        use rescind_core::Rng;
+        self.rng.below(n)
+    }
+}
+
+fn check_system(
+    sim: &Sim,
+    p: &BTreeMap<String, String>,
+    raw_body: Option<&[u8]>,
+) -> Result<(), TopError> {
+    let cfg = &sim.inner.cfg;
+    let method = p
+        .get("method")
+        .ok_or_else(|| TopError::new(21, "Missing Method", "", ""))?;
+    let app_key = p
+        .get("app_key")
+        .ok_or_else(|| TopError::new(28, "Missing App Key", "", ""))?;
+    if *app_key != cfg.app_key {
+        return Err(TopError::new(29, "Invalid App Key", "", ""));
+    }
+    let known = [
+        CANCEL_METHOD,
+        DAMAI_CANCEL_METHOD,
+        cfg.paid_cancel_method.as_str(),
+        cfg.order_get_method.as_str(),
+    ];
+    if !known.contains(&method.as_str()) {
+        return Err(TopError::new(22, "Invalid Method", "", ""));
+    }
+    let ts = p
+        .get("timestamp")
+        .ok_or_else(|| TopError::new(30, "Missing Timestamp", "", ""))?;
+    let ts_ms = rescind_wire::sign::parse_top_timestamp(ts).ok_or_else(|| {
+        TopError::new(
+            31,
+            "Invalid Timestamp",
+            "isv.invalid-timestamp",
+            "timestamp must be yyyy-MM-dd HH:mm:ss (GMT+8) or epoch milliseconds",
+        )
+    })?;
+    let now = sim.now_ms();
+    if now.abs_diff(ts_ms) > cfg.top_timestamp_skew_max_ms {
+        return Err(TopError::new(
+            31,
+            "Invalid Timestamp",
+            "isv.invalid-timestamp",
+            format!(
+                "timestamp is {} ms away from the server time; at most {} ms allowed",
+                now.abs_diff(ts_ms),
+                cfg.top_timestamp_skew_max_ms
+            ),
+        ));
+    }
+    match p.get("v").map(String::as_str) {
+        None => return Err(TopError::new(32, "Missing Version", "", "")),
+        Some("2.0") => {}
+        Some(v) if v.parse::<f64>().is_ok() => {
+            return Err(TopError::new(34, "Unsupported Version", "", ""))
+        }
+        Some(_) => return Err(TopError::new(33, "Invalid Version", "", "")),
+    }
+    let sign = p
+        .get("sign")
+        .ok_or_else(|| TopError::new(24, "Missing Signature", "", ""))?;
+    let sign_method: SignMethod = match p.get("sign_method") {
+        None => SignMethod::Md5,
+        Some(m) => m.parse().map_err(|_| {
+            TopError::new(
+                25,
+                "Invalid Signature",
+                "isv.invalid-signature-method",
+                "sign_method must be md5, hmac or hmac-sha256",
+            )
+        })?,
+    };
+    let expected = top_sign(
+        p.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        raw_body,
+        &cfg.app_secret,
+        sign_method,
+    );
+    if !signatures_match(sign, &expected) {
+        return Err(TopError::new(25, "Invalid Signature", "", ""));
+    }
+    Ok(())
+}
+
+fn summary(
+    sim: &Sim,
+    method: &str,
+    reply: &Reply,
+    http_method: &str,
+    path: &str,
+    params: BTreeMap<String, String>,
+) -> RequestSummary {
+    let _ = sim;
+    RequestSummary {
+        endpoint: method.to_owned(),
+        http_method: http_method.to_owned(),
+        path: path.to_owned(),
+        request_id: reply.request_id.clone(),
+        params,
+    }
+}
+
+fn business_params(p: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    p.iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "sign"
+                    | "session"
+                    | "app_key"
+                    | "timestamp"
+                    | "v"
+                    | "format"
+                    | "sign_method"
+                    | "param_cancel_stock_lock_request"
+            )
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn tbc_refusal(r: &Refusal) -> (&'static str, &'static str) {
+    match r {
+        Refusal::NotFound => ("ORDER_NOT_FOUND", "order not found"),
+        Refusal::AlreadyCancelled => ("ORDER_ALREADY_CANCELLED", "order already cancelled"),
+        Refusal::Paid => (
+            "ORDER_PAID",
+            "the buyer has paid; use the post-payment cancel",
+        ),
+        Refusal::NotPaid => (
+            "ORDER_NOT_PAID",
+            "the order is not paid; use the pre-payment cancel",
+        ),
+        Refusal::Shipped => (
+            "ORDER_SHIPPED",
+            "the order has shipped and cannot be cancelled",
+        ),
+        Refusal::RefundAlreadyOpen => (
+            "REFUND_ALREADY_OPEN",
+            "a refund is already open for this order",
+        ),
+        _ => ("SYSTEM_ERROR", "unexpected state"),
+    }
+}
+
+fn required<'a>(p: &'a BTreeMap<String, String>, name: &str) -> Result<&'a str, TopError> {
+    p.get(name)
+        .map(String::as_str)
+        .ok_or_else(|| TopError::missing_arg(name))
+}
+
+fn dispatch(
+    sim: &Sim,
+    method: &str,
+    p: &BTreeMap<String, String>,
+    reply: &Reply,
+    http_method: &str,
+    path: &str,
+) -> Response {
+    let root = response_root(method);
+    let cfg = &sim.inner.cfg;
+    let result = if method == CANCEL_METHOD {
+        tbc_cancel(sim, method, p, reply, http_method, path)
+    } else if method == cfg.paid_cancel_method {
+        tbc_paid_cancel(sim, method, p, reply, http_method, path)
+    } else if method == cfg.order_get_method {
+        tbc_get(sim, p)
+    } else if method == DAMAI_CANCEL_METHOD {
+        damai_cancel(sim, method, p, reply, http_method, path)
+    } else {
+        Err(TopError::new(22, "Invalid Method", "", ""))
+    };
+    match result {
+        Ok(v) => reply.render(&root, v),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn tbc_result(r: Result<Value, Refusal>) -> Value {
+    match r {
+        Ok(mut extra) => {
+            extra["success"] = Value::Bool(true);
+            extra["error_code"] = Value::String(String::new());
+            extra["error_message"] = Value::String(String::new());
+            json!({ "result": extra })
+        }
+        Err(e) => {
+            let (code, msg) = tbc_refusal(&e);
+            json!({"result": {"success": false, "error_code": code, "error_message": msg}})
+        }
+    }
+}
+
+fn tbc_cancel(
+    sim: &Sim,
+    method: &str,
+    p: &BTreeMap<String, String>,
+    reply: &Reply,
+    hm: &str,
+    path: &str,
+) -> Result<Value, TopError> {
+    let order_id = required(p, "out_order_no")?;
+    required(p, "source_site")?;
+    let req = summary(sim, method, reply, hm, path, business_params(p));
+    let r = sim.with_book(|b, now, n| b.cancel_unpaid(TMALL_TBC, order_id, now, &req, n));
+    Ok(tbc_result(r.map(|()| json!({}))))
+}
+
+fn tbc_paid_cancel(
+    sim: &Sim,
+    method: &str,
+    p: &BTreeMap<String, String>,
+    reply: &Reply,
+    hm: &str,
+    path: &str,
+) -> Result<Value, TopError> {
+    let order_id = required(p, "out_order_no")?;
+    required(p, "source_site")?;
+    let req = summary(sim, method, reply, hm, path, business_params(p));
+    let r = sim.with_book(|b, now, n| b.cancel_paid(TMALL_TBC, order_id, now, &req, n));
+    Ok(tbc_result(r.map(|rid| json!({ "refund_id": rid }))))
+}
+
+fn tbc_get(sim: &Sim, p: &BTreeMap<String, String>) -> Result<Value, TopError> {
+    let order_id = required(p, "out_order_no")?;
+    required(p, "source_site")?;
+    let view = sim.with_book(|b, _, _| b.order_view(TMALL_TBC, order_id));
+    Ok(match view {
+        None => tbc_result(Err(Refusal::NotFound)),
+        Some(v) => {
+            let mut order = json!({"out_order_no": v.order_id, "status": v.status});
+            if let (Some(rid), Some(rs)) = (v.refund_id, v.refund_status) {
+                order["refund_id"] = Value::String(rid);
+                order["refund_status"] = Value::String(rs);
+            }
+            json!({"result": {"success": true, "order": order}})
+        }
+    })
+}
+
+fn damai_cancel(
+    sim: &Sim,
+    method: &str,
+    p: &BTreeMap<String, String>,
+    reply: &Reply,
+    hm: &str,
+    path: &str,
+) -> Result<Value, TopError> {
+    const PARAM: &str = "param_cancel_stock_lock_request";
+    let raw = required(p, PARAM)?;
+    let v: Value = serde_json::from_str(raw)
+        .map_err(|e| TopError::invalid_arg(PARAM, &format!("not JSON: {e}")))?;
+    let text = |path: &[&str]| -> Option<String> {
+        let mut cur = &v;
+        for k in path {
+            cur = cur.get(*k)?;
+        }
+        match cur {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let order_id = text(&[
+        "cancel_stock_lock_request_body",
+        "cancel_stock_lock_req_param",
+        "order_id",
+    ])
+    .filter(|s| !s.is_empty())
+    .ok_or_else(|| {
+        TopError::invalid_arg(
+            PARAM,
+            "cancel_stock_lock_request_body.cancel_stock_lock_req_param.order_id is required",
+        )
+    })?;
+    let head = |k: &str| text(&["head", k]).unwrap_or_default();
+    let (msg_id, supplier_key, supplier_secret, signed, time_stamp, version) = (
+        head("msg_id"),
+        head("supplier_key"),
+        head("supplier_secret"),
+        head("signed"),
+        head("time_stamp"),
+        head("version"),
+    );
+    let cfg = &sim.inner.cfg;
+    let expected = cfg.damai_signer.sign(
+        &DamaiHeadFields {
+            msg_id: &msg_id,
+            supplier_key: &supplier_key,
+            time_stamp: &time_stamp,
+            version: &version,
+        },
+        &cfg.supplier_secret,
+    );
+    let head_ok = supplier_key == cfg.supplier_key
+        && signatures_match(&supplier_secret, cfg.supplier_secret.expose())
+        && signatures_match(&signed, &expected);
+    let answer = |code: &str, desc: &str| {
+        json!({"result": {
+            "cancel_stock_lock_result_body": {"order_id": order_id},
+            "head": {"return_code": code, "return_desc": desc},
+        }})
+    };
+    if !head_ok {
+        return Ok(answer("1003", "head signature invalid"));
+    }
+    let mut params = business_params(p);
+    params.insert("order_id".into(), order_id.clone());
+    params.insert("msg_id".into(), msg_id.clone());
+    let req = summary(sim, method, reply, hm, path, params);
+    let r = sim.with_book(|b, now, _| b.release_stock(&order_id, now, &req));
+    Ok(match r {
+        Ok(()) => answer("0", "success"),
+        Err(Refusal::LockReleased) => answer("1001", "stock lock already released"),
+        Err(_) => answer("1002", "no such stock lock"),
+    })
+}
