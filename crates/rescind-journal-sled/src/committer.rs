@@ -14,7 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
@@ -116,7 +118,17 @@ struct BatchState {
     compacted: HashSet<SagaId>,
 }
 
+/// Counts of the committer's work, shared with the journal handle.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Group commits that flushed (one flush, plus fdatasync for PowerLoss, each).
+    pub flushes: AtomicU64,
+    /// Requests made durable by those flushes.
+    pub records: AtomicU64,
+}
+
 pub(crate) struct Committer {
+    counters: Arc<Counters>,
     db: sled::Db,
     tree: sled::Tree,
     path: PathBuf,
@@ -133,6 +145,7 @@ impl Committer {
         tree: sled::Tree,
         path: PathBuf,
         config: SledConfig,
+        counters: Arc<Counters>,
     ) -> Result<Self, JournalError> {
         let power = match config.durability {
             Durability::Process => None,
@@ -144,6 +157,7 @@ impl Committer {
             })?),
         };
         Ok(Committer {
+            counters,
             db,
             tree,
             path,
@@ -243,6 +257,10 @@ impl Committer {
             self.seqs.clear();
         }
         tracing::trace!(records = pending.len(), "group commit");
+        if outcome.is_ok() {
+            self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+            self.counters.records.fetch_add(pending.len() as u64, Ordering::Relaxed);
+        }
         for (req, n) in pending {
             match &outcome {
                 Ok(()) => answer(req, Ok(n)),

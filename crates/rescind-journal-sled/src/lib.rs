@@ -77,6 +77,17 @@ pub struct JournalStats {
     pub bytes_on_disk: u64,
 }
 
+/// How group commit has batched so far (since open), from
+/// [`SledJournal::commit_counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitCounters {
+    /// Group commits: each is one sled flush (plus one `fdatasync` round for
+    /// [`Durability::PowerLoss`]).
+    pub flushes: u64,
+    /// Appends, finish marks and compaction batches made durable by them.
+    pub records: u64,
+}
+
 /// What one [`SledJournal::compact`] deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CompactReport {
@@ -99,6 +110,7 @@ pub struct SledJournal {
     tx: mpsc::Sender<Request>,
     permits: Arc<Semaphore>,
     committer: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<committer::Counters>,
 }
 
 impl std::fmt::Debug for SledJournal {
@@ -121,7 +133,9 @@ impl SledJournal {
     pub fn open(path: impl AsRef<Path>, config: SledConfig) -> Result<SledJournal, JournalError> {
         let path = path.as_ref().to_path_buf();
         let (db, tree) = open::open_db(&path, &config)?;
-        let committer = committer::Committer::new(db.clone(), tree.clone(), path.clone(), config.clone())?;
+        let counters = Arc::new(committer::Counters::default());
+        let committer =
+            committer::Committer::new(db.clone(), tree.clone(), path.clone(), config.clone(), Arc::clone(&counters))?;
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("rescind-journal-commit".into())
@@ -140,7 +154,18 @@ impl SledJournal {
             config,
             tx,
             committer: Mutex::new(Some(handle)),
+            counters,
         })
+    }
+
+    /// Group commits and the records they made durable, since open. Their
+    /// ratio is the average batch size.
+    pub fn commit_counters(&self) -> CommitCounters {
+        use std::sync::atomic::Ordering::Relaxed;
+        CommitCounters {
+            flushes: self.counters.flushes.load(Relaxed),
+            records: self.counters.records.load(Relaxed),
+        }
     }
 
     /// The journal's directory.

@@ -77,6 +77,9 @@ fn precheck(path: &Path) -> Result<(), JournalError> {
 /// Open the database and the journal tree, and check or write the format version.
 pub(crate) fn open_db(path: &Path, config: &SledConfig) -> Result<(sled::Db, sled::Tree), JournalError> {
     precheck(path)?;
+    // sled recovers a data file of garbage as an empty database; remember
+    // whether there was data, so that is not mistaken for a new journal.
+    let had_data = std::fs::metadata(path.join("db")).map(|m| m.len() > 0).unwrap_or(false);
     let db = guarded(path, "open", || {
         sled::Config::new()
             .path(path)
@@ -90,11 +93,11 @@ pub(crate) fn open_db(path: &Path, config: &SledConfig) -> Result<(sled::Db, sle
     let tree = guarded(path, "opening the journal tree", || {
         db.open_tree(keys::TREE).map_err(|e| explain(path, e))
     })?;
-    guarded(path, "reading the format version", || check_format(path, &db, &tree))?;
+    guarded(path, "reading the format version", || check_format(path, &db, &tree, had_data))?;
     Ok((db, tree))
 }
 
-fn check_format(path: &Path, db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalError> {
+fn check_format(path: &Path, db: &sled::Db, tree: &sled::Tree, had_data: bool) -> Result<(), JournalError> {
     let stored = tree
         .get(keys::META_FORMAT_VERSION)
         .map_err(|e| err(path, format_args!("cannot read the format version: {e}")))?;
@@ -123,6 +126,14 @@ fn check_format(path: &Path, db: &sled::Db, tree: &sled::Tree) -> Result<(), Jou
                 return Err(err(
                     path,
                     "a sled database without a rescind format version: not a rescind journal",
+                ));
+            }
+            if had_data {
+                return Err(err(
+                    path,
+                    "sled's data file is not empty but nothing could be recovered from it \
+                     (corrupt, or a journal whose creation never completed); \
+                     restore it from a copy, or delete the directory if it never held sagas",
                 ));
             }
             tree.insert(keys::META_FORMAT_VERSION, &JOURNAL_FORMAT_VERSION.to_be_bytes()[..])
