@@ -2,13 +2,19 @@
 //! through the production transport stack and, where the issue asks, through
 //! the saga engine.
 
-use rescind_channel_top::{layered_transport, DamaiChannel, DamaiConfig, GatewayConfig, TbcChannel, TopConfig};
-use rescind_core::{
-    Applied, CancelOrder, CancelRequest, ChannelError, Channels, Clock, Conflict, Engine, ErrorClass,
-    Limits, MemoryJournal, OrderLookup, OrderRef, OrderState, PermanentReason, Record, RefundId, RefundState,
-    ReleaseStock, SagaExit, SagaInput, SagaOutcome, StockLockRef, TokioClock, Via,
+use rescind_channel_top::{
+    layered_transport, DamaiChannel, DamaiConfig, GatewayConfig, TbcChannel, TopConfig,
 };
-use rescind_sim::{defaults, FaultKind, FaultProfile, FaultSpec, LostResponseMode, OrderSeed, Sim, SimConfig, SimServer};
+use rescind_core::{
+    Applied, CancelOrder, CancelRequest, ChannelError, Channels, Clock, Conflict, Engine,
+    ErrorClass, Limits, MemoryJournal, OrderLookup, OrderRef, OrderState, PermanentReason, Record,
+    RefundId, RefundState, ReleaseStock, SagaExit, SagaInput, SagaOutcome, StockLockRef,
+    TokioClock, Via,
+};
+use rescind_sim::{
+    defaults, FaultKind, FaultProfile, FaultSpec, LostResponseMode, OrderSeed, Sim, SimConfig,
+    SimServer,
+};
 use rescind_wire::sign::{Secret, SignMethod};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +45,9 @@ impl Harness {
     }
 
     fn tbc_with(&self, secret: &str, method: SignMethod) -> Arc<TbcChannel> {
-        Arc::new(TbcChannel::connect(TopConfig::new(self.gateway(secret, method))).expect("tbc channel"))
+        Arc::new(
+            TbcChannel::connect(TopConfig::new(self.gateway(secret, method))).expect("tbc channel"),
+        )
     }
 
     fn tbc(&self) -> Arc<TbcChannel> {
@@ -80,7 +88,8 @@ impl Harness {
     }
 
     fn faults(&self, endpoint: &str, spec: FaultSpec) {
-        self.sim.set_faults(FaultProfile::none().with(endpoint, spec));
+        self.sim
+            .set_faults(FaultProfile::none().with(endpoint, spec));
     }
 
     fn count(&self, op: &str, target: &str) -> u64 {
@@ -109,12 +118,19 @@ impl Harness {
             attempt_timeout_ms: 5_000,
             ..Limits::default()
         };
-        Engine::builder(Arc::new(MemoryJournal::new())).channels(channels).limits(limits).build()
+        Engine::builder(Arc::new(MemoryJournal::new()))
+            .channels(channels)
+            .limits(limits)
+            .build()
     }
 
     fn tbc_engine(&self) -> Engine {
         let tbc = self.tbc();
-        self.engine(Channels::new().with_cancel("tmall-tbc", tbc.clone()).with_lookup("tmall-tbc", tbc))
+        self.engine(
+            Channels::new()
+                .with_cancel("tmall-tbc", tbc.clone())
+                .with_lookup("tmall-tbc", tbc),
+        )
     }
 }
 
@@ -143,15 +159,28 @@ async fn journal_vias(engine: &Engine, id: rescind_core::SagaId) -> Vec<Via> {
 #[tokio::test]
 async fn all_three_sign_methods_are_accepted() {
     let h = Harness::start().await;
-    for (i, m) in [SignMethod::Md5, SignMethod::Hmac, SignMethod::HmacSha256].into_iter().enumerate() {
+    for (i, m) in [SignMethod::Md5, SignMethod::Hmac, SignMethod::HmacSha256]
+        .into_iter()
+        .enumerate()
+    {
         let id = format!("S{i}");
         h.unpaid(&id);
         let tbc = h.tbc_with(defaults::APP_SECRET, m);
-        tbc.cancel_unpaid(&cancel_req(&id)).await.unwrap_or_else(|e| panic!("{m}: {e}"));
-        let st = tbc.order_status(&OrderRef::new("tmall-tbc", id.as_str())).await.unwrap();
+        tbc.cancel_unpaid(&cancel_req(&id))
+            .await
+            .unwrap_or_else(|e| panic!("{m}: {e}"));
+        let st = tbc
+            .order_status(&OrderRef::new("tmall-tbc", id.as_str()))
+            .await
+            .unwrap();
         assert_eq!(st.state, OrderState::Cancelled, "{m}");
         assert_eq!(st.upstream, "TRADE_CLOSED_BY_TAOBAO");
-        assert_eq!(h.count("cancel_unpaid", &format!("tmall-tbc:{id}")), 1, "{m}\n{}", h.effects());
+        assert_eq!(
+            h.count("cancel_unpaid", &format!("tmall-tbc:{id}")),
+            1,
+            "{m}\n{}",
+            h.effects()
+        );
     }
 }
 
@@ -181,7 +210,11 @@ async fn a_skewed_clock_is_reported_as_such() {
     let transport = layered_transport(&cfg.gateway.transport, clock.clone()).unwrap();
     let tbc = TbcChannel::new(cfg, transport, clock).unwrap();
     let e = tbc.cancel_unpaid(&cancel_req("C1")).await.unwrap_err();
-    assert_eq!(e.class, ErrorClass::Permanent(PermanentReason::ClockSkew), "{e}");
+    assert_eq!(
+        e.class,
+        ErrorClass::Permanent(PermanentReason::ClockSkew),
+        "{e}"
+    );
     assert_eq!(e.code.as_deref(), Some("31"));
     assert!(e.message.contains("local clock is off"), "{e}");
 }
@@ -192,11 +225,19 @@ async fn business_failures_inside_a_success_envelope_are_not_success() {
     let tbc = h.tbc();
     h.order("P1", "WAIT_SELLER_SEND_GOODS");
     let e = tbc.cancel_unpaid(&cancel_req("P1")).await.unwrap_err();
-    assert_eq!(e.class, ErrorClass::Conflict(Conflict::PaidMeanwhile), "{e}");
+    assert_eq!(
+        e.class,
+        ErrorClass::Conflict(Conflict::PaidMeanwhile),
+        "{e}"
+    );
     assert_eq!(e.code.as_deref(), Some("ORDER_PAID"));
 
     let e = tbc.cancel_unpaid(&cancel_req("nope")).await.unwrap_err();
-    assert_eq!(e.class, ErrorClass::Permanent(PermanentReason::NotFound), "{e}");
+    assert_eq!(
+        e.class,
+        ErrorClass::Permanent(PermanentReason::NotFound),
+        "{e}"
+    );
 
     h.unpaid("A1");
     tbc.cancel_unpaid(&cancel_req("A1")).await.unwrap();
@@ -206,8 +247,16 @@ async fn business_failures_inside_a_success_envelope_are_not_success() {
 
     h.order("U1", "WAIT_BUYER_PAY");
     let e = tbc.cancel_paid(&cancel_req("U1")).await.unwrap_err();
-    assert!(matches!(e.class, ErrorClass::Conflict(Conflict::Other { .. })), "{e}");
-    assert_eq!(h.sim.effects().len(), 1, "only A1's cancel applied\n{}", h.effects());
+    assert!(
+        matches!(e.class, ErrorClass::Conflict(Conflict::Other { .. })),
+        "{e}"
+    );
+    assert_eq!(
+        h.sim.effects().len(),
+        1,
+        "only A1's cancel applied\n{}",
+        h.effects()
+    );
 }
 
 #[tokio::test]
@@ -218,10 +267,18 @@ async fn paid_cancel_opens_a_refund_and_the_lookup_sees_it() {
     let opened = tbc.cancel_paid(&cancel_req("P2")).await.unwrap();
     let order = OrderRef::new("tmall-tbc", "P2");
     let st = tbc.order_status(&order).await.unwrap();
-    assert_eq!(st.state, OrderState::Refunding { refund_id: opened.refund_id.clone() });
+    assert_eq!(
+        st.state,
+        OrderState::Refunding {
+            refund_id: opened.refund_id.clone()
+        }
+    );
     let rs = tbc.refund_status(&order, &opened.refund_id).await.unwrap();
     assert_eq!(rs.state, RefundState::Requested);
-    let e = tbc.refund_status(&order, &RefundId::from("other")).await.unwrap_err();
+    let e = tbc
+        .refund_status(&order, &RefundId::from("other"))
+        .await
+        .unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent(PermanentReason::NotFound));
     // Repeated: a refund is already open, which the engine resolves by lookup.
     let e = tbc.cancel_paid(&cancel_req("P2")).await.unwrap_err();
@@ -235,10 +292,34 @@ async fn each_error_class_ends_as_the_engine_expects() {
     let h = Harness::start().await;
     let tbc = h.tbc();
     let cases: &[(FaultKind, ErrorClass)] = &[
-        (FaultKind::Http5xx, ErrorClass::Retryable { wait_ms: None, applied: Applied::Maybe }),
-        (FaultKind::Isp, ErrorClass::Retryable { wait_ms: None, applied: Applied::Maybe }),
-        (FaultKind::RateLimit, ErrorClass::Retryable { wait_ms: Some(1_000), applied: Applied::No }),
-        (FaultKind::LostResponse, ErrorClass::Retryable { wait_ms: None, applied: Applied::Maybe }),
+        (
+            FaultKind::Http5xx,
+            ErrorClass::Retryable {
+                wait_ms: None,
+                applied: Applied::Maybe,
+            },
+        ),
+        (
+            FaultKind::Isp,
+            ErrorClass::Retryable {
+                wait_ms: None,
+                applied: Applied::Maybe,
+            },
+        ),
+        (
+            FaultKind::RateLimit,
+            ErrorClass::Retryable {
+                wait_ms: Some(1_000),
+                applied: Applied::No,
+            },
+        ),
+        (
+            FaultKind::LostResponse,
+            ErrorClass::Retryable {
+                wait_ms: None,
+                applied: Applied::Maybe,
+            },
+        ),
     ];
     for (i, (kind, class)) in cases.iter().enumerate() {
         // Direct: the classification.
@@ -256,27 +337,60 @@ async fn each_error_class_ends_as_the_engine_expects() {
         h.faults(CANCEL, spec);
         let engine = h.tbc_engine();
         let t0 = Instant::now();
-        let (_, exit) = engine.run(SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", id.as_str()))).await.unwrap();
+        let (_, exit) = engine
+            .run(SagaInput::cancel_unpaid(OrderRef::new(
+                "tmall-tbc",
+                id.as_str(),
+            )))
+            .await
+            .unwrap();
         assert!(
-            matches!(&exit, SagaExit::Finished(SagaOutcome::Completed { order: OrderState::Cancelled, .. })),
+            matches!(
+                &exit,
+                SagaExit::Finished(SagaOutcome::Completed {
+                    order: OrderState::Cancelled,
+                    ..
+                })
+            ),
             "{kind:?}: {exit:?}\n{}",
             h.effects()
         );
-        assert_eq!(h.count("cancel_unpaid", &format!("tmall-tbc:{id}")), 1, "{kind:?}\n{}", h.effects());
+        assert_eq!(
+            h.count("cancel_unpaid", &format!("tmall-tbc:{id}")),
+            1,
+            "{kind:?}\n{}",
+            h.effects()
+        );
         if *kind == FaultKind::RateLimit {
-            assert!(t0.elapsed() >= Duration::from_millis(1_000), "the ban's wait was not honoured: {:?}", t0.elapsed());
+            assert!(
+                t0.elapsed() >= Duration::from_millis(1_000),
+                "the ban's wait was not honoured: {:?}",
+                t0.elapsed()
+            );
         }
     }
 
     // Permanent: the saga fails, says why, and nothing was applied.
     let engine = h.tbc_engine();
     h.sim.set_faults(FaultProfile::none());
-    let (_, exit) = engine.run(SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", "missing"))).await.unwrap();
+    let (_, exit) = engine
+        .run(SagaInput::cancel_unpaid(OrderRef::new(
+            "tmall-tbc",
+            "missing",
+        )))
+        .await
+        .unwrap();
     match exit {
-        SagaExit::Finished(SagaOutcome::Failed { reason }) => assert!(reason.contains("ORDER_NOT_FOUND"), "{reason}"),
+        SagaExit::Finished(SagaOutcome::Failed { reason }) => {
+            assert!(reason.contains("ORDER_NOT_FOUND"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
-    assert!(h.sim.effects().iter().all(|e| e.target != "tmall-tbc:missing"));
+    assert!(h
+        .sim
+        .effects()
+        .iter()
+        .all(|e| e.target != "tmall-tbc:missing"));
 }
 
 #[tokio::test]
@@ -288,15 +402,33 @@ async fn a_lost_response_is_resolved_by_lookup_without_a_second_cancel() {
         spec.lost_response_mode = mode;
         h.faults(CANCEL, spec);
         let engine = h.tbc_engine();
-        let (id, exit) = engine.run(SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", "L1"))).await.unwrap();
+        let (id, exit) = engine
+            .run(SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", "L1")))
+            .await
+            .unwrap();
         assert!(
-            matches!(&exit, SagaExit::Finished(SagaOutcome::Completed { order: OrderState::Cancelled, .. })),
+            matches!(
+                &exit,
+                SagaExit::Finished(SagaOutcome::Completed {
+                    order: OrderState::Cancelled,
+                    ..
+                })
+            ),
             "{mode:?}: {exit:?}"
         );
-        assert_eq!(h.count("cancel_unpaid", "tmall-tbc:L1"), 1, "{mode:?}\n{}", h.effects());
+        assert_eq!(
+            h.count("cancel_unpaid", "tmall-tbc:L1"),
+            1,
+            "{mode:?}\n{}",
+            h.effects()
+        );
         assert_eq!(h.sim.effects().len(), 1, "{mode:?}\n{}", h.effects());
         let vias = journal_vias(&engine, id).await;
-        assert_eq!(vias.first(), Some(&Via::Lookup), "{mode:?}: the cancel step was resolved by lookup: {vias:?}");
+        assert_eq!(
+            vias.first(),
+            Some(&Via::Lookup),
+            "{mode:?}: the cancel step was resolved by lookup: {vias:?}"
+        );
     }
 }
 
@@ -312,14 +444,26 @@ async fn tbc_cancel_and_damai_release_complete_as_one_cancel_unpaid_saga() {
             .with_lookup("tmall-tbc", tbc)
             .with_stock("damai", damai.clone()),
     );
-    let input = SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", "O1")).with_stock_lock(StockLockRef::new("damai", "L1"));
+    let input = SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", "O1"))
+        .with_stock_lock(StockLockRef::new("damai", "L1"));
     let (_, exit) = engine.run(input).await.unwrap();
     assert!(
-        matches!(&exit, SagaExit::Finished(SagaOutcome::Completed { order: OrderState::Cancelled, .. })),
+        matches!(
+            &exit,
+            SagaExit::Finished(SagaOutcome::Completed {
+                order: OrderState::Cancelled,
+                ..
+            })
+        ),
         "{exit:?}\n{}",
         h.effects()
     );
-    let ops: Vec<(String, String)> = h.sim.effects().into_iter().map(|e| (e.op, e.target)).collect();
+    let ops: Vec<(String, String)> = h
+        .sim
+        .effects()
+        .into_iter()
+        .map(|e| (e.op, e.target))
+        .collect();
     assert_eq!(
         ops,
         vec![
@@ -327,13 +471,26 @@ async fn tbc_cancel_and_damai_release_complete_as_one_cancel_unpaid_saga() {
             ("release_stock".into(), "damai:L1".into())
         ]
     );
-    assert_eq!(h.sim.order("damai", "L1").and_then(|o| o.stock_lock_held), Some(false));
+    assert_eq!(
+        h.sim.order("damai", "L1").and_then(|o| o.stock_lock_held),
+        Some(false)
+    );
 
     // Releasing again is AlreadyDone; an unknown lock is NotFound.
-    let e = damai.release_stock(&StockLockRef::new("damai", "L1")).await.unwrap_err();
+    let e = damai
+        .release_stock(&StockLockRef::new("damai", "L1"))
+        .await
+        .unwrap_err();
     assert_eq!(e.class, ErrorClass::AlreadyDone, "{e}");
-    let e = damai.release_stock(&StockLockRef::new("damai", "nope")).await.unwrap_err();
-    assert_eq!(e.class, ErrorClass::Permanent(PermanentReason::NotFound), "{e}");
+    let e = damai
+        .release_stock(&StockLockRef::new("damai", "nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.class,
+        ErrorClass::Permanent(PermanentReason::NotFound),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -346,7 +503,10 @@ async fn a_wrong_supplier_secret_is_refused_by_the_head_check() {
         Secret::new("wrong-supplier-secret"),
     );
     let damai = DamaiChannel::connect(cfg).unwrap();
-    let e = damai.release_stock(&StockLockRef::new("damai", "L2")).await.unwrap_err();
+    let e = damai
+        .release_stock(&StockLockRef::new("damai", "L2"))
+        .await
+        .unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent(PermanentReason::Auth), "{e}");
     assert_eq!(e.code.as_deref(), Some("1003"));
     assert!(!e.to_string().contains("wrong-supplier-secret"));
