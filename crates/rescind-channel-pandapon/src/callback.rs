@@ -38,7 +38,10 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use rescind_core::{Clock, Observation, OrderRef, OrderState, OrderStatus, RefundId, RefundState, RefundStatus, TokioClock};
+use rescind_core::{
+    Clock, Observation, OrderRef, OrderState, OrderStatus, RefundId, RefundState, RefundStatus,
+    TokioClock,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -106,7 +109,8 @@ fn raw_int<T: std::str::FromStr>(raw: &Option<Box<RawValue>>) -> Option<T> {
 
 /// Parse a callback request body. Never panics.
 pub fn parse_callback(body: &[u8]) -> std::result::Result<CallbackMessage, CallbackParseError> {
-    let text = std::str::from_utf8(body).map_err(|_| CallbackParseError("body is not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| CallbackParseError("body is not UTF-8".into()))?;
     if !text.trim_start().starts_with('{') {
         return Err(CallbackParseError("body is not a JSON object".into()));
     }
@@ -123,7 +127,8 @@ pub fn parse_callback(body: &[u8]) -> std::result::Result<CallbackMessage, Callb
         Some(raw) => {
             let t = raw.get().trim();
             if t.starts_with('"') {
-                serde_json::from_str::<String>(t).map_err(|e| CallbackParseError(format!("messageBody: {e}")))?
+                serde_json::from_str::<String>(t)
+                    .map_err(|e| CallbackParseError(format!("messageBody: {e}")))?
             } else if t == "null" {
                 String::new()
             } else {
@@ -207,14 +212,22 @@ struct PriceBody {
 
 impl CallbackMessage {
     fn platform(&self) -> std::result::Result<Platform, String> {
-        self.platform
-            .and_then(Platform::from_code)
-            .ok_or_else(|| format!("unknown messagePlatform {:?} (0 Taobao, 1 1688)", self.platform))
+        self.platform.and_then(Platform::from_code).ok_or_else(|| {
+            format!(
+                "unknown messagePlatform {:?} (0 Taobao, 1 1688)",
+                self.platform
+            )
+        })
     }
 
     fn body_as<T: serde::de::DeserializeOwned>(&self) -> std::result::Result<T, String> {
-        serde_json::from_str(&self.body)
-            .map_err(|e| format!("{} messageBody {}: {e}", self.message_type, clip(&self.body)))
+        serde_json::from_str(&self.body).map_err(|e| {
+            format!(
+                "{} messageBody {}: {e}",
+                self.message_type,
+                clip(&self.body)
+            )
+        })
     }
 
     /// What the message means. An error says why it cannot be interpreted
@@ -224,7 +237,8 @@ impl CallbackMessage {
             REFUND_STATUS_CHANGE => {
                 let p = self.platform()?;
                 let b: RefundBody = self.body_as()?;
-                let state = refund_state(p, &b.refund_status, b.seller_refuse_reason).map_err(|e| e.to_string())?;
+                let state = refund_state(p, &b.refund_status, b.seller_refuse_reason)
+                    .map_err(|e| e.to_string())?;
                 Ok(CallbackEvent::Refund {
                     order: OrderRef::new(p.channel(), b.order_id),
                     refund_id: RefundId(b.refund_id),
@@ -240,7 +254,8 @@ impl CallbackMessage {
                 let word = order_word(p, &b.status).map_err(|e| e.to_string())?;
                 let state = match (&b.refund_id, word) {
                     (Some(id), _) => Some(
-                        order_state(p, &b.status, Some((id, b.refund_status.as_deref()))).map_err(|e| e.to_string())?,
+                        order_state(p, &b.status, Some((id, b.refund_status.as_deref())))
+                            .map_err(|e| e.to_string())?,
                     ),
                     (None, OrderWord::PendingPay) => Some(OrderState::PendingPay),
                     (None, OrderWord::Cancelled) => Some(OrderState::Cancelled),
@@ -275,10 +290,12 @@ impl CallbackMessage {
     /// canonical form of the body (keys sorted). The timestamp is never part of it.
     pub fn key(&self) -> String {
         let semantic = match self.message_type.as_str() {
-            REFUND_STATUS_CHANGE => self
-                .body_as::<RefundBody>()
-                .ok()
-                .map(|b| format!("{}\u{1f}{}\u{1f}{}", b.order_id, b.refund_id, b.refund_status)),
+            REFUND_STATUS_CHANGE => self.body_as::<RefundBody>().ok().map(|b| {
+                format!(
+                    "{}\u{1f}{}\u{1f}{}",
+                    b.order_id, b.refund_id, b.refund_status
+                )
+            }),
             ORDER_STATUS_CHANGE => self.body_as::<OrderBody>().ok().map(|b| {
                 format!(
                     "{}\u{1f}{}\u{1f}{}\u{1f}{}",
@@ -294,7 +311,12 @@ impl CallbackMessage {
         let mut h = Md5::new();
         h.update(self.message_type.as_bytes());
         h.update([0x1f]);
-        h.update(self.platform.map(|p| p.to_string()).unwrap_or_default().as_bytes());
+        h.update(
+            self.platform
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
         h.update([0x1f]);
         h.update(content.as_bytes());
         hex::encode(h.finalize())
@@ -459,16 +481,20 @@ impl FileCallbackStore {
                 tracing::warn!(path = %path.display(), line = line_no, "callback store: cutting off a torn last line");
                 break;
             }
-            let rec: StoredCallback = serde_json::from_slice(&buf[..buf.len() - 1]).map_err(|e| Error::StoreCorrupt {
-                path: path.clone(),
-                line: line_no,
-                detail: e.to_string(),
-            })?;
+            let rec: StoredCallback =
+                serde_json::from_slice(&buf[..buf.len() - 1]).map_err(|e| Error::StoreCorrupt {
+                    path: path.clone(),
+                    line: line_no,
+                    detail: e.to_string(),
+                })?;
             if rec.v > CALLBACK_RECORD_VERSION {
                 return Err(Error::StoreCorrupt {
                     path: path.clone(),
                     line: line_no,
-                    detail: format!("record version {} is newer than {CALLBACK_RECORD_VERSION}", rec.v),
+                    detail: format!(
+                        "record version {} is newer than {CALLBACK_RECORD_VERSION}",
+                        rec.v
+                    ),
                 });
             }
             keys.insert(rec.key);
@@ -525,10 +551,12 @@ impl CallbackStore for FileCallbackStore {
     }
 
     async fn load_all(&self) -> Result<Vec<StoredCallback>> {
-        let text = tokio::fs::read(&self.path).await.map_err(|e| Error::Store {
-            path: self.path.clone(),
-            source: e,
-        })?;
+        let text = tokio::fs::read(&self.path)
+            .await
+            .map_err(|e| Error::Store {
+                path: self.path.clone(),
+                source: e,
+            })?;
         let mut out = Vec::new();
         for (i, line) in text.split(|b| *b == b'\n').enumerate() {
             if line.is_empty() {
@@ -685,7 +713,9 @@ impl CallbackReceiver {
         match Arc::try_unwrap(self.inner) {
             Ok(mut inner) => {
                 f(&mut inner);
-                CallbackReceiver { inner: Arc::new(inner) }
+                CallbackReceiver {
+                    inner: Arc::new(inner),
+                }
             }
             // Already shared (cloned): settings are fixed; keep it as is.
             Err(inner) => CallbackReceiver { inner },
@@ -725,7 +755,10 @@ impl CallbackReceiver {
             Err(e) => {
                 bump(&c.malformed);
                 tracing::warn!(error = %e, "pandapon callback rejected");
-                return (StatusCode::BAD_REQUEST, serde_json::json!({"code": 400, "msg": e.to_string()}));
+                return (
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"code": 400, "msg": e.to_string()}),
+                );
             }
         };
         bump(&c.received);
@@ -739,7 +772,10 @@ impl CallbackReceiver {
             Ok(Appended::Duplicate) => {
                 bump(&c.duplicates);
                 tracing::debug!(key = %rec.key, message_type = %rec.message.message_type, "pandapon callback duplicate");
-                (StatusCode::OK, serde_json::json!({"code": 200, "msg": "duplicate"}))
+                (
+                    StatusCode::OK,
+                    serde_json::json!({"code": 200, "msg": "duplicate"}),
+                )
             }
             Ok(Appended::New) => {
                 bump(&c.stored);
@@ -751,7 +787,10 @@ impl CallbackReceiver {
                         me.inner.settled.notify_waiters();
                     }
                 });
-                (StatusCode::OK, serde_json::json!({"code": 200, "msg": "success"}))
+                (
+                    StatusCode::OK,
+                    serde_json::json!({"code": 200, "msg": "success"}),
+                )
             }
             Err(e) => {
                 bump(&c.store_errors);
@@ -819,12 +858,21 @@ impl CallbackReceiver {
             }
             Ok(CallbackEvent::Unknown { message_type }) => {
                 bump(&c.unknown_type);
-                self.report(stored, format!("unknown messageType {:?}", clip(&message_type)), true);
+                self.report(
+                    stored,
+                    format!("unknown messageType {:?}", clip(&message_type)),
+                    true,
+                );
             }
-            Ok(CallbackEvent::PriceChange { .. }) | Ok(CallbackEvent::Order { status: None, .. }) => {
+            Ok(CallbackEvent::PriceChange { .. })
+            | Ok(CallbackEvent::Order { status: None, .. }) => {
                 bump(&c.not_delivered);
             }
-            Ok(CallbackEvent::Refund { order, refund_id, status }) => {
+            Ok(CallbackEvent::Refund {
+                order,
+                refund_id,
+                status,
+            }) => {
                 let k = (order.channel.0.clone(), refund_id.0.clone());
                 {
                     let mut finals = lock(&self.inner.final_refunds);
@@ -843,7 +891,11 @@ impl CallbackReceiver {
                         finals.insert(k, status.state.clone());
                     }
                 }
-                self.deliver(Observation::Refund { order, refund_id, status });
+                self.deliver(Observation::Refund {
+                    order,
+                    refund_id,
+                    status,
+                });
             }
             Ok(CallbackEvent::Order {
                 order,

@@ -64,7 +64,11 @@ impl CancelOrder for PandaponTaobao {
 
     async fn cancel_paid(&self, req: &CancelRequest) -> Result<RefundOpened, ChannelError> {
         let order_id = req.order.order_id.as_str();
-        match self.client.taobao_refund_submit(order_id, req.reason.as_deref()).await {
+        match self
+            .client
+            .taobao_refund_submit(order_id, req.reason.as_deref())
+            .await
+        {
             Ok(refund_id) => Ok(RefundOpened {
                 refund_id: RefundId(refund_id),
             }),
@@ -78,9 +82,14 @@ impl CancelOrder for PandaponTaobao {
                     }
                     other => Err(ChannelError::conflict(
                         Conflict::Other {
-                            detail: format!("a refund is said to be open, but the order is {other}"),
+                            detail: format!(
+                                "a refund is said to be open, but the order is {other}"
+                            ),
                         },
-                        format!("{}; lookup shows {} ({})", e.message, other, status.upstream),
+                        format!(
+                            "{}; lookup shows {} ({})",
+                            e.message, other, status.upstream
+                        ),
                     )
                     .with_codes(e.code, None)),
                 }
@@ -93,7 +102,10 @@ impl CancelOrder for PandaponTaobao {
 #[async_trait]
 impl CancelRefund for PandaponTaobao {
     async fn withdraw_refund(&self, req: &WithdrawRequest) -> Result<(), ChannelError> {
-        let data = self.client.taobao_refund_cancel(req.refund_id.as_str()).await?;
+        let data = self
+            .client
+            .taobao_refund_cancel(req.refund_id.as_str())
+            .await?;
         let echoed = data
             .refund_order_aggregate
             .as_ref()
@@ -106,9 +118,19 @@ impl CancelRefund for PandaponTaobao {
 #[async_trait]
 impl OrderLookup for PandaponTaobao {
     async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError> {
-        let d = self.client.taobao_order_detail(order.order_id.as_str()).await?;
-        check_echo("taobao order detail", order.order_id.as_str(), d.order_id.as_deref())?;
-        let refund = d.refund_id.as_deref().map(|id| (id, d.refund_status.as_deref()));
+        let d = self
+            .client
+            .taobao_order_detail(order.order_id.as_str())
+            .await?;
+        check_echo(
+            "taobao order detail",
+            order.order_id.as_str(),
+            d.order_id.as_deref(),
+        )?;
+        let refund = d
+            .refund_id
+            .as_deref()
+            .map(|id| (id, d.refund_status.as_deref()));
         let state = order_state(Platform::Taobao, &d.status, refund)?;
         Ok(OrderStatus {
             state,
@@ -116,12 +138,23 @@ impl OrderLookup for PandaponTaobao {
         })
     }
 
-    async fn refund_status(&self, _order: &OrderRef, refund_id: &RefundId) -> Result<RefundStatus, ChannelError> {
+    async fn refund_status(
+        &self,
+        _order: &OrderRef,
+        refund_id: &RefundId,
+    ) -> Result<RefundStatus, ChannelError> {
         let r = self.client.taobao_refund_detail(refund_id.as_str()).await?;
-        check_echo("taobao refund detail", refund_id.as_str(), r.refund_id.as_deref())?;
+        check_echo(
+            "taobao refund detail",
+            refund_id.as_str(),
+            r.refund_id.as_deref(),
+        )?;
         let word = r.refund_status.unwrap_or_default();
         let state = refund_state(Platform::Taobao, &word, r.seller_refuse_reason)?;
-        Ok(RefundStatus { state, upstream: word })
+        Ok(RefundStatus {
+            state,
+            upstream: word,
+        })
     }
 }
 
@@ -149,9 +182,19 @@ impl CancelOrder for Pandapon1688 {
 #[async_trait]
 impl OrderLookup for Pandapon1688 {
     async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError> {
-        let d = self.client.alibaba_order_detail(order.order_id.as_str()).await?;
-        check_echo("1688 order detail", order.order_id.as_str(), d.order_id.as_deref())?;
-        let refund = d.refund_id.as_deref().map(|id| (id, d.refund_status.as_deref()));
+        let d = self
+            .client
+            .alibaba_order_detail(order.order_id.as_str())
+            .await?;
+        check_echo(
+            "1688 order detail",
+            order.order_id.as_str(),
+            d.order_id.as_deref(),
+        )?;
+        let refund = d
+            .refund_id
+            .as_deref()
+            .map(|id| (id, d.refund_status.as_deref()));
         let state = order_state(Platform::Alibaba, &d.status, refund)?;
         Ok(OrderStatus {
             state,
@@ -159,10 +202,25 @@ impl OrderLookup for Pandapon1688 {
         })
     }
 
-    async fn refund_status(&self, order: &OrderRef, refund_id: &RefundId) -> Result<RefundStatus, ChannelError> {
-        let r = self.client.alibaba_refund_detail(refund_id.as_str()).await?;
-        check_echo("1688 refund detail", refund_id.as_str(), r.refund_id.as_deref())?;
-        check_echo("1688 refund detail (order)", order.order_id.as_str(), r.order_id.as_deref())?;
+    async fn refund_status(
+        &self,
+        order: &OrderRef,
+        refund_id: &RefundId,
+    ) -> Result<RefundStatus, ChannelError> {
+        let r = self
+            .client
+            .alibaba_refund_detail(refund_id.as_str())
+            .await?;
+        check_echo(
+            "1688 refund detail",
+            refund_id.as_str(),
+            r.refund_id.as_deref(),
+        )?;
+        check_echo(
+            "1688 refund detail (order)",
+            order.order_id.as_str(),
+            r.order_id.as_deref(),
+        )?;
         let state = refund_state(Platform::Alibaba, &r.status, None)?;
         Ok(RefundStatus {
             state,

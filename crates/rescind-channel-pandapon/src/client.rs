@@ -17,7 +17,11 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Characters kept as-is in a path segment (RFC 3986 unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// A PandaPon OpenAPI client. Cheap to share (`Arc`); the two channels
 /// ([`crate::PandaponTaobao`], [`crate::Pandapon1688`]) wrap one client.
@@ -122,7 +126,8 @@ impl PandaponClient {
     /// The authentication headers for one request at `now_ms`.
     pub fn auth_headers(&self, now_ms: u64, nonce: Option<&str>) -> Vec<(String, String)> {
         let ts = now_ms.to_string();
-        let mut signed: Vec<(&str, &str)> = vec![("access-key", &self.config.access_key), ("timestamp", &ts)];
+        let mut signed: Vec<(&str, &str)> =
+            vec![("access-key", &self.config.access_key), ("timestamp", &ts)];
         if let Some(n) = nonce {
             signed.push(("nonce-str", n));
         }
@@ -138,7 +143,11 @@ impl PandaponClient {
 
     fn url(&self, template: &str, placeholder: &str, id: &str) -> String {
         let seg = utf8_percent_encode(id, SEGMENT).to_string();
-        format!("{}{}", self.config.base_url, template.replace(placeholder, &seg))
+        format!(
+            "{}{}",
+            self.config.base_url,
+            template.replace(placeholder, &seg)
+        )
     }
 
     /// Send one signed request and classify its reply. `op` names the
@@ -187,7 +196,9 @@ impl PandaponClient {
                 request_id = env.request_id.as_deref().unwrap_or(""),
                 "pandapon call ok"
             ),
-            Err(e) => tracing::debug!(op, elapsed_ms, http_status = resp.status, error = %e, "pandapon call refused"),
+            Err(e) => {
+                tracing::debug!(op, elapsed_ms, http_status = resp.status, error = %e, "pandapon call refused")
+            }
         }
         out.map_err(|e| ChannelError {
             message: format!("{op}: {}", e.message),
@@ -198,9 +209,18 @@ impl PandaponClient {
     /// Documented: withdraw a Taobao reverse order (`GET …/refund/cancel/{refundId}`).
     /// `cancelSuccess: false` in a 200 envelope is an error, classified by the
     /// refund status the reply reports.
-    pub async fn taobao_refund_cancel(&self, refund_id: &str) -> std::result::Result<CancelRefundData, ChannelError> {
-        let url = self.url(&self.config.paths.taobao_refund_cancel, "{refundId}", refund_id);
-        let env = self.call("taobao refund cancel", http::Method::GET, url, None).await?;
+    pub async fn taobao_refund_cancel(
+        &self,
+        refund_id: &str,
+    ) -> std::result::Result<CancelRefundData, ChannelError> {
+        let url = self.url(
+            &self.config.paths.taobao_refund_cancel,
+            "{refundId}",
+            refund_id,
+        );
+        let env = self
+            .call("taobao refund cancel", http::Method::GET, url, None)
+            .await?;
         let data: CancelRefundData = env.data_as("taobao refund cancel")?;
         match data.cancel_success {
             Some(true) => Ok(data),
@@ -221,8 +241,13 @@ impl PandaponClient {
         remark: Option<&str>,
     ) -> std::result::Result<(), ChannelError> {
         let body = alibaba_cancel_body(order_id, reason, remark)?;
-        let url = format!("{}{}", self.config.base_url, self.config.paths.alibaba_order_cancel);
-        let env = self.call("1688 order cancel", http::Method::POST, url, Some(body)).await?;
+        let url = format!(
+            "{}{}",
+            self.config.base_url, self.config.paths.alibaba_order_cancel
+        );
+        let env = self
+            .call("1688 order cancel", http::Method::POST, url, Some(body))
+            .await?;
         match env.data_as::<bool>("1688 order cancel")? {
             true => Ok(()),
             false => Err(ChannelError::permanent(
@@ -234,15 +259,27 @@ impl PandaponClient {
     }
 
     /// Assumed: cancel a Taobao order before payment (`POST /v2/taobao/order/cancel`).
-    pub async fn taobao_order_cancel(&self, order_id: &str, reason: Option<&str>) -> std::result::Result<(), ChannelError> {
+    pub async fn taobao_order_cancel(
+        &self,
+        order_id: &str,
+        reason: Option<&str>,
+    ) -> std::result::Result<(), ChannelError> {
         let mut body = serde_json::Map::new();
         body.insert("orderId".into(), order_id.into());
         if let Some(r) = reason {
             body.insert("cancelReason".into(), r.into());
         }
-        let url = format!("{}{}", self.config.base_url, self.config.paths.taobao_order_cancel);
+        let url = format!(
+            "{}{}",
+            self.config.base_url, self.config.paths.taobao_order_cancel
+        );
         let env = self
-            .call("taobao order cancel", http::Method::POST, url, Some(body.into()))
+            .call(
+                "taobao order cancel",
+                http::Method::POST,
+                url,
+                Some(body.into()),
+            )
             .await?;
         match env.data_as::<bool>("taobao order cancel")? {
             true => Ok(()),
@@ -255,15 +292,27 @@ impl PandaponClient {
 
     /// Assumed: submit a Taobao reverse order (cancel after payment);
     /// returns the new `refundId`.
-    pub async fn taobao_refund_submit(&self, order_id: &str, reason: Option<&str>) -> std::result::Result<String, ChannelError> {
+    pub async fn taobao_refund_submit(
+        &self,
+        order_id: &str,
+        reason: Option<&str>,
+    ) -> std::result::Result<String, ChannelError> {
         let mut body = serde_json::Map::new();
         body.insert("orderId".into(), order_id.into());
         if let Some(r) = reason {
             body.insert("refundReason".into(), r.into());
         }
-        let url = format!("{}{}", self.config.base_url, self.config.paths.taobao_refund_submit);
+        let url = format!(
+            "{}{}",
+            self.config.base_url, self.config.paths.taobao_refund_submit
+        );
         let env = self
-            .call("taobao refund submit", http::Method::POST, url, Some(body.into()))
+            .call(
+                "taobao refund submit",
+                http::Method::POST,
+                url,
+                Some(body.into()),
+            )
             .await?;
         #[derive(Deserialize)]
         struct Submitted {
@@ -274,16 +323,34 @@ impl PandaponClient {
     }
 
     /// Assumed: Taobao order detail.
-    pub async fn taobao_order_detail(&self, order_id: &str) -> std::result::Result<OrderDetail, ChannelError> {
-        let url = self.url(&self.config.paths.taobao_order_detail, "{orderId}", order_id);
-        let env = self.call("taobao order detail", http::Method::GET, url, None).await?;
+    pub async fn taobao_order_detail(
+        &self,
+        order_id: &str,
+    ) -> std::result::Result<OrderDetail, ChannelError> {
+        let url = self.url(
+            &self.config.paths.taobao_order_detail,
+            "{orderId}",
+            order_id,
+        );
+        let env = self
+            .call("taobao order detail", http::Method::GET, url, None)
+            .await?;
         env.data_as("taobao order detail")
     }
 
     /// Assumed: Taobao reverse-order detail.
-    pub async fn taobao_refund_detail(&self, refund_id: &str) -> std::result::Result<RefundOrder, ChannelError> {
-        let url = self.url(&self.config.paths.taobao_refund_detail, "{refundId}", refund_id);
-        let env = self.call("taobao refund detail", http::Method::GET, url, None).await?;
+    pub async fn taobao_refund_detail(
+        &self,
+        refund_id: &str,
+    ) -> std::result::Result<RefundOrder, ChannelError> {
+        let url = self.url(
+            &self.config.paths.taobao_refund_detail,
+            "{refundId}",
+            refund_id,
+        );
+        let env = self
+            .call("taobao refund detail", http::Method::GET, url, None)
+            .await?;
         #[derive(Deserialize)]
         struct Detail {
             #[serde(rename = "refundOrder")]
@@ -293,16 +360,34 @@ impl PandaponClient {
     }
 
     /// Assumed: 1688 order detail.
-    pub async fn alibaba_order_detail(&self, order_id: &str) -> std::result::Result<OrderDetail, ChannelError> {
-        let url = self.url(&self.config.paths.alibaba_order_detail, "{orderId}", order_id);
-        let env = self.call("1688 order detail", http::Method::GET, url, None).await?;
+    pub async fn alibaba_order_detail(
+        &self,
+        order_id: &str,
+    ) -> std::result::Result<OrderDetail, ChannelError> {
+        let url = self.url(
+            &self.config.paths.alibaba_order_detail,
+            "{orderId}",
+            order_id,
+        );
+        let env = self
+            .call("1688 order detail", http::Method::GET, url, None)
+            .await?;
         env.data_as("1688 order detail")
     }
 
     /// Assumed: 1688 refund detail.
-    pub async fn alibaba_refund_detail(&self, refund_id: &str) -> std::result::Result<AlibabaRefund, ChannelError> {
-        let url = self.url(&self.config.paths.alibaba_refund_detail, "{refundId}", refund_id);
-        let env = self.call("1688 refund detail", http::Method::GET, url, None).await?;
+    pub async fn alibaba_refund_detail(
+        &self,
+        refund_id: &str,
+    ) -> std::result::Result<AlibabaRefund, ChannelError> {
+        let url = self.url(
+            &self.config.paths.alibaba_refund_detail,
+            "{refundId}",
+            refund_id,
+        );
+        let env = self
+            .call("1688 refund detail", http::Method::GET, url, None)
+            .await?;
         env.data_as("1688 refund detail")
     }
 
@@ -321,12 +406,18 @@ pub fn alibaba_cancel_body(
     let id: u64 = order_id.trim().parse().map_err(|_| {
         ChannelError::permanent(
             PermanentReason::InvalidRequest,
-            format!("1688 order id {:?} is not a decimal integer", crate::json::clip(order_id)),
+            format!(
+                "1688 order id {:?} is not a decimal integer",
+                crate::json::clip(order_id)
+            ),
         )
     })?;
     let mut body = serde_json::Map::new();
     body.insert("webSite".into(), "1688".into());
-    body.insert("orderId".into(), serde_json::Value::Number(serde_json::Number::from(id)));
+    body.insert(
+        "orderId".into(),
+        serde_json::Value::Number(serde_json::Number::from(id)),
+    );
     if let Some(r) = reason {
         body.insert("cancelReason".into(), r.into());
     }
@@ -343,13 +434,18 @@ fn cancel_not_successful(refund_id: &str, data: &CancelRefundData) -> ChannelErr
         .and_then(|a| a.refund_order.as_ref())
         .and_then(|r| r.refund_status.clone())
         .unwrap_or_default();
-    let msg = format!("taobao refund cancel {refund_id}: cancelSuccess false (refundStatus {status:?})");
+    let msg =
+        format!("taobao refund cancel {refund_id}: cancelSuccess false (refundStatus {status:?})");
     let err = match crate::status::refund_word(crate::status::Platform::Taobao, &status) {
-        Ok(crate::status::RefundWord::Withdrawn) => ChannelError::new(rescind_core::ErrorClass::AlreadyDone, msg),
+        Ok(crate::status::RefundWord::Withdrawn) => {
+            ChannelError::new(rescind_core::ErrorClass::AlreadyDone, msg)
+        }
         Ok(crate::status::RefundWord::Completed) => {
             ChannelError::conflict(rescind_core::Conflict::RefundAlreadyCompleted, msg)
         }
-        Ok(crate::status::RefundWord::Refused) => ChannelError::conflict(rescind_core::Conflict::RefundClosed, msg),
+        Ok(crate::status::RefundWord::Refused) => {
+            ChannelError::conflict(rescind_core::Conflict::RefundClosed, msg)
+        }
         _ => ChannelError::permanent(PermanentReason::Other, msg),
     };
     err.with_codes(Some("cancelSuccess=false".into()), None)
@@ -407,11 +503,15 @@ pub struct RefundOrder {
 }
 
 /// A fee as exact text: an integer or a decimal (never rounded through `f64`).
-fn fee_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+fn fee_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
     let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
     let t = raw.get().trim();
     if t.starts_with('"') {
-        serde_json::from_str::<String>(t).map(Some).map_err(serde::de::Error::custom)
+        serde_json::from_str::<String>(t)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     } else if t == "null" {
         Ok(None)
     } else if t.parse::<f64>().is_ok() {
@@ -453,7 +553,11 @@ pub struct AlibabaRefund {
 }
 
 /// Check that an id the channel echoed matches the one asked for.
-pub(crate) fn check_echo(what: &str, asked: &str, got: Option<&str>) -> std::result::Result<(), ChannelError> {
+pub(crate) fn check_echo(
+    what: &str,
+    asked: &str,
+    got: Option<&str>,
+) -> std::result::Result<(), ChannelError> {
     match got {
         Some(g) if !g.is_empty() && g != asked => Err(malformed(format!(
             "{what}: asked for {asked}, the reply is about {}",
@@ -475,7 +579,10 @@ mod tests {
         assert!(text.contains(r#""webSite":"1688""#));
         assert!(!text.contains("remark"));
         let e = alibaba_cancel_body("25x", None, None).unwrap_err();
-        assert_eq!(e.class, rescind_core::ErrorClass::Permanent(PermanentReason::InvalidRequest));
+        assert_eq!(
+            e.class,
+            rescind_core::ErrorClass::Permanent(PermanentReason::InvalidRequest)
+        );
         assert!(alibaba_cancel_body("99999999999999999999999", None, None).is_err());
     }
 
@@ -553,10 +660,23 @@ mod tests {
     fn seed_002_parses_and_is_not_success() {
         // As printed (code 0): an error envelope, classified, with its data intact.
         let env = Envelope::parse(SEED_002.as_bytes()).unwrap();
-        assert_eq!((env.code, env.develop_id.as_deref(), env.request_id.as_deref()), (0, Some("0"), None));
+        assert_eq!(
+            (
+                env.code,
+                env.develop_id.as_deref(),
+                env.request_id.as_deref()
+            ),
+            (0, Some("0"), None)
+        );
         let data: CancelRefundData = env.data_as("seed").unwrap();
         assert_eq!(data.cancel_success, Some(false));
-        let ro = data.refund_order_aggregate.as_ref().unwrap().refund_order.as_ref().unwrap();
+        let ro = data
+            .refund_order_aggregate
+            .as_ref()
+            .unwrap()
+            .refund_order
+            .as_ref()
+            .unwrap();
         assert_eq!(ro.refund_fee.as_deref(), Some("0"));
         assert_eq!(ro.refund_type.as_deref(), Some("0"));
         assert!(classify(200, SEED_002.as_bytes()).is_err());
@@ -583,7 +703,10 @@ mod tests {
             ..Default::default()
         };
         use rescind_core::{Conflict, ErrorClass};
-        assert_eq!(cancel_not_successful("R", &data("CLOSED")).class, ErrorClass::AlreadyDone);
+        assert_eq!(
+            cancel_not_successful("R", &data("CLOSED")).class,
+            ErrorClass::AlreadyDone
+        );
         assert_eq!(
             cancel_not_successful("R", &data("SUCCESS")).class,
             ErrorClass::Conflict(Conflict::RefundAlreadyCompleted)

@@ -120,14 +120,42 @@ impl Default for PandaponPaths {
 impl PandaponPaths {
     fn check(&self) -> Result<()> {
         let need: [(&str, &str, Option<&str>); 8] = [
-            ("paths.taobao_refund_cancel", &self.taobao_refund_cancel, Some("{refundId}")),
+            (
+                "paths.taobao_refund_cancel",
+                &self.taobao_refund_cancel,
+                Some("{refundId}"),
+            ),
             ("paths.taobao_order_cancel", &self.taobao_order_cancel, None),
-            ("paths.taobao_refund_submit", &self.taobao_refund_submit, None),
-            ("paths.taobao_order_detail", &self.taobao_order_detail, Some("{orderId}")),
-            ("paths.taobao_refund_detail", &self.taobao_refund_detail, Some("{refundId}")),
-            ("paths.alibaba_order_cancel", &self.alibaba_order_cancel, None),
-            ("paths.alibaba_order_detail", &self.alibaba_order_detail, Some("{orderId}")),
-            ("paths.alibaba_refund_detail", &self.alibaba_refund_detail, Some("{refundId}")),
+            (
+                "paths.taobao_refund_submit",
+                &self.taobao_refund_submit,
+                None,
+            ),
+            (
+                "paths.taobao_order_detail",
+                &self.taobao_order_detail,
+                Some("{orderId}"),
+            ),
+            (
+                "paths.taobao_refund_detail",
+                &self.taobao_refund_detail,
+                Some("{refundId}"),
+            ),
+            (
+                "paths.alibaba_order_cancel",
+                &self.alibaba_order_cancel,
+                None,
+            ),
+            (
+                "paths.alibaba_order_detail",
+                &self.alibaba_order_detail,
+                Some("{orderId}"),
+            ),
+            (
+                "paths.alibaba_refund_detail",
+                &self.alibaba_refund_detail,
+                Some("{refundId}"),
+            ),
         ];
         for (field, path, placeholder) in need {
             if !path.starts_with('/') {
@@ -171,7 +199,10 @@ impl PandaponConfig {
                 self.secret = Secret::new(v);
                 Ok(self)
             }
-            _ => Err(Error::config("secret", format!("environment variable {var} is not set"))),
+            _ => Err(Error::config(
+                "secret",
+                format!("environment variable {var} is not set"),
+            )),
         }
     }
 
@@ -179,7 +210,10 @@ impl PandaponConfig {
     pub fn validate(&self) -> Result<()> {
         let url = self.base_url.trim();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(Error::config("base_url", "must start with http:// or https://"));
+            return Err(Error::config(
+                "base_url",
+                "must start with http:// or https://",
+            ));
         }
         if self.access_key.trim().is_empty() {
             return Err(Error::config("access_key", "is empty"));
@@ -227,13 +261,40 @@ taobao_order_detail = "/x/{orderId}"
         let ok = PandaponConfig::new("http://h", "ak", Secret::new("s"), "u");
         ok.validate().unwrap();
         let cases: Vec<(PandaponConfig, &str)> = vec![
-            (PandaponConfig { base_url: "h".into(), ..ok.clone() }, "base_url"),
-            (PandaponConfig { access_key: " ".into(), ..ok.clone() }, "access_key"),
-            (PandaponConfig { secret: Secret::default(), ..ok.clone() }, "secret"),
-            (PandaponConfig { user_id: "".into(), ..ok.clone() }, "user_id"),
             (
                 PandaponConfig {
-                    paths: PandaponPaths { taobao_refund_detail: "/no/placeholder".into(), ..Default::default() },
+                    base_url: "h".into(),
+                    ..ok.clone()
+                },
+                "base_url",
+            ),
+            (
+                PandaponConfig {
+                    access_key: " ".into(),
+                    ..ok.clone()
+                },
+                "access_key",
+            ),
+            (
+                PandaponConfig {
+                    secret: Secret::default(),
+                    ..ok.clone()
+                },
+                "secret",
+            ),
+            (
+                PandaponConfig {
+                    user_id: "".into(),
+                    ..ok.clone()
+                },
+                "user_id",
+            ),
+            (
+                PandaponConfig {
+                    paths: PandaponPaths {
+                        taobao_refund_detail: "/no/placeholder".into(),
+                        ..Default::default()
+                    },
                     ..ok.clone()
                 },
                 "paths.taobao_refund_detail",
@@ -243,6 +304,9 @@ taobao_order_detail = "/x/{orderId}"
             let e = cfg.validate().unwrap_err().to_string();
             assert!(e.contains(field), "{e}");
         }
-        assert!(toml::from_str::<PandaponConfig>("base_url='x'\naccess_key='a'\nuser_id='u'\nbogus=1").is_err());
+        assert!(toml::from_str::<PandaponConfig>(
+            "base_url='x'\naccess_key='a'\nuser_id='u'\nbogus=1"
+        )
+        .is_err());
     }
 }

@@ -57,10 +57,12 @@ impl Envelope {
             .code
             .0
             .ok_or_else(|| malformed("reply envelope has no code"))?;
-        let code: i64 = code_text
-            .trim()
-            .parse()
-            .map_err(|_| malformed(format!("envelope code {:?} is not an integer", clip(&code_text))))?;
+        let code: i64 = code_text.trim().parse().map_err(|_| {
+            malformed(format!(
+                "envelope code {:?} is not an integer",
+                clip(&code_text)
+            ))
+        })?;
         let msg = match wire.msg {
             None => String::new(),
             Some(raw) => match serde_json::from_str::<Option<String>>(raw.get()) {
@@ -151,7 +153,11 @@ pub fn classify(http_status: u16, body: &[u8]) -> Result<Envelope, ChannelError>
         let msg = parsed.as_ref().map(|e| e.msg.clone()).unwrap_or_default();
         return Err(ChannelError::in_doubt(format!(
             "PandaPon gateway answered HTTP {http_status}{}",
-            if msg.is_empty() { String::new() } else { format!(": {msg}") }
+            if msg.is_empty() {
+                String::new()
+            } else {
+                format!(": {msg}")
+            }
         ))
         .with_codes(Some(format!("http-{http_status}")), None));
     }
@@ -166,13 +172,13 @@ pub fn classify(http_status: u16, body: &[u8]) -> Result<Envelope, ChannelError>
     let env = match parsed {
         Ok(env) => env,
         Err(e) if http_status == 200 => return Err(e),
-        Err(_) => {
-            return Err(ChannelError::permanent(
-                PermanentReason::Other,
-                format!("HTTP {http_status} without a PandaPon envelope (is the path configured right?)"),
-            )
-            .with_codes(Some(format!("http-{http_status}")), None))
-        }
+        Err(_) => return Err(ChannelError::permanent(
+            PermanentReason::Other,
+            format!(
+                "HTTP {http_status} without a PandaPon envelope (is the path configured right?)"
+            ),
+        )
+        .with_codes(Some(format!("http-{http_status}")), None)),
     };
     if env.code == 200 {
         return Ok(env);
@@ -189,8 +195,12 @@ pub fn classify(http_status: u16, body: &[u8]) -> Result<Envelope, ChannelError>
 /// Classify a transport failure: no response is in doubt, not sent is not applied.
 pub fn classify_transport(e: &TransportError) -> ChannelError {
     match e {
-        TransportError::NoResponse(m) => ChannelError::in_doubt(format!("PandaPon: no response: {m}")),
-        TransportError::NotSent(m) => ChannelError::not_applied(format!("PandaPon: request not sent: {m}")),
+        TransportError::NoResponse(m) => {
+            ChannelError::in_doubt(format!("PandaPon: no response: {m}"))
+        }
+        TransportError::NotSent(m) => {
+            ChannelError::not_applied(format!("PandaPon: request not sent: {m}"))
+        }
     }
 }
 
@@ -210,11 +220,14 @@ mod tests {
     #[test]
     fn seed_003_parses_exactly() {
         let env = classify(200, SEED_003.as_bytes()).unwrap();
-        assert_eq!(env.request_id.as_deref(), Some("0d1de79d9f4540308d14c558f86cb3da"));
+        assert_eq!(
+            env.request_id.as_deref(),
+            Some("0d1de79d9f4540308d14c558f86cb3da")
+        );
         assert_eq!(env.code, 200);
         assert_eq!(env.develop_id.as_deref(), Some("1110890638347337996"));
         assert_eq!(env.msg, "成功");
-        assert_eq!(env.data_as::<bool>("cancel").unwrap(), true);
+        assert!(env.data_as::<bool>("cancel").unwrap());
     }
 
     #[test]
@@ -226,7 +239,9 @@ mod tests {
     }
 
     fn class(status: u16, body: &str) -> Result<(), (ErrorClass, Option<String>)> {
-        classify(status, body.as_bytes()).map(|_| ()).map_err(|e| (e.class, e.code))
+        classify(status, body.as_bytes())
+            .map(|_| ())
+            .map_err(|e| (e.class, e.code))
     }
 
     fn env(code: i64, msg: &str) -> String {
@@ -244,30 +259,74 @@ mod tests {
             (200, env(401, "sig"), Err(C::Permanent(P::Auth))),
             (200, env(403, "skew"), Err(C::Permanent(P::ClockSkew))),
             (200, env(404, "none"), Err(C::Permanent(P::NotFound))),
-            (200, env(429, "rate limited, retry after 7 seconds"), Err(retry(Some(7000), Applied::No))),
+            (
+                200,
+                env(429, "rate limited, retry after 7 seconds"),
+                Err(retry(Some(7000), Applied::No)),
+            ),
             (200, env(429, "rate limited"), Err(retry(None, Applied::No))),
             (200, env(500, "x"), Err(retry(None, Applied::Maybe))),
             (200, env(502, "x"), Err(retry(None, Applied::Maybe))),
             (200, env(503, "x"), Err(retry(None, Applied::Maybe))),
             (200, env(1001, "x"), Err(C::AlreadyDone)),
-            (200, env(1002, "x"), Err(C::Conflict(Conflict::PaidMeanwhile))),
-            (200, env(1003, "x"), Err(C::Conflict(Conflict::AlreadyShipped))),
+            (
+                200,
+                env(1002, "x"),
+                Err(C::Conflict(Conflict::PaidMeanwhile)),
+            ),
+            (
+                200,
+                env(1003, "x"),
+                Err(C::Conflict(Conflict::AlreadyShipped)),
+            ),
             (200, env(1101, "x"), Err(C::AlreadyDone)),
-            (200, env(1102, "x"), Err(C::Conflict(Conflict::RefundAlreadyCompleted))),
-            (200, env(1103, "x"), Err(C::Conflict(Conflict::RefundClosed))),
+            (
+                200,
+                env(1102, "x"),
+                Err(C::Conflict(Conflict::RefundAlreadyCompleted)),
+            ),
+            (
+                200,
+                env(1103, "x"),
+                Err(C::Conflict(Conflict::RefundClosed)),
+            ),
             (200, env(1104, "x"), Err(C::AlreadyDone)),
             (200, env(0, ""), Err(C::Permanent(P::Other))),
             (200, env(7777, "?"), Err(C::Permanent(P::Other))),
             (500, String::new(), Err(retry(None, Applied::Maybe))),
-            (502, "<html>bad gateway</html>".into(), Err(retry(None, Applied::Maybe))),
+            (
+                502,
+                "<html>bad gateway</html>".into(),
+                Err(retry(None, Applied::Maybe)),
+            ),
             (504, env(200, "ok"), Err(retry(None, Applied::Maybe))),
-            (429, "retry after 3 seconds".into(), Err(retry(Some(3000), Applied::No))),
-            (404, "<html>not found</html>".into(), Err(C::Permanent(P::Other))),
-            (404, env(404, "no such order"), Err(C::Permanent(P::NotFound))),
-            (200, "not json".into(), Err(C::Permanent(P::MalformedResponse))),
+            (
+                429,
+                "retry after 3 seconds".into(),
+                Err(retry(Some(3000), Applied::No)),
+            ),
+            (
+                404,
+                "<html>not found</html>".into(),
+                Err(C::Permanent(P::Other)),
+            ),
+            (
+                404,
+                env(404, "no such order"),
+                Err(C::Permanent(P::NotFound)),
+            ),
+            (
+                200,
+                "not json".into(),
+                Err(C::Permanent(P::MalformedResponse)),
+            ),
             (200, "{}".into(), Err(C::Permanent(P::MalformedResponse))),
             (200, r#"{"code":"200","msg":"ok"}"#.into(), Ok(())),
-            (200, r#"{"code":2.5}"#.into(), Err(C::Permanent(P::MalformedResponse))),
+            (
+                200,
+                r#"{"code":2.5}"#.into(),
+                Err(C::Permanent(P::MalformedResponse)),
+            ),
             (200, "[1,2]".into(), Err(C::Permanent(P::MalformedResponse))),
         ];
         for (status, body, want) in cases {
@@ -287,8 +346,14 @@ mod tests {
 
     #[test]
     fn retry_after_parses() {
-        assert_eq!(parse_retry_after("rate limited, retry after 12 seconds"), Some(Duration::from_secs(12)));
-        assert_eq!(parse_retry_after("Retry After 250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_retry_after("rate limited, retry after 12 seconds"),
+            Some(Duration::from_secs(12))
+        );
+        assert_eq!(
+            parse_retry_after("Retry After 250ms"),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(parse_retry_after("retry later"), None);
         assert_eq!(parse_retry_after("after"), None);
         assert_eq!(parse_retry_after("after ü"), None);
@@ -297,8 +362,20 @@ mod tests {
     #[test]
     fn transport_errors() {
         let e = classify_transport(&TransportError::NoResponse("timeout".into()));
-        assert!(matches!(e.class, ErrorClass::Retryable { applied: Applied::Maybe, .. }));
+        assert!(matches!(
+            e.class,
+            ErrorClass::Retryable {
+                applied: Applied::Maybe,
+                ..
+            }
+        ));
         let e = classify_transport(&TransportError::NotSent("refused".into()));
-        assert!(matches!(e.class, ErrorClass::Retryable { applied: Applied::No, .. }));
+        assert!(matches!(
+            e.class,
+            ErrorClass::Retryable {
+                applied: Applied::No,
+                ..
+            }
+        ));
     }
 }

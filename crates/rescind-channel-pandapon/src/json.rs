@@ -16,7 +16,9 @@ pub struct ExactText(pub Option<String>);
 impl<'de> Deserialize<'de> for ExactText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw: Box<RawValue> = Deserialize::deserialize(d)?;
-        raw_to_text(raw.get()).map(ExactText).map_err(D::Error::custom)
+        raw_to_text(raw.get())
+            .map(ExactText)
+            .map_err(D::Error::custom)
     }
 }
 
@@ -38,7 +40,10 @@ pub(crate) fn raw_to_text(raw: &str) -> Result<Option<String>, String> {
                 Err(format!("expected an integer, found {}", clip(raw)))
             }
         }
-        _ => Err(format!("expected a string or an integer, found {}", clip(raw))),
+        _ => Err(format!(
+            "expected a string or an integer, found {}",
+            clip(raw)
+        )),
     }
 }
 
@@ -78,11 +83,23 @@ mod tests {
     #[test]
     fn exact_text_table() {
         let cases: &[(&str, Result<Option<&str>, ()>)] = &[
-            (r#"{"id":2542285634920880794}"#, Ok(Some("2542285634920880794"))),
-            (r#"{"id":"1110890638347337996"}"#, Ok(Some("1110890638347337996"))),
-            (r#"{"id":1110890638347337996}"#, Ok(Some("1110890638347337996"))),
+            (
+                r#"{"id":2542285634920880794}"#,
+                Ok(Some("2542285634920880794")),
+            ),
+            (
+                r#"{"id":"1110890638347337996"}"#,
+                Ok(Some("1110890638347337996")),
+            ),
+            (
+                r#"{"id":1110890638347337996}"#,
+                Ok(Some("1110890638347337996")),
+            ),
             // Beyond u64: still exact, digits kept.
-            (r#"{"id":123456789012345678901234567890}"#, Ok(Some("123456789012345678901234567890"))),
+            (
+                r#"{"id":123456789012345678901234567890}"#,
+                Ok(Some("123456789012345678901234567890")),
+            ),
             (r#"{"id":-5}"#, Ok(Some("-5"))),
             (r#"{"id":null}"#, Ok(None)),
             (r#"{}"#, Ok(None)),
@@ -92,7 +109,9 @@ mod tests {
             (r#"{"id":{"a":1}}"#, Err(())),
         ];
         for (input, want) in cases {
-            let got = serde_json::from_str::<T>(input).map(|t| t.id).map_err(|_| ());
+            let got = serde_json::from_str::<T>(input)
+                .map(|t| t.id)
+                .map_err(|_| ());
             assert_eq!(got, want.map(|o| o.map(str::to_owned)), "{input}");
         }
     }

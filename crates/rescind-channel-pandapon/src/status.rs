@@ -220,12 +220,18 @@ pub fn order_state(
         OrderWord::Cancelled => OrderState::Cancelled,
         OrderWord::Paid => match refund {
             // An open refund (or one whose status is not given) makes it Refunding.
-            Some((refund_id, None | Some(RefundWord::Requested))) => OrderState::Refunding { refund_id },
+            Some((refund_id, None | Some(RefundWord::Requested))) => {
+                OrderState::Refunding { refund_id }
+            }
             _ => OrderState::Paid,
         },
         OrderWord::Refunded => match refund {
             Some((refund_id, _)) => OrderState::Refunded { refund_id },
-            None => return Err(needs_refund("closed after a refund, but no refundId was reported")),
+            None => {
+                return Err(needs_refund(
+                    "closed after a refund, but no refundId was reported",
+                ))
+            }
         },
         OrderWord::Terminated => match refund {
             Some((refund_id, Some(RefundWord::Completed))) => OrderState::Refunded { refund_id },
@@ -245,7 +251,11 @@ mod tests {
             (T, "WAIT_SELLER_AGREE", Some(RefundState::Requested)),
             (T, "WAIT_BUYER_RETURN_GOODS", Some(RefundState::Requested)),
             (T, "WAIT_SELLER_CONFIRM_GOODS", Some(RefundState::Requested)),
-            (T, "SELLER_REFUSE_BUYER", Some(RefundState::Refused { reason: None })),
+            (
+                T,
+                "SELLER_REFUSE_BUYER",
+                Some(RefundState::Refused { reason: None }),
+            ),
             (T, "CLOSED", Some(RefundState::Withdrawn)),
             (T, "SUCCESS", Some(RefundState::Completed)),
             (T, "refundsuccess", None),
@@ -273,28 +283,83 @@ mod tests {
     #[test]
     fn order_tables() {
         let r = |s: &str| RefundId(s.into());
-        type Case<'a> = (Platform, &'a str, Option<(&'a str, Option<&'a str>)>, Option<OrderState>);
+        type Case<'a> = (
+            Platform,
+            &'a str,
+            Option<(&'a str, Option<&'a str>)>,
+            Option<OrderState>,
+        );
         let cases: &[Case] = &[
             (T, "WAIT_BUYER_PAY", None, Some(OrderState::PendingPay)),
             (T, "WAIT_SELLER_SEND_GOODS", None, Some(OrderState::Paid)),
-            (T, "WAIT_SELLER_SEND_GOODS", Some(("R1", Some("WAIT_SELLER_AGREE"))), Some(OrderState::Refunding { refund_id: r("R1") })),
-            (T, "WAIT_SELLER_SEND_GOODS", Some(("R1", Some("CLOSED"))), Some(OrderState::Paid)),
-            (T, "WAIT_BUYER_CONFIRM_GOODS", Some(("R1", None)), Some(OrderState::Refunding { refund_id: r("R1") })),
+            (
+                T,
+                "WAIT_SELLER_SEND_GOODS",
+                Some(("R1", Some("WAIT_SELLER_AGREE"))),
+                Some(OrderState::Refunding { refund_id: r("R1") }),
+            ),
+            (
+                T,
+                "WAIT_SELLER_SEND_GOODS",
+                Some(("R1", Some("CLOSED"))),
+                Some(OrderState::Paid),
+            ),
+            (
+                T,
+                "WAIT_BUYER_CONFIRM_GOODS",
+                Some(("R1", None)),
+                Some(OrderState::Refunding { refund_id: r("R1") }),
+            ),
             (T, "TRADE_FINISHED", None, Some(OrderState::Paid)),
-            (T, "TRADE_CLOSED_BY_TAOBAO", None, Some(OrderState::Cancelled)),
-            (T, "TRADE_CLOSED", Some(("R9", Some("SUCCESS"))), Some(OrderState::Refunded { refund_id: r("R9") })),
+            (
+                T,
+                "TRADE_CLOSED_BY_TAOBAO",
+                None,
+                Some(OrderState::Cancelled),
+            ),
+            (
+                T,
+                "TRADE_CLOSED",
+                Some(("R9", Some("SUCCESS"))),
+                Some(OrderState::Refunded { refund_id: r("R9") }),
+            ),
             (T, "TRADE_CLOSED", None, None),
-            (T, "WAIT_SELLER_SEND_GOODS", Some(("R1", Some("BOGUS"))), None),
+            (
+                T,
+                "WAIT_SELLER_SEND_GOODS",
+                Some(("R1", Some("BOGUS"))),
+                None,
+            ),
             (T, "waitbuyerpay", None, None),
             (A, "waitbuyerpay", None, Some(OrderState::PendingPay)),
             (A, "waitsellersend", None, Some(OrderState::Paid)),
-            (A, "waitbuyerreceive", Some(("9", Some("waitselleragree"))), Some(OrderState::Refunding { refund_id: r("9") })),
+            (
+                A,
+                "waitbuyerreceive",
+                Some(("9", Some("waitselleragree"))),
+                Some(OrderState::Refunding { refund_id: r("9") }),
+            ),
             (A, "confirm_goods", None, Some(OrderState::Paid)),
-            (A, "success", Some(("9", Some("refundclose"))), Some(OrderState::Paid)),
+            (
+                A,
+                "success",
+                Some(("9", Some("refundclose"))),
+                Some(OrderState::Paid),
+            ),
             (A, "cancel", None, Some(OrderState::Cancelled)),
             (A, "terminated", None, Some(OrderState::Cancelled)),
-            (A, "terminated", Some(("9", Some("refundsuccess"))), Some(OrderState::Refunded { refund_id: r("9") })),
-            (A, "terminated", Some(("9", Some("refundclose"))), Some(OrderState::Cancelled)),
+            (
+                A,
+                "terminated",
+                Some(("9", Some("refundsuccess"))),
+                Some(OrderState::Refunded { refund_id: r("9") }),
+            ),
+            (
+                A,
+                "terminated",
+                Some(("9", Some("refundclose"))),
+                Some(OrderState::Cancelled),
+            ),
             (A, "WAIT_BUYER_PAY", None, None),
         ];
         for (p, s, refund, want) in cases {
@@ -310,7 +375,9 @@ mod tests {
     fn refused_keeps_reason() {
         assert_eq!(
             refund_state(T, "SELLER_REFUSE_BUYER", Some("shipped".into())),
-            Ok(RefundState::Refused { reason: Some("shipped".into()) })
+            Ok(RefundState::Refused {
+                reason: Some("shipped".into())
+            })
         );
     }
 }

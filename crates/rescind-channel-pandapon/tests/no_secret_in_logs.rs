@@ -2,9 +2,16 @@
 //! contain the secret or a signature; neither do errors and `Debug` output.
 
 use rescind_channel_pandapon::callback::{CallbackReceiver, MemoryCallbackStore};
-use rescind_channel_pandapon::{Pandapon1688, PandaponClient, PandaponConfig, PandaponTaobao, ALIBABA_CHANNEL, TAOBAO_CHANNEL};
-use rescind_core::{CancelOrder, CancelRefund, CancelRequest, Engine, MemoryJournal, OrderLookup, OrderRef, RefundId, TokioClock, WithdrawRequest};
-use rescind_sim::{defaults, FaultKind, FaultProfile, FaultSpec, OrderSeed, RefundSeed, Sim, SimConfig};
+use rescind_channel_pandapon::{
+    Pandapon1688, PandaponClient, PandaponConfig, PandaponTaobao, ALIBABA_CHANNEL, TAOBAO_CHANNEL,
+};
+use rescind_core::{
+    CancelOrder, CancelRefund, CancelRequest, Engine, MemoryJournal, OrderLookup, OrderRef,
+    RefundId, TokioClock, WithdrawRequest,
+};
+use rescind_sim::{
+    defaults, FaultKind, FaultProfile, FaultSpec, OrderSeed, RefundSeed, Sim, SimConfig,
+};
 use rescind_wire::sign::Secret;
 use rescind_wire::transport::{ReqwestSettings, ReqwestTransport, Transport};
 use std::io::Write;
@@ -15,7 +22,10 @@ struct Buf(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Buf {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -35,18 +45,33 @@ async fn secret_never_logged() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let sim = Sim::new(SimConfig::default());
-    sim.add_order(OrderSeed { channel: ALIBABA_CHANNEL.into(), order_id: "2542285634920880794".into(), status: "waitbuyerpay".into(), refund: None, stock_lock: None });
+    sim.add_order(OrderSeed {
+        channel: ALIBABA_CHANNEL.into(),
+        order_id: "2542285634920880794".into(),
+        status: "waitbuyerpay".into(),
+        refund: None,
+        stock_lock: None,
+    });
     sim.add_order(OrderSeed {
         channel: TAOBAO_CHANNEL.into(),
         order_id: "T1".into(),
         status: "WAIT_SELLER_SEND_GOODS".into(),
-        refund: Some(RefundSeed { refund_id: "R1".into(), status: "WAIT_SELLER_AGREE".into() }),
+        refund: Some(RefundSeed {
+            refund_id: "R1".into(),
+            status: "WAIT_SELLER_AGREE".into(),
+        }),
         stock_lock: None,
     });
     let server = sim.serve("127.0.0.1:0").await.unwrap();
     let mk = |secret: &str| {
-        let t: Arc<dyn Transport> = Arc::new(ReqwestTransport::new(ReqwestSettings::default()).unwrap());
-        let cfg = PandaponConfig::new(&server.base_url, defaults::PANDAPON_ACCESS_KEY, Secret::new(secret), defaults::PANDAPON_USER_ID);
+        let t: Arc<dyn Transport> =
+            Arc::new(ReqwestTransport::new(ReqwestSettings::default()).unwrap());
+        let cfg = PandaponConfig::new(
+            &server.base_url,
+            defaults::PANDAPON_ACCESS_KEY,
+            Secret::new(secret),
+            defaults::PANDAPON_USER_ID,
+        );
         Arc::new(PandaponClient::new(cfg, t, Arc::new(TokioClock::system())).unwrap())
     };
     let good = mk(defaults::PANDAPON_SECRET);
@@ -55,29 +80,57 @@ async fn secret_never_logged() {
     let a = Pandapon1688::new(good.clone());
     let t = PandaponTaobao::new(good.clone());
     let o = OrderRef::new(ALIBABA_CHANNEL, "2542285634920880794");
-    let cancel = |order: OrderRef| CancelRequest { order, reason: Some("r".into()), remark: None };
+    let cancel = |order: OrderRef| CancelRequest {
+        order,
+        reason: Some("r".into()),
+        remark: None,
+    };
     texts.push(format!("{:?}", a.order_status(&o).await));
     texts.push(format!("{:?}", a.cancel_unpaid(&cancel(o.clone())).await));
     texts.push(format!("{:?}", a.cancel_unpaid(&cancel(o.clone())).await)); // 1001
-    texts.push(format!("{:?}", Pandapon1688::new(bad.clone()).order_status(&o).await)); // 401
-    let tw = WithdrawRequest { order: OrderRef::new(TAOBAO_CHANNEL, "T1"), refund_id: RefundId("R1".into()) };
-    sim.set_faults(FaultProfile::everywhere(FaultSpec { script: vec![FaultKind::Http5xx, FaultKind::LostResponse], ..FaultSpec::default() }));
+    texts.push(format!(
+        "{:?}",
+        Pandapon1688::new(bad.clone()).order_status(&o).await
+    )); // 401
+    let tw = WithdrawRequest {
+        order: OrderRef::new(TAOBAO_CHANNEL, "T1"),
+        refund_id: RefundId("R1".into()),
+    };
+    sim.set_faults(FaultProfile::everywhere(FaultSpec {
+        script: vec![FaultKind::Http5xx, FaultKind::LostResponse],
+        ..FaultSpec::default()
+    }));
     texts.push(format!("{:?}", t.withdraw_refund(&tw).await)); // 5xx
     texts.push(format!("{:?}", t.withdraw_refund(&tw).await)); // lost
     sim.set_faults(FaultProfile::none());
-    texts.push(format!("{:?}", t.refund_status(&tw.order, &tw.refund_id).await));
-    let rx = CallbackReceiver::new(Arc::new(MemoryCallbackStore::new()), Arc::new(Engine::builder(Arc::new(MemoryJournal::new())).build()));
+    texts.push(format!(
+        "{:?}",
+        t.refund_status(&tw.order, &tw.refund_id).await
+    ));
+    let rx = CallbackReceiver::new(
+        Arc::new(MemoryCallbackStore::new()),
+        Arc::new(Engine::builder(Arc::new(MemoryJournal::new())).build()),
+    );
     rx.receive(b"{bad").await;
-    rx.receive(br#"{"messageType":"WHATEVER","messageBody":"{}","messagePlatform":0,"timestamp":1}"#).await;
+    rx.receive(
+        br#"{"messageType":"WHATEVER","messageBody":"{}","messagePlatform":0,"timestamp":1}"#,
+    )
+    .await;
     rx.settled().await;
     server.shutdown().await;
 
     let logs = String::from_utf8_lossy(&buf.0.lock().unwrap()).to_string();
-    assert!(logs.contains("pandapon call"), "the test must see the client's logs:\n{logs}");
+    assert!(
+        logs.contains("pandapon call"),
+        "the test must see the client's logs:\n{logs}"
+    );
     assert!(logs.contains("WHATEVER"), "and the receiver's:\n{logs}");
     let all = format!("{logs}\n{}", texts.join("\n"));
     for secret in [defaults::PANDAPON_SECRET, "another-secret-value"] {
         assert!(!all.contains(secret), "secret leaked:\n{all}");
     }
-    assert!(!all.to_ascii_lowercase().contains("signature:"), "headers leaked:\n{all}");
+    assert!(
+        !all.to_ascii_lowercase().contains("signature:"),
+        "headers leaked:\n{all}"
+    );
 }

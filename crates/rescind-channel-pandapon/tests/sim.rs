@@ -8,7 +8,7 @@ use rescind_channel_pandapon::{
 };
 use rescind_core::{
     CancelOrder, CancelRefund, CancelRequest, Channels, Engine, ErrorClass, Limits, MemoryJournal,
-    OrderLookup, OrderRef, OrderState, PermanentReason, RefundId, Record, SagaExit, SagaInput,
+    OrderLookup, OrderRef, OrderState, PermanentReason, Record, RefundId, SagaExit, SagaInput,
     SagaOutcome, TokioClock, Via, WithdrawRequest,
 };
 use rescind_sim::{
@@ -143,30 +143,72 @@ impl Fixture {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_unpaid_1688_big_id_as_a_saga() {
-    let f = fixture(CallbackConfig::default(), vec![order(ALIBABA_CHANNEL, BIG_1688_ID, "waitbuyerpay", None)]).await;
+    let f = fixture(
+        CallbackConfig::default(),
+        vec![order(ALIBABA_CHANNEL, BIG_1688_ID, "waitbuyerpay", None)],
+    )
+    .await;
     let o = OrderRef::new(ALIBABA_CHANNEL, BIG_1688_ID);
-    let (_id, exit) = f.engine.run(SagaInput::cancel_unpaid(o.clone()).with_reason("不想要了")).await.unwrap();
+    let (_id, exit) = f
+        .engine
+        .run(SagaInput::cancel_unpaid(o.clone()).with_reason("不想要了"))
+        .await
+        .unwrap();
     assert_eq!(
         exit,
-        SagaExit::Finished(SagaOutcome::Completed { order: OrderState::Cancelled, note: None }),
+        SagaExit::Finished(SagaOutcome::Completed {
+            order: OrderState::Cancelled,
+            note: None
+        }),
         "{}",
         f.context()
     );
-    assert_eq!(f.sim.order(ALIBABA_CHANNEL, BIG_1688_ID).unwrap().status, "cancel");
-    assert_eq!(f.count("cancel_unpaid", &format!("{ALIBABA_CHANNEL}:{BIG_1688_ID}")), 1, "{}", f.context());
+    assert_eq!(
+        f.sim.order(ALIBABA_CHANNEL, BIG_1688_ID).unwrap().status,
+        "cancel"
+    );
+    assert_eq!(
+        f.count("cancel_unpaid", &format!("{ALIBABA_CHANNEL}:{BIG_1688_ID}")),
+        1,
+        "{}",
+        f.context()
+    );
     // The id travelled exactly (a JSON integer on the wire, never through f64).
     let eff = f.sim.effects();
-    assert_eq!(eff[0].request.params.get("orderId").map(String::as_str), Some(BIG_1688_ID));
+    assert_eq!(
+        eff[0].request.params.get("orderId").map(String::as_str),
+        Some(BIG_1688_ID)
+    );
     // Lookups agree, and a repeat is AlreadyDone (1001).
     let a1688 = Pandapon1688::new(f.client.clone());
-    assert_eq!(a1688.order_status(&o).await.unwrap().state, OrderState::Cancelled);
+    assert_eq!(
+        a1688.order_status(&o).await.unwrap().state,
+        OrderState::Cancelled
+    );
     let again = a1688
-        .cancel_unpaid(&CancelRequest { order: o.clone(), reason: None, remark: Some("again".into()) })
+        .cancel_unpaid(&CancelRequest {
+            order: o.clone(),
+            reason: None,
+            remark: Some("again".into()),
+        })
         .await
         .unwrap_err();
-    assert_eq!((again.class, again.code.as_deref()), (ErrorClass::AlreadyDone, Some("1001")));
-    let paid = a1688.cancel_paid(&CancelRequest { order: o, reason: None, remark: None }).await.unwrap_err();
-    assert_eq!(paid.class, ErrorClass::Permanent(PermanentReason::Unsupported));
+    assert_eq!(
+        (again.class, again.code.as_deref()),
+        (ErrorClass::AlreadyDone, Some("1001"))
+    );
+    let paid = a1688
+        .cancel_paid(&CancelRequest {
+            order: o,
+            reason: None,
+            remark: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        paid.class,
+        ErrorClass::Permanent(PermanentReason::Unsupported)
+    );
     f.assert_each_effect_once();
     f.server.shutdown().await;
 }
@@ -175,29 +217,60 @@ async fn cancel_unpaid_1688_big_id_as_a_saga() {
 async fn withdraw_taobao_refund_as_a_saga() {
     let f = fixture(
         CallbackConfig::default(),
-        vec![order(TAOBAO_CHANNEL, "T1001", "WAIT_SELLER_SEND_GOODS", Some(("RT1", "WAIT_SELLER_AGREE")))],
+        vec![order(
+            TAOBAO_CHANNEL,
+            "T1001",
+            "WAIT_SELLER_SEND_GOODS",
+            Some(("RT1", "WAIT_SELLER_AGREE")),
+        )],
     )
     .await;
     let o = OrderRef::new(TAOBAO_CHANNEL, "T1001");
     let taobao = PandaponTaobao::new(f.client.clone());
     assert_eq!(
         taobao.order_status(&o).await.unwrap().state,
-        OrderState::Refunding { refund_id: RefundId("RT1".into()) }
+        OrderState::Refunding {
+            refund_id: RefundId("RT1".into())
+        }
     );
-    let (_id, exit) = f.engine.run(SagaInput::withdraw_refund(o.clone(), RefundId("RT1".into()))).await.unwrap();
+    let (_id, exit) = f
+        .engine
+        .run(SagaInput::withdraw_refund(
+            o.clone(),
+            RefundId("RT1".into()),
+        ))
+        .await
+        .unwrap();
     assert_eq!(
         exit,
-        SagaExit::Finished(SagaOutcome::Completed { order: OrderState::Paid, note: None }),
+        SagaExit::Finished(SagaOutcome::Completed {
+            order: OrderState::Paid,
+            note: None
+        }),
         "{}",
         f.context()
     );
-    assert_eq!(f.count("withdraw_refund", &format!("{TAOBAO_CHANNEL}:RT1")), 1, "{}", f.context());
-    assert_eq!(f.sim.refund(TAOBAO_CHANNEL, "RT1").unwrap().status, "CLOSED");
+    assert_eq!(
+        f.count("withdraw_refund", &format!("{TAOBAO_CHANNEL}:RT1")),
+        1,
+        "{}",
+        f.context()
+    );
+    assert_eq!(
+        f.sim.refund(TAOBAO_CHANNEL, "RT1").unwrap().status,
+        "CLOSED"
+    );
     let again = taobao
-        .withdraw_refund(&WithdrawRequest { order: o, refund_id: RefundId("RT1".into()) })
+        .withdraw_refund(&WithdrawRequest {
+            order: o,
+            refund_id: RefundId("RT1".into()),
+        })
         .await
         .unwrap_err();
-    assert_eq!((again.class, again.code.as_deref()), (ErrorClass::AlreadyDone, Some("1101")));
+    assert_eq!(
+        (again.class, again.code.as_deref()),
+        (ErrorClass::AlreadyDone, Some("1101"))
+    );
     f.assert_each_effect_once();
     f.server.shutdown().await;
 }
@@ -210,7 +283,12 @@ async fn cancel_paid_completed_by_pushed_callbacks_with_duplicates_and_reorderin
             reorder_window_ms: 150,
             ..CallbackConfig::default()
         },
-        vec![order(TAOBAO_CHANNEL, "T2002", "WAIT_SELLER_SEND_GOODS", None)],
+        vec![order(
+            TAOBAO_CHANNEL,
+            "T2002",
+            "WAIT_SELLER_SEND_GOODS",
+            None,
+        )],
     )
     .await;
     // The reverse-order submission's reply is lost: the engine must find the
@@ -223,11 +301,19 @@ async fn cancel_paid_completed_by_pushed_callbacks_with_duplicates_and_reorderin
         },
     ));
     let o = OrderRef::new(TAOBAO_CHANNEL, "T2002");
-    let id = f.engine.start(SagaInput::cancel_paid(o.clone())).await.unwrap();
+    let id = f
+        .engine
+        .start(SagaInput::cancel_paid(o.clone()))
+        .await
+        .unwrap();
     // Wait for the refund to open upstream, then let the simulator complete it.
     let mut opened = false;
     for _ in 0..200 {
-        if f.sim.order(TAOBAO_CHANNEL, "T2002").and_then(|v| v.refund_id).is_some() {
+        if f.sim
+            .order(TAOBAO_CHANNEL, "T2002")
+            .and_then(|v| v.refund_id)
+            .is_some()
+        {
             opened = true;
             break;
         }
@@ -245,27 +331,62 @@ async fn cancel_paid_completed_by_pushed_callbacks_with_duplicates_and_reorderin
         .unwrap_or_else(|_| panic!("saga did not finish by callback\n{}", f.context()))
         .unwrap();
     let refund_id = match &exit {
-        SagaExit::Finished(SagaOutcome::Completed { order: OrderState::Refunded { refund_id }, .. }) => refund_id.clone(),
+        SagaExit::Finished(SagaOutcome::Completed {
+            order: OrderState::Refunded { refund_id },
+            ..
+        }) => refund_id.clone(),
         other => panic!("{other:?}\n{}", f.context()),
     };
     // Completion came from a callback, not a poll.
     let entries = rescind_core::Journal::read(&*f.journal, id).await.unwrap();
     assert!(
-        entries.iter().any(|e| matches!(&e.record, Record::Observed { via: Via::Callback, .. })),
+        entries.iter().any(|e| matches!(
+            &e.record,
+            Record::Observed {
+                via: Via::Callback,
+                ..
+            }
+        )),
         "{entries:#?}"
     );
-    assert!(!entries.iter().any(|e| matches!(&e.record, Record::Observed { via: Via::Poll, .. })));
+    assert!(!entries
+        .iter()
+        .any(|e| matches!(&e.record, Record::Observed { via: Via::Poll, .. })));
     // The lost submission was resolved by lookup.
-    assert!(entries.iter().any(|e| matches!(&e.record, Record::Outcome { via: Via::Lookup, .. })), "{entries:#?}");
+    assert!(
+        entries.iter().any(|e| matches!(
+            &e.record,
+            Record::Outcome {
+                via: Via::Lookup,
+                ..
+            }
+        )),
+        "{entries:#?}"
+    );
     // Let the remaining pushes (duplicates, reordered) land.
     tokio::time::sleep(Duration::from_millis(600)).await;
     f.receiver.settled().await;
     let s = f.receiver.stats();
     assert!(s.duplicates >= 1, "{s:?}\n{}", f.context());
-    assert_eq!(s.malformed + s.unknown_type + s.unmappable + s.store_errors, 0, "{s:?}");
+    assert_eq!(
+        s.malformed + s.unknown_type + s.unmappable + s.store_errors,
+        0,
+        "{s:?}"
+    );
     assert!(f.sim.pushes().iter().filter(|p| p.delivered).count() as u64 >= s.received);
-    assert_eq!(f.count("cancel_paid", &format!("{TAOBAO_CHANNEL}:T2002")), 1, "{}", f.context());
-    assert_eq!(f.sim.refund(TAOBAO_CHANNEL, refund_id.as_str()).unwrap().status, "SUCCESS");
+    assert_eq!(
+        f.count("cancel_paid", &format!("{TAOBAO_CHANNEL}:T2002")),
+        1,
+        "{}",
+        f.context()
+    );
+    assert_eq!(
+        f.sim
+            .refund(TAOBAO_CHANNEL, refund_id.as_str())
+            .unwrap()
+            .status,
+        "SUCCESS"
+    );
     f.assert_each_effect_once();
     f.server.shutdown().await;
 }
@@ -276,7 +397,12 @@ async fn lost_responses_resolved_by_lookup() {
         CallbackConfig::default(),
         vec![
             order(ALIBABA_CHANNEL, BIG_1688_ID, "waitbuyerpay", None),
-            order(TAOBAO_CHANNEL, "T3003", "WAIT_SELLER_SEND_GOODS", Some(("RT3", "WAIT_SELLER_AGREE"))),
+            order(
+                TAOBAO_CHANNEL,
+                "T3003",
+                "WAIT_SELLER_SEND_GOODS",
+                Some(("RT3", "WAIT_SELLER_AGREE")),
+            ),
         ],
     )
     .await;
@@ -299,72 +425,167 @@ async fn lost_responses_resolved_by_lookup() {
                 },
             ),
     );
-    let (id1, exit) = f.engine.run(SagaInput::cancel_unpaid(OrderRef::new(ALIBABA_CHANNEL, BIG_1688_ID))).await.unwrap();
-    assert!(matches!(exit, SagaExit::Finished(SagaOutcome::Completed { order: OrderState::Cancelled, .. })), "{exit:?}\n{}", f.context());
-    let (id2, exit) = f
+    let (id1, exit) = f
         .engine
-        .run(SagaInput::withdraw_refund(OrderRef::new(TAOBAO_CHANNEL, "T3003"), RefundId("RT3".into())))
+        .run(SagaInput::cancel_unpaid(OrderRef::new(
+            ALIBABA_CHANNEL,
+            BIG_1688_ID,
+        )))
         .await
         .unwrap();
-    assert!(matches!(exit, SagaExit::Finished(SagaOutcome::Completed { order: OrderState::Paid, .. })), "{exit:?}\n{}", f.context());
+    assert!(
+        matches!(
+            exit,
+            SagaExit::Finished(SagaOutcome::Completed {
+                order: OrderState::Cancelled,
+                ..
+            })
+        ),
+        "{exit:?}\n{}",
+        f.context()
+    );
+    let (id2, exit) = f
+        .engine
+        .run(SagaInput::withdraw_refund(
+            OrderRef::new(TAOBAO_CHANNEL, "T3003"),
+            RefundId("RT3".into()),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            exit,
+            SagaExit::Finished(SagaOutcome::Completed {
+                order: OrderState::Paid,
+                ..
+            })
+        ),
+        "{exit:?}\n{}",
+        f.context()
+    );
     for id in [id1, id2] {
         let entries = rescind_core::Journal::read(&*f.journal, id).await.unwrap();
         assert!(
-            entries.iter().any(|e| matches!(&e.record, Record::Outcome { via: Via::Lookup, .. })),
+            entries.iter().any(|e| matches!(
+                &e.record,
+                Record::Outcome {
+                    via: Via::Lookup,
+                    ..
+                }
+            )),
             "not resolved by lookup: {entries:#?}"
         );
     }
-    assert_eq!(f.count("cancel_unpaid", &format!("{ALIBABA_CHANNEL}:{BIG_1688_ID}")), 1);
-    assert_eq!(f.count("withdraw_refund", &format!("{TAOBAO_CHANNEL}:RT3")), 1);
+    assert_eq!(
+        f.count("cancel_unpaid", &format!("{ALIBABA_CHANNEL}:{BIG_1688_ID}")),
+        1
+    );
+    assert_eq!(
+        f.count("withdraw_refund", &format!("{TAOBAO_CHANNEL}:RT3")),
+        1
+    );
     f.assert_each_effect_once();
     f.server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_envelopes_parse_exactly_and_auth_errors_classify() {
-    let f = fixture(CallbackConfig::default(), vec![order(ALIBABA_CHANNEL, BIG_1688_ID, "waitsellersend", None)]).await;
-    let url = format!("{}/v2/alibaba/order/detail/{BIG_1688_ID}", f.server.base_url);
-    let env = f.client.call("probe", http::Method::GET, url.clone(), None).await.unwrap();
-    assert_eq!(env.develop_id.as_deref(), Some(defaults::PANDAPON_DEVELOP_ID));
+    let f = fixture(
+        CallbackConfig::default(),
+        vec![order(ALIBABA_CHANNEL, BIG_1688_ID, "waitsellersend", None)],
+    )
+    .await;
+    let url = format!(
+        "{}/v2/alibaba/order/detail/{BIG_1688_ID}",
+        f.server.base_url
+    );
+    let env = f
+        .client
+        .call("probe", http::Method::GET, url.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        env.develop_id.as_deref(),
+        Some(defaults::PANDAPON_DEVELOP_ID)
+    );
     assert_eq!(env.develop_id.as_deref(), Some("1110890638347337996"));
     let d: rescind_channel_pandapon::OrderDetail = env.data_as("probe").unwrap();
     assert_eq!(d.order_id.as_deref(), Some(BIG_1688_ID));
-    assert!(env.data.as_deref().unwrap().contains(BIG_1688_ID), "sent as an integer: {:?}", env.data);
+    assert!(
+        env.data.as_deref().unwrap().contains(BIG_1688_ID),
+        "sent as an integer: {:?}",
+        env.data
+    );
 
     // Wrong secret → 401 Auth; no nonce is also accepted; a clock 20 minutes off → 403.
-    let bad = client_for(PandaponConfig { secret: Secret::new("wrong"), ..config(&f.server.base_url) });
+    let bad = client_for(PandaponConfig {
+        secret: Secret::new("wrong"),
+        ..config(&f.server.base_url)
+    });
     let e = bad.alibaba_order_detail(BIG_1688_ID).await.unwrap_err();
-    assert_eq!((e.class, e.code.as_deref()), (ErrorClass::Permanent(PermanentReason::Auth), Some("401")));
-    let no_nonce = client_for(PandaponConfig { send_nonce: false, ..config(&f.server.base_url) });
-    assert_eq!(no_nonce.alibaba_order_detail(BIG_1688_ID).await.unwrap().status, "waitsellersend");
-    let transport: Arc<dyn Transport> = Arc::new(ReqwestTransport::new(ReqwestSettings::default()).unwrap());
+    assert_eq!(
+        (e.class, e.code.as_deref()),
+        (ErrorClass::Permanent(PermanentReason::Auth), Some("401"))
+    );
+    let no_nonce = client_for(PandaponConfig {
+        send_nonce: false,
+        ..config(&f.server.base_url)
+    });
+    assert_eq!(
+        no_nonce
+            .alibaba_order_detail(BIG_1688_ID)
+            .await
+            .unwrap()
+            .status,
+        "waitsellersend"
+    );
+    let transport: Arc<dyn Transport> =
+        Arc::new(ReqwestTransport::new(ReqwestSettings::default()).unwrap());
     let skewed = PandaponClient::new(
         config(&f.server.base_url),
         transport,
-        Arc::new(TokioClock::with_base(TokioClock::system().now_ms_sys() - 1_200_000)),
+        Arc::new(TokioClock::with_base(
+            TokioClock::system().now_ms_sys() - 1_200_000,
+        )),
     )
     .unwrap();
     let e = skewed.alibaba_order_detail(BIG_1688_ID).await.unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent(PermanentReason::ClockSkew));
     // Unknown order → NotFound; the paid order cannot be cancelled unpaid → PaidMeanwhile.
     let a1688 = Pandapon1688::new(f.client.clone());
-    let e = a1688.order_status(&OrderRef::new(ALIBABA_CHANNEL, "1")).await.unwrap_err();
-    assert_eq!(e.class, ErrorClass::Permanent(PermanentReason::NotFound));
     let e = a1688
-        .cancel_unpaid(&CancelRequest { order: OrderRef::new(ALIBABA_CHANNEL, BIG_1688_ID), reason: None, remark: None })
+        .order_status(&OrderRef::new(ALIBABA_CHANNEL, "1"))
         .await
         .unwrap_err();
-    assert_eq!(e.class, ErrorClass::Conflict(rescind_core::Conflict::PaidMeanwhile));
+    assert_eq!(e.class, ErrorClass::Permanent(PermanentReason::NotFound));
+    let e = a1688
+        .cancel_unpaid(&CancelRequest {
+            order: OrderRef::new(ALIBABA_CHANNEL, BIG_1688_ID),
+            reason: None,
+            remark: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.class,
+        ErrorClass::Conflict(rescind_core::Conflict::PaidMeanwhile)
+    );
     // Rate limit from the simulator: retryable, not applied, with the announced wait.
     f.sim.set_faults(FaultProfile::everywhere(FaultSpec {
         rate_limit: 1.0,
         rate_limit_ban_secs: 7,
         ..FaultSpec::default()
     }));
-    let e = a1688.order_status(&OrderRef::new(ALIBABA_CHANNEL, BIG_1688_ID)).await.unwrap_err();
+    let e = a1688
+        .order_status(&OrderRef::new(ALIBABA_CHANNEL, BIG_1688_ID))
+        .await
+        .unwrap_err();
     assert_eq!(
         e.class,
-        ErrorClass::Retryable { wait_ms: Some(7_000), applied: rescind_core::Applied::No }
+        ErrorClass::Retryable {
+            wait_ms: Some(7_000),
+            applied: rescind_core::Applied::No
+        }
     );
     assert!(f.sim.effects().is_empty());
     f.server.shutdown().await;
