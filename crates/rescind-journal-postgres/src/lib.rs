@@ -1,5 +1,447 @@
 //! # rescind-journal-postgres
 //!
-//! The shared journal (work in progress).
+//! rescind's shared journal: several `rescind worker` processes on one
+//! PostgreSQL database (or a Postgres-compatible engine), each saga driven by
+//! one worker at a time.
+//!
+//! - **Leases.** A saga belongs to the worker that started it, or that took it
+//!   with [`Journal::claim_unfinished`] (free or expired leases only, claimed
+//!   with `FOR UPDATE SKIP LOCKED`, so workers claiming at once never block on
+//!   or share a saga). A background task renews held leases every
+//!   [`PgConfig::lease_renew_interval_ms`]; a worker that stops renewing loses
+//!   its sagas [`PgConfig::lease_ttl_ms`] later.
+//! - **Fencing.** Every claim bumps the saga's fencing token; every write
+//!   carries the token its worker holds, and the *database* writes it only if
+//!   that token is still current and the lease is this worker's. A paused or
+//!   partitioned worker whose saga was taken over can change nothing: its
+//!   appends and `mark_finished` fail with [`JournalError::Fenced`].
+//! - **Group commit.** Concurrent appends are queued and written by one
+//!   statement (one transaction, one WAL flush); a fenced or conflicting row
+//!   fails only its own append.
+//! - **Durability.** `append` returns once PostgreSQL committed the record,
+//!   i.e. flushed it to its WAL under the server's `synchronous_commit` (the
+//!   default, `on`, is durable; `off` would lose the last few hundred ms on a
+//!   server crash and must not be used).
+//! - **Schema.** Embedded migrations are applied at [`PgJournal::connect`]; a
+//!   database whose schema is newer than this build is refused with
+//!   [`JournalError::NewerFormat`].
+//!
+//! ```no_run
+//! use rescind_core::{Engine, Journal};
+//! use rescind_journal_postgres::{PgConfig, PgJournal};
+//! use std::sync::Arc;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let journal = PgJournal::connect(
+//!     "postgres://rescind:secret@127.0.0.1:5432/rescind",
+//!     PgConfig::default(), // worker id hostname-pid-random, 30 s leases
+//! )
+//! .await?;
+//! let engine = Engine::builder(Arc::new(journal)).build();
+//! // Take over unfinished sagas whose lease is free or expired, and run them.
+//! let report = engine.recover().await?;
+//! println!("resumed {} sagas", report.resumed);
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod committer;
+mod config;
+mod error;
+mod pool;
+mod schema;
+
+pub use config::{default_worker_id, redact_url, PgConfig};
+pub use error::{PgError, Result};
+pub use schema::SCHEMA_VERSION;
+
+use async_trait::async_trait;
+use committer::{AppendReq, SagaRow, SagaRows};
+use error::backend;
+use pool::Pool;
+use rescind_core::record::{decode, encode};
+use rescind_core::{Entry, Journal, JournalError, SagaId, SagaSet};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
+
+/// A lease this worker holds.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    /// The fencing token every write on the saga carries.
+    fence: i64,
+    /// A renewal found the lease taken over (writes will be fenced).
+    lost: bool,
+}
+
+/// What the journal handle, the committer and the renewal task share.
+pub(crate) struct Shared {
+    pool: Pool,
+    cfg: PgConfig,
+    leases: Mutex<HashMap<SagaId, Lease>>,
+}
+
+impl Shared {
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<SagaId, Lease>> {
+        // Every mutation is one insert/remove/flag; a poisoned map is consistent.
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn held_fence(&self, saga: SagaId) -> Option<i64> {
+        self.leases().get(&saga).map(|l| l.fence)
+    }
+
+    async fn client(&self) -> Result<Arc<Client>, JournalError> {
+        self.pool.get().await.map_err(JournalError::from)
+    }
+
+    /// Lease and sequence of the given sagas, as stored now.
+    pub(crate) async fn saga_rows(&self, client: &Client, ids: &[uuid::Uuid]) -> Result<SagaRows, JournalError> {
+        let rows = client
+            .query(
+                "SELECT saga_id, worker_id, fence, next_seq, finished FROM sagas WHERE saga_id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .map_err(|e| backend("reading saga leases", &e))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let parsed = (|| -> Result<(SagaId, SagaRow), tokio_postgres::Error> {
+                Ok((
+                    SagaId(r.try_get(0)?),
+                    SagaRow {
+                        worker_id: r.try_get(1)?,
+                        fence: r.try_get(2)?,
+                        next_seq: r.try_get(3)?,
+                        finished: r.try_get(4)?,
+                    },
+                ))
+            })();
+            let (id, row) = parsed.map_err(|e| backend("reading saga leases", &e))?;
+            out.insert(id, row);
+        }
+        Ok(out)
+    }
+
+    /// Extend every held lease; mark the ones found taken over as lost.
+    async fn renew(&self) -> Result<usize, JournalError> {
+        let held: Vec<(SagaId, i64)> = self
+            .leases()
+            .iter()
+            .filter(|(_, l)| !l.lost)
+            .map(|(id, l)| (*id, l.fence))
+            .collect();
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<uuid::Uuid> = held.iter().map(|(id, _)| id.0).collect();
+        let fences: Vec<i64> = held.iter().map(|(_, f)| *f).collect();
+        let ttl_ms = self.cfg.lease_ttl_ms as i64;
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "UPDATE sagas s SET lease_expires_at = now() + $4::int8 * interval '1 millisecond'
+                 FROM unnest($2::uuid[], $3::int8[]) AS h(saga_id, fence)
+                 WHERE s.saga_id = h.saga_id AND s.fence = h.fence AND s.worker_id = $1 AND NOT s.finished
+                 RETURNING s.saga_id",
+                &[&self.cfg.worker_id, &ids, &fences, &ttl_ms],
+            )
+            .await
+            .map_err(|e| backend("renewing leases", &e))?;
+        let renewed: std::collections::HashSet<uuid::Uuid> =
+            rows.iter().filter_map(|r| r.try_get::<_, uuid::Uuid>(0).ok()).collect();
+        let mut leases = self.leases();
+        for (id, fence) in held {
+            if !renewed.contains(&id.0) {
+                if let Some(l) = leases.get_mut(&id) {
+                    // Only if nothing (a claim, a finish) changed it meanwhile.
+                    if l.fence == fence && !l.lost {
+                        tracing::warn!(saga = %id, fence, worker = %self.cfg.worker_id,
+                            "lease lost: the saga was taken over or finished elsewhere; its writes here will be fenced");
+                        l.lost = true;
+                    }
+                }
+            }
+        }
+        Ok(renewed.len())
+    }
+}
+
+/// The PostgreSQL journal of one worker. See the [crate docs](crate).
+///
+/// Dropping it stops lease renewal and the committer (after it wrote what was
+/// queued); leases are not released, so other workers take the sagas over
+/// when they expire (call [`Journal::release`] first for an immediate hand-over).
+pub struct PgJournal {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<AppendReq>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PgJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgJournal")
+            .field("target", &self.shared.pool.target)
+            .field("worker_id", &self.shared.cfg.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgJournal {
+    fn drop(&mut self) {
+        if let Some(h) = self.renewer.take() {
+            h.abort();
+        }
+    }
+}
+
+impl PgJournal {
+    /// Connect to `url` (`postgres://user:password@host:port/db`, or the
+    /// `key=value` form; no TLS: use it on loopback or a private network),
+    /// apply missing schema migrations and start the committer and lease
+    /// renewal. Must be called within a tokio runtime.
+    ///
+    /// Errors say what failed and where (`user@host:port/db`, never the
+    /// password): [`PgError::Unreachable`], [`PgError::Auth`],
+    /// [`PgError::InvalidUrl`], [`PgError::InvalidConfig`], or
+    /// `PgError::Journal(JournalError::NewerFormat { .. })` when the schema
+    /// was written by a newer rescind.
+    pub async fn connect(url: &str, config: PgConfig) -> Result<PgJournal, PgError> {
+        config.validate()?;
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| PgError::InvalidUrl {
+            url: redact_url(url),
+            detail: e.to_string(),
+        })?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("rescind-journal");
+        }
+        pg.keepalives(true);
+        if let Some(schema) = &config.schema {
+            let opts = match pg.get_options() {
+                Some(o) if !o.is_empty() => format!("{o} -c search_path={schema}"),
+                _ => format!("-c search_path={schema}"),
+            };
+            pg.options(opts);
+        }
+        let target = config::describe_target(&pg);
+        let pool = Pool::new(pg, target.clone(), config.pool_size);
+        {
+            let mut first = pool.connect_raw().await?;
+            schema::migrate(&mut first, &target, config.schema.as_deref()).await?;
+        }
+        tracing::info!(target_db = %target, worker = %config.worker_id, "PostgreSQL journal open");
+        let (tx, rx) = mpsc::channel(config.queue_records_max);
+        let renew_every = config.lease_renew_interval_ms;
+        let shared = Arc::new(Shared {
+            pool,
+            cfg: config,
+            leases: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(committer::run(Arc::clone(&shared), rx));
+        let renewer = (renew_every > 0).then(|| tokio::spawn(renew_loop(Arc::downgrade(&shared), renew_every)));
+        Ok(PgJournal { shared, tx, renewer })
+    }
+
+    /// This worker's id (the `sagas.worker_id` of its leases).
+    pub fn worker_id(&self) -> &str {
+        &self.shared.cfg.worker_id
+    }
+
+    /// The database as `user@host:port/db` (no password), for logs.
+    pub fn target(&self) -> &str {
+        &self.shared.pool.target
+    }
+
+    /// The fencing token this worker holds on `saga`, if it holds (or held
+    /// and has not yet noticed losing) its lease.
+    pub fn fence(&self, saga: SagaId) -> Option<u64> {
+        self.shared.held_fence(saga).map(|f| f.max(0) as u64)
+    }
+
+    /// Renew every held lease now (the background task does this every
+    /// `lease_renew_interval_ms`). Returns how many were renewed; leases found
+    /// taken over are dropped from renewal and their writes will be fenced.
+    pub async fn renew_leases(&self) -> Result<usize, JournalError> {
+        self.shared.renew().await
+    }
+}
+
+async fn renew_loop(shared: Weak<Shared>, every_ms: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(every_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        if let Err(e) = shared.renew().await {
+            tracing::warn!(worker = %shared.cfg.worker_id, error = %e, "lease renewal failed; retrying next interval");
+        }
+    }
+}
+
+#[async_trait]
+impl Journal for PgJournal {
+    async fn append(&self, saga: SagaId, entry: &Entry) -> Result<(), JournalError> {
+        let seq = i64::try_from(entry.seq).map_err(|_| JournalError::SequenceConflict {
+            saga,
+            seq: entry.seq,
+            expected: 0,
+        })?;
+        let (reply, answer) = oneshot::channel();
+        let req = AppendReq {
+            saga,
+            seq,
+            fence: self.shared.held_fence(saga),
+            body: encode(entry),
+            reply,
+        };
+        self.tx
+            .send(req)
+            .await
+            .map_err(|_| JournalError::Backend("the journal's committer stopped".into()))?;
+        let res = answer
+            .await
+            .map_err(|_| JournalError::Backend("the journal's committer stopped before answering".into()))?;
+        if res.is_ok() && seq == 0 {
+            // Creating the saga leased it to this worker under token 1.
+            self.shared.leases().insert(saga, Lease { fence: 1, lost: false });
+        }
+        res
+    }
+
+    async fn read(&self, saga: SagaId) -> Result<Vec<Entry>, JournalError> {
+        let client = self.shared.client().await?;
+        let rows = client
+            .query("SELECT seq, body FROM records WHERE saga_id = $1 ORDER BY seq", &[&saga.0])
+            .await
+            .map_err(|e| backend(&format!("reading saga {saga}"), &e))?;
+        if rows.is_empty() {
+            return Err(JournalError::UnknownSaga(saga));
+        }
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get(0).map_err(|e| backend(&format!("reading saga {saga}"), &e))?;
+                let body: &[u8] = r.try_get(1).map_err(|e| backend(&format!("reading saga {saga}"), &e))?;
+                decode(saga, seq.max(0) as u64, body)
+            })
+            .collect()
+    }
+
+    async fn list(&self, set: SagaSet) -> Result<Vec<SagaId>, JournalError> {
+        let finished = set == SagaSet::Finished;
+        let client = self.shared.client().await?;
+        let rows = client
+            .query("SELECT saga_id FROM sagas WHERE finished = $1 ORDER BY saga_id", &[&finished])
+            .await
+            .map_err(|e| backend("listing sagas", &e))?;
+        rows.iter()
+            .map(|r| r.try_get::<_, uuid::Uuid>(0).map(SagaId).map_err(|e| backend("listing sagas", &e)))
+            .collect()
+    }
+
+    async fn mark_finished(&self, saga: SagaId) -> Result<(), JournalError> {
+        let held = self.shared.held_fence(saga);
+        let client = self.shared.client().await?;
+        let n = client
+            .execute(
+                "UPDATE sagas SET finished = true, finished_at = coalesce(finished_at, now()),
+                                  worker_id = NULL, lease_expires_at = NULL
+                 WHERE saga_id = $1 AND (finished OR (worker_id = $2 AND fence = $3))",
+                &[&saga.0, &self.shared.cfg.worker_id, &held.unwrap_or(committer::NO_TOKEN)],
+            )
+            .await
+            .map_err(|e| backend(&format!("finishing saga {saga}"), &e))?;
+        if n == 1 {
+            self.shared.leases().remove(&saga);
+            return Ok(());
+        }
+        let rows = self.shared.saga_rows(&client, &[saga.0]).await?;
+        match rows.get(&saga) {
+            None => Err(JournalError::UnknownSaga(saga)),
+            Some(row) => Err(JournalError::Fenced {
+                saga,
+                detail: committer::fenced_detail(&self.shared.cfg.worker_id, held, row),
+            }),
+        }
+    }
+
+    async fn claim_unfinished(&self) -> Result<Vec<SagaId>, JournalError> {
+        // Sagas this process already holds are returned as they are, not
+        // re-claimed: bumping their token would fence this worker's own
+        // in-flight writes.
+        let held: Vec<uuid::Uuid> = self
+            .shared
+            .leases()
+            .iter()
+            .filter(|(_, l)| !l.lost)
+            .map(|(id, _)| id.0)
+            .collect();
+        let ttl_ms = self.shared.cfg.lease_ttl_ms as i64;
+        let limit = self.shared.cfg.claim_batch_max as i64;
+        let client = self.shared.client().await?;
+        let rows = client
+            .query(
+                "WITH c AS (
+                    SELECT saga_id FROM sagas
+                    WHERE NOT finished
+                      AND (worker_id IS NULL OR lease_expires_at < now() OR worker_id = $1)
+                      AND NOT (saga_id = ANY($3::uuid[]))
+                    ORDER BY saga_id
+                    LIMIT $4
+                    FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE sagas s
+                 SET worker_id = $1, fence = s.fence + 1,
+                     lease_expires_at = now() + $2::int8 * interval '1 millisecond'
+                 FROM c WHERE s.saga_id = c.saga_id
+                 RETURNING s.saga_id, s.fence",
+                &[&self.shared.cfg.worker_id, &ttl_ms, &held, &limit],
+            )
+            .await
+            .map_err(|e| backend("claiming unfinished sagas", &e))?;
+        let mut out: Vec<SagaId> = held.into_iter().map(SagaId).collect();
+        {
+            let mut leases = self.shared.leases();
+            for r in &rows {
+                let (id, fence) = match (r.try_get::<_, uuid::Uuid>(0), r.try_get::<_, i64>(1)) {
+                    (Ok(id), Ok(f)) => (SagaId(id), f),
+                    (Err(e), _) | (_, Err(e)) => return Err(backend("claiming unfinished sagas", &e)),
+                };
+                leases.insert(id, Lease { fence, lost: false });
+                out.push(id);
+            }
+        }
+        if !rows.is_empty() {
+            tracing::info!(worker = %self.shared.cfg.worker_id, claimed = rows.len(), "claimed unfinished sagas");
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn release(&self, saga: SagaId) -> Result<(), JournalError> {
+        let Some(fence) = self.shared.held_fence(saga) else {
+            return Ok(());
+        };
+        let client = self.shared.client().await?;
+        client
+            .execute(
+                "UPDATE sagas SET worker_id = NULL, lease_expires_at = NULL
+                 WHERE saga_id = $1 AND worker_id = $2 AND fence = $3",
+                &[&saga.0, &self.shared.cfg.worker_id, &fence],
+            )
+            .await
+            .map_err(|e| backend(&format!("releasing saga {saga}"), &e))?;
+        let mut leases = self.shared.leases();
+        if leases.get(&saga).map(|l| l.fence) == Some(fence) {
+            leases.remove(&saga);
+        }
+        Ok(())
+    }
+}
