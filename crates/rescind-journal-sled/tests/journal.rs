@@ -7,7 +7,7 @@ use rescind_journal_sled::{Durability, Retention, SledConfig, SledJournal};
 use std::sync::Arc;
 
 fn sid(n: u128) -> SagaId {
-    SagaId::from_u128(0x0c0ffee_0000 + n)
+    SagaId::from_u128(0xc0ff_ee00_0000 + n)
 }
 
 async fn finish_at(j: &SledJournal, saga: SagaId, records: u64, finished_at_ms: u64) {
