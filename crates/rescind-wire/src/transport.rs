@@ -9,7 +9,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 /// An HTTP request as a channel client builds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Its `Debug` shows the method, the URL without its query, the header names
+/// and the body's size only: bodies and headers carry signatures, sessions and
+/// (Damai) the supplier secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpRequest {
     /// `GET` or `POST`.
     pub method: http::Method,
@@ -19,6 +23,19 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     /// The body (empty for GET).
     pub body: Bytes,
+}
+
+impl std::fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.url.split(['?', '#']).next().unwrap_or("");
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("HttpRequest")
+            .field("method", &self.method)
+            .field("url", &path)
+            .field("headers", &names)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 /// An HTTP response as the transport received it.
@@ -717,6 +734,22 @@ mod tests {
         c.sleep(Duration::from_secs(1)).await;
         assert!(t.send(req()).await.is_ok());
         assert_eq!(inner.calls(), 2);
+    }
+
+    #[test]
+    fn request_debug_hides_body_headers_and_query() {
+        let r = HttpRequest {
+            method: http::Method::POST,
+            url: "http://h/router/rest?session=s3cr3t-q".into(),
+            headers: vec![("signature".into(), "s3cr3t-h".into())],
+            body: Bytes::from_static(b"supplier_secret=s3cr3t-b"),
+        };
+        let d = format!("{r:?}");
+        assert!(!d.contains("s3cr3t"), "{d}");
+        assert!(
+            d.contains("http://h/router/rest") && d.contains("signature") && d.contains("24"),
+            "{d}"
+        );
     }
 
     #[tokio::test]
