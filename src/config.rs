@@ -1,0 +1,400 @@
+//! The rescind configuration file (TOML): journal, engine limits, worker, and
+//! channels. Secrets are never written in the file: a key `NAME_env = "VAR"`
+//! reads the secret `NAME` from environment variable `VAR`. Every error names
+//! the key and what is wrong with it.
+//!
+//! A complete, commented example is `rescind.example.toml` at the repository root.
+
+use rescind_channel_pandapon::PandaponConfig;
+use rescind_channel_top::{DamaiConfig, TopConfig};
+use rescind_core::Limits;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A configuration problem, naming the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the key, e.g. `channels.tmall-tbc.gateway.url`.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "bad configuration: {}", self.reason)
+        } else {
+            write!(f, "bad configuration: `{}`: {}", self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Where the journal lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JournalConfig {
+    /// An embedded sled journal in this directory (one process at a time).
+    Sled {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A PostgreSQL journal shared by several workers.
+    Postgres {
+        /// The connection URL (its password is never printed).
+        url: String,
+    },
+}
+
+/// The worker's HTTP side.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    /// Path of the PandaPon callback receiver.
+    pub callback_path: String,
+    /// File the callback receiver journals messages to (relative paths are
+    /// relative to the configuration file).
+    pub callback_store: PathBuf,
+    /// How often the worker claims and resumes unfinished sagas (takeover of
+    /// sagas whose worker died, on a shared journal).
+    pub recover_interval_ms: u64,
+    /// On SIGTERM, how long running sagas get to reach a safe point.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            listen: "127.0.0.1:7878".into(),
+            callback_path: "/callbacks/pandapon".into(),
+            callback_store: PathBuf::from("rescind-callbacks.jsonl"),
+            recover_interval_ms: 5_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// One configured channel.
+#[derive(Clone, Debug)]
+pub enum ChannelConfig {
+    /// Tmall TBC on the TOP gateway (cancel before/after payment, lookup).
+    TmallTbc(TopConfig),
+    /// Damai ticket stock locks on the TOP gateway (stock release).
+    Damai(DamaiConfig),
+    /// PandaPon Taobao (cancel, reverse-order submit/withdraw, lookups).
+    PandaponTaobao(PandaponConfig),
+    /// PandaPon 1688 (cancel before payment, lookups).
+    Pandapon1688(PandaponConfig),
+}
+
+impl ChannelConfig {
+    /// The `type` value naming this implementation.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ChannelConfig::TmallTbc(_) => "tmall-tbc",
+            ChannelConfig::Damai(_) => "damai",
+            ChannelConfig::PandaponTaobao(_) => "pandapon-taobao",
+            ChannelConfig::Pandapon1688(_) => "pandapon-1688",
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The journal.
+    pub journal: JournalConfig,
+    /// Engine limits (`[engine]`, every field optional).
+    pub engine: Limits,
+    /// The worker (`[worker]`).
+    pub worker: WorkerConfig,
+    /// Channels by the name sagas use (`[channels.NAME]`, with `type = ...`).
+    pub channels: BTreeMap<String, ChannelConfig>,
+}
+
+/// Keys that hold secrets: they may only come from the environment.
+const SECRET_KEYS: [&str; 5] = ["app_secret", "secret", "supplier_secret", "session", "password"];
+
+/// Replace every `NAME_env = "VAR"` by `NAME = <value of VAR>`; refuse
+/// secrets written in the file.
+fn resolve_env(
+    table: &mut toml::value::Table,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let keys: Vec<String> = table.keys().cloned().collect();
+    for key in keys {
+        let here = format!("{path}.{key}");
+        if SECRET_KEYS.contains(&key.as_str()) {
+            return Err(bad(
+                here,
+                format!("secrets are read from the environment, not the file: write `{key}_env = \"SOME_VAR\"`"),
+            ));
+        }
+        if let Some(name) = key.strip_suffix("_env") {
+            let var = match table.get(&key) {
+                Some(toml::Value::String(v)) => v.clone(),
+                _ => return Err(bad(here, "must be the name of an environment variable (a string)")),
+            };
+            let value = env(&var)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| bad(here.clone(), format!("environment variable {var} is not set")))?;
+            table.remove(&key);
+            table.insert(name.to_owned(), toml::Value::String(value));
+            continue;
+        }
+        if let Some(toml::Value::Table(inner)) = table.get_mut(&key) {
+            resolve_env(inner, &here, env)?;
+        }
+    }
+    Ok(())
+}
+
+fn take_typed<T: for<'de> Deserialize<'de>>(
+    value: toml::Value,
+    key: &str,
+) -> Result<T, ConfigError> {
+    value
+        .try_into()
+        .map_err(|e: toml::de::Error| bad(key, e.message().to_owned()))
+}
+
+impl Config {
+    /// Parse a configuration from TOML text; `env` looks up environment
+    /// variables (pass `|v| std::env::var(v).ok()`); relative paths are
+    /// resolved against `base_dir`.
+    pub fn from_toml_str(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut root: toml::value::Table =
+            toml::from_str(text).map_err(|e: toml::de::Error| bad("", format!("not valid TOML: {}", e.message())))?;
+        for key in root.keys() {
+            if !["journal", "engine", "worker", "channels"].contains(&key.as_str()) {
+                return Err(bad(key.clone(), "unknown section (expected journal, engine, worker, channels)"));
+            }
+        }
+        let journal = match root.remove("journal") {
+            None => JournalConfig::Sled {
+                path: base_dir.join("rescind-journal"),
+            },
+            Some(toml::Value::Table(mut t)) => {
+                resolve_env(&mut t, "journal", env)?;
+                let path = t.remove("path");
+                let url = t.remove("postgres_url");
+                if let Some(k) = t.keys().next() {
+                    return Err(bad(format!("journal.{k}"), "unknown key (expected path or postgres_url / postgres_url_env)"));
+                }
+                match (path, url) {
+                    (Some(_), Some(_)) => return Err(bad("journal", "give either path (sled) or postgres_url, not both")),
+                    (Some(toml::Value::String(p)), None) => JournalConfig::Sled { path: base_dir.join(p) },
+                    (None, Some(toml::Value::String(u))) => {
+                        if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                            return Err(bad("journal.postgres_url", "must start with postgres:// or postgresql://"));
+                        }
+                        JournalConfig::Postgres { url: u }
+                    }
+                    (None, None) => JournalConfig::Sled { path: base_dir.join("rescind-journal") },
+                    _ => return Err(bad("journal", "path and postgres_url must be strings")),
+                }
+            }
+            Some(_) => return Err(bad("journal", "must be a table")),
+        };
+        let engine: Limits = match root.remove("engine") {
+            None => Limits::default(),
+            Some(v) => take_typed(v, "engine")?,
+        };
+        if engine.in_flight_max == 0 {
+            return Err(bad("engine.in_flight_max", "must be at least 1"));
+        }
+        if engine.attempts_max == 0 {
+            return Err(bad("engine.attempts_max", "must be at least 1"));
+        }
+        if engine.jitter_pct > 100 {
+            return Err(bad("engine.jitter_pct", "must be between 0 and 100"));
+        }
+        let mut worker: WorkerConfig = match root.remove("worker") {
+            None => WorkerConfig::default(),
+            Some(v) => take_typed(v, "worker")?,
+        };
+        if worker.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad("worker.listen", format!("{:?} is not an address like 127.0.0.1:7878", worker.listen)));
+        }
+        worker.callback_store = base_dir.join(&worker.callback_store);
+        let mut channels = BTreeMap::new();
+        match root.remove("channels") {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (name, value) in t {
+                    let key = format!("channels.{name}");
+                    let mut table = match value {
+                        toml::Value::Table(t) => t,
+                        _ => return Err(bad(key, "must be a table")),
+                    };
+                    resolve_env(&mut table, &key, env)?;
+                    let ty = match table.remove("type") {
+                        Some(toml::Value::String(s)) => s,
+                        Some(_) => return Err(bad(format!("{key}.type"), "must be a string")),
+                        None => name.clone(),
+                    };
+                    let v = toml::Value::Table(table);
+                    let cfg = match ty.as_str() {
+                        "tmall-tbc" => {
+                            let c: TopConfig = take_typed(v, &key)?;
+                            c.validate().map_err(|e| bad(format!("{key}.{}", e.field), e.reason))?;
+                            ChannelConfig::TmallTbc(c)
+                        }
+                        "damai" => {
+                            let c: DamaiConfig = take_typed(v, &key)?;
+                            c.validate().map_err(|e| bad(format!("{key}.{}", e.field), e.reason))?;
+                            ChannelConfig::Damai(c)
+                        }
+                        "pandapon-taobao" | "pandapon-1688" => {
+                            let c: PandaponConfig = take_typed(v, &key)?;
+                            c.validate().map_err(|e| bad(key.clone(), e.to_string()))?;
+                            if ty == "pandapon-taobao" {
+                                ChannelConfig::PandaponTaobao(c)
+                            } else {
+                                ChannelConfig::Pandapon1688(c)
+                            }
+                        }
+                        other => {
+                            return Err(bad(
+                                format!("{key}.type"),
+                                format!("unknown channel type {other:?} (expected tmall-tbc, damai, pandapon-taobao or pandapon-1688)"),
+                            ))
+                        }
+                    };
+                    channels.insert(name, cfg);
+                }
+            }
+            Some(_) => return Err(bad("channels", "must be a table of channel tables")),
+        }
+        Ok(Config {
+            journal,
+            engine,
+            worker,
+            channels,
+        })
+    }
+
+    /// Read and parse a configuration file, with secrets from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad("", format!("cannot read {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::from_toml_str(&text, base, &|v| std::env::var(v).ok())
+    }
+}
+
+/// Hide a URL's password: `postgres://u:secret@h/db` → `postgres://u:***@h/db`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((creds, host)) = rest.rsplit_once('@') {
+            if let Some((user, _)) = creds.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[journal]
+path = "j"
+
+[engine]
+in_flight_max = 64
+
+[channels.tmall-tbc]
+type = "tmall-tbc"
+[channels.tmall-tbc.gateway]
+url = "http://127.0.0.1:9/router/rest"
+app_key = "12129701"
+app_secret_env = "TOP_SECRET"
+
+[channels.pp]
+type = "pandapon-1688"
+base_url = "http://127.0.0.1:9"
+access_key = "ak"
+secret_env = "PP_SECRET"
+user_id = "u"
+"#;
+
+    fn env(v: &str) -> Option<String> {
+        match v {
+            "TOP_SECRET" => Some("s3cr3t-top".into()),
+            "PP_SECRET" => Some("s3cr3t-pp".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn good_config_parses_and_never_prints_secrets() {
+        let c = Config::from_toml_str(GOOD, Path::new("/etc/rescind"), &env).unwrap();
+        assert_eq!(c.journal, JournalConfig::Sled { path: PathBuf::from("/etc/rescind/j") });
+        assert_eq!(c.engine.in_flight_max, 64);
+        assert_eq!(c.channels.len(), 2);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cr3t"), "{dbg}");
+    }
+
+    /// Each bad config names its key.
+    #[test]
+    fn bad_configs_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[journal]\npath = 1", "journal", "strings"),
+            ("[jurnal]\n", "jurnal", "unknown section"),
+            ("[engine]\nin_flight_maxx = 3", "engine", "in_flight_maxx"),
+            ("[engine]\njitter_pct = 300", "engine.jitter_pct", "between"),
+            ("[worker]\nlisten = \"nowhere\"", "worker.listen", "not an address"),
+            ("[journal]\npostgres_url = \"mysql://x\"", "journal.postgres_url", "postgres://"),
+            ("[channels.x]\ntype = \"ebay\"", "channels.x.type", "unknown channel type"),
+            (
+                "[channels.t]\ntype = \"tmall-tbc\"\n[channels.t.gateway]\nurl = \"http://h\"\napp_key = \"k\"\napp_secret = \"inline!\"",
+                "channels.t.gateway.app_secret",
+                "environment",
+            ),
+            (
+                "[channels.t]\ntype = \"tmall-tbc\"\n[channels.t.gateway]\nurl = \"http://h\"\napp_key = \"k\"\napp_secret_env = \"MISSING\"",
+                "channels.t.gateway.app_secret_env",
+                "MISSING is not set",
+            ),
+            (
+                "[channels.t]\ntype = \"tmall-tbc\"\n[channels.t.gateway]\nurl = \"ftp://h\"\napp_key = \"k\"\napp_secret_env = \"TOP_SECRET\"",
+                "channels.t.gateway.url",
+                "http",
+            ),
+            ("this is = not toml [", "", "not valid TOML"),
+        ];
+        for (text, key, reason) in cases {
+            let err = Config::from_toml_str(text, Path::new("."), &env).expect_err(text);
+            assert_eq!(&err.key, key, "{text}: {err}");
+            assert!(err.reason.contains(reason), "{text}: {err}");
+            assert!(!err.to_string().contains("inline!"), "secret echoed: {err}");
+        }
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+    }
+}

@@ -1,0 +1,149 @@
+//! Read-only views of sagas for operators: summaries and timelines, as the
+//! CLI's `journal list|show` and the worker's HTTP API print them.
+
+use rescind_core::{Entry, Journal, JournalError, Record, SagaId, SagaSet, SagaState};
+use serde::Serialize;
+
+/// One saga at a glance.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SagaSummary {
+    /// The saga.
+    pub id: SagaId,
+    /// The kind it was started as.
+    pub kind: String,
+    /// The plan it follows now.
+    pub plan: String,
+    /// `channel:order_id`.
+    pub order: String,
+    /// The channel.
+    pub channel: String,
+    /// `running`, `stuck`, `completed`, `failed` or `aborted`.
+    pub state: String,
+    /// The order state the saga tracks.
+    pub order_state: String,
+    /// Why it is stuck or failed, or the completion note.
+    pub reason: Option<String>,
+    /// Steps taken.
+    pub steps: usize,
+    /// Retries over all steps.
+    pub retries: u32,
+    /// In-doubt steps a lookup resolved.
+    pub resolved_by_lookup: u32,
+    /// First record's time (ms since the epoch).
+    pub started_at_ms: u64,
+    /// Last record's time.
+    pub updated_at_ms: u64,
+}
+
+impl SagaSummary {
+    /// Summarise a folded saga.
+    pub fn of(s: &SagaState) -> Self {
+        use rescind_core::SagaOutcome as O;
+        let (state, reason) = match (&s.outcome, &s.stuck) {
+            (Some(O::Completed { note, .. }), _) => ("completed", note.clone()),
+            (Some(O::Failed { reason }), _) => ("failed", Some(reason.clone())),
+            (Some(O::Aborted { reason, compensated }), _) => {
+                ("aborted", Some(format!("{reason} (compensated: {compensated})")))
+            }
+            (None, Some(r)) => ("stuck", Some(r.clone())),
+            (None, None) => ("running", None),
+        };
+        SagaSummary {
+            id: s.id,
+            kind: s.input.kind.to_string(),
+            plan: s.plan.to_string(),
+            order: s.input.order.to_string(),
+            channel: s.input.order.channel.to_string(),
+            state: state.into(),
+            order_state: s.order.to_string(),
+            reason,
+            steps: s.steps.len(),
+            retries: s.retries(),
+            resolved_by_lookup: s.resolved_by_lookup,
+            started_at_ms: s.started_at_ms,
+            updated_at_ms: s.updated_at_ms,
+        }
+    }
+}
+
+/// A saga that could not be read or folded, named.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The saga.
+    pub id: SagaId,
+    /// The error naming what is wrong.
+    pub error: String,
+}
+
+/// Read and fold one saga.
+pub async fn load(journal: &dyn Journal, id: SagaId) -> Result<(SagaState, Vec<Entry>), String> {
+    let entries = journal.read(id).await.map_err(|e| e.to_string())?;
+    let state = SagaState::fold(id, &entries).map_err(|e| e.to_string())?;
+    Ok((state, entries))
+}
+
+/// Summaries of every saga in `sets`, plus the ones that could not be read.
+pub async fn summaries(
+    journal: &dyn Journal,
+    sets: &[SagaSet],
+) -> Result<(Vec<SagaSummary>, Vec<Unreadable>), JournalError> {
+    let mut out = Vec::new();
+    let mut bad = Vec::new();
+    for set in sets {
+        for id in journal.list(*set).await? {
+            match load(journal, id).await {
+                Ok((s, _)) => out.push(SagaSummary::of(&s)),
+                Err(error) => bad.push(Unreadable { id, error }),
+            }
+        }
+    }
+    Ok((out, bad))
+}
+
+/// One line of a saga's timeline.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TimelineLine {
+    /// Sequence.
+    pub seq: u64,
+    /// Time (ms since the epoch).
+    pub at_ms: u64,
+    /// Record type.
+    pub record: String,
+    /// The record in full.
+    pub detail: serde_json::Value,
+}
+
+/// A saga's records as a timeline.
+pub fn timeline(entries: &[Entry]) -> Vec<TimelineLine> {
+    entries
+        .iter()
+        .map(|e| TimelineLine {
+            seq: e.seq,
+            at_ms: e.at_ms,
+            record: e.record.name().to_owned(),
+            detail: serde_json::to_value(&e.record).unwrap_or(serde_json::Value::Null),
+        })
+        .collect()
+}
+
+/// Render one record in a line of text.
+pub fn describe(r: &Record) -> String {
+    match r {
+        Record::Started { input } => format!(
+            "started {} for {} (order {}){}",
+            input.kind,
+            input.order,
+            input.order_state,
+            input.stock_lock.as_ref().map(|l| format!(", stock lock {}:{}", l.channel, l.lock_id)).unwrap_or_default()
+        ),
+        Record::Intent { step, action } => format!("intent  step {step}: {}", action.name()),
+        Record::Outcome { step, outcome, via, attempts } => {
+            format!("outcome step {step}: {} (via {via:?}, {attempts} attempt(s))", serde_json::to_string(outcome).unwrap_or_default())
+        }
+        Record::Observed { observation, via } => format!("observed via {via:?}: {}", serde_json::to_string(observation).unwrap_or_default()),
+        Record::Switched { to, reason } => format!("switched to {to}: {reason}"),
+        Record::AbortRequested { reason } => format!("abort requested: {reason}"),
+        Record::Stuck { reason } => format!("stuck: {reason}"),
+        Record::Finished { outcome } => format!("finished: {}", serde_json::to_string(outcome).unwrap_or_default()),
+    }
+}

@@ -1,0 +1,273 @@
+//! The worker's HTTP API: start and inspect sagas, the PandaPon callback
+//! receiver, Prometheus metrics and a health check — embeddable as an axum
+//! `Router`, and run by `rescind worker`.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /sagas` | start a saga ([`StartRequest`]); with `key`, idempotently |
+//! | `GET /sagas?set=unfinished\|finished` | list saga summaries |
+//! | `GET /sagas/{id}` | one saga's summary and timeline |
+//! | `POST /sagas/{id}/abort` | abort with compensation (`{"reason": ...}`) |
+//! | `GET /stats` | engine counters and journal counts (JSON) |
+//! | `GET /metrics` | the same for Prometheus |
+//! | `GET /healthz` | `ok` |
+//! | `POST /callbacks/pandapon` | PandaPon message callbacks (configurable path) |
+
+use crate::inspect::{self, SagaSummary};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rescind_core::metrics::LATENCY_BUCKETS_MS;
+use rescind_core::{Engine, Error, Journal, OrderRef, RefundId, SagaId, SagaInput, SagaSet, StockLockRef};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// A request to start one saga.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// `cancel_unpaid`, `cancel_paid`, `withdraw_refund`, or a registered custom kind.
+    pub kind: String,
+    /// The channel the order lives on (as named in the config).
+    pub channel: String,
+    /// The channel's order id (a string, even for numeric ids).
+    pub order_id: String,
+    /// The refund to withdraw (`withdraw_refund`).
+    #[serde(default)]
+    pub refund_id: Option<String>,
+    /// A stock lock to release after the cancel.
+    #[serde(default)]
+    pub stock_lock: Option<StockLockSpec>,
+    /// Reason sent upstream.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Idempotency key: the same key always names the same saga.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Parameters for custom sagas.
+    #[serde(default)]
+    pub params: serde_json::Value,
+}
+
+/// A stock lock in a [`StartRequest`].
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StockLockSpec {
+    /// The channel holding the lock (e.g. `damai`).
+    pub channel: String,
+    /// The lock id.
+    pub lock_id: String,
+}
+
+impl StartRequest {
+    /// The saga input this request describes; an error says what is missing.
+    pub fn to_input(&self) -> Result<SagaInput, String> {
+        let order = OrderRef::new(self.channel.as_str(), self.order_id.as_str());
+        if self.channel.trim().is_empty() || self.order_id.trim().is_empty() {
+            return Err("channel and order_id must not be empty".into());
+        }
+        let mut input = match self.kind.as_str() {
+            rescind_core::sagas::CANCEL_UNPAID => SagaInput::cancel_unpaid(order),
+            rescind_core::sagas::CANCEL_PAID => SagaInput::cancel_paid(order),
+            rescind_core::sagas::WITHDRAW_REFUND => {
+                let refund = self.refund_id.as_deref().filter(|r| !r.is_empty()).ok_or("withdraw_refund needs refund_id")?;
+                SagaInput::withdraw_refund(order, RefundId::from(refund))
+            }
+            other => SagaInput::custom(other, order, self.params.clone()),
+        };
+        if let Some(l) = &self.stock_lock {
+            input = input.with_stock_lock(StockLockRef::new(l.channel.as_str(), l.lock_id.as_str()));
+        }
+        if let Some(r) = &self.reason {
+            input = input.with_reason(r.clone());
+        }
+        Ok(input)
+    }
+}
+
+/// What the API shares between handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The engine.
+    pub engine: Engine,
+    /// The journal it writes.
+    pub journal: Arc<dyn Journal>,
+}
+
+#[derive(Serialize)]
+struct ApiError {
+    error: String,
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(ApiError { error: msg.into() })).into_response()
+}
+
+fn engine_err(e: Error) -> Response {
+    let status = match &e {
+        Error::UnknownSagaKind { .. } | Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+        Error::AlreadyFinished { .. } => StatusCode::CONFLICT,
+        Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Journal(rescind_core::JournalError::UnknownSaga(_)) => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    err(status, e.to_string())
+}
+
+/// The API router (without the callback receiver; merge it in with
+/// [`Router::merge`]).
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/sagas", post(start).get(list))
+        .route("/sagas/{id}", get(show))
+        .route("/sagas/{id}/abort", post(abort))
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+struct Started {
+    saga_id: SagaId,
+    created: bool,
+}
+
+async fn start(State(s): State<ApiState>, body: Result<Json<StartRequest>, axum::extract::rejection::JsonRejection>) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad start request: {}", e.body_text())),
+    };
+    let input = match req.to_input() {
+        Ok(i) => i,
+        Err(e) => return err(StatusCode::BAD_REQUEST, e),
+    };
+    let result = match &req.key {
+        Some(k) => s.engine.start_keyed(k, input).await,
+        None => s.engine.start(input).await.map(|id| (id, true)),
+    };
+    match result {
+        Ok((saga_id, created)) => {
+            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            (code, Json(Started { saga_id, created })).into_response()
+        }
+        Err(e) => engine_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    set: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Response {
+    let sets: &[SagaSet] = match q.set.as_deref() {
+        None | Some("all") => &[SagaSet::Unfinished, SagaSet::Finished],
+        Some("unfinished") => &[SagaSet::Unfinished],
+        Some("finished") => &[SagaSet::Finished],
+        Some(other) => return err(StatusCode::BAD_REQUEST, format!("set must be unfinished, finished or all, not {other:?}")),
+    };
+    match inspect::summaries(s.journal.as_ref(), sets).await {
+        Ok((mut out, bad)) => {
+            out.truncate(q.limit.unwrap_or(usize::MAX));
+            Json(serde_json::json!({ "sagas": out, "unreadable": bad })).into_response()
+        }
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn show(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<SagaId>() else {
+        return err(StatusCode::BAD_REQUEST, format!("{id:?} is not a saga id"));
+    };
+    match inspect::load(s.journal.as_ref(), id).await {
+        Ok((state, entries)) => Json(serde_json::json!({
+            "summary": SagaSummary::of(&state),
+            "running": s.engine.is_running(id),
+            "timeline": inspect::timeline(&entries),
+        }))
+        .into_response(),
+        Err(e) if e.contains("is not in the journal") => err(StatusCode::NOT_FOUND, e),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct AbortBody {
+    reason: Option<String>,
+}
+
+async fn abort(State(s): State<ApiState>, Path(id): Path<String>, body: Option<Json<AbortBody>>) -> Response {
+    let Ok(id) = id.parse::<SagaId>() else {
+        return err(StatusCode::BAD_REQUEST, format!("{id:?} is not a saga id"));
+    };
+    let reason = body.and_then(|Json(b)| b.reason).unwrap_or_else(|| "aborted by operator".into());
+    match s.engine.abort(id, reason).await {
+        Ok(()) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "saga_id": id, "abort": "requested" }))).into_response(),
+        Err(e) => engine_err(e),
+    }
+}
+
+/// Engine counters and journal counts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    /// Engine counters since the worker started.
+    pub engine: serde_json::Value,
+    /// Unfinished sagas in the journal.
+    pub unfinished: usize,
+    /// Finished sagas in the journal.
+    pub finished: usize,
+}
+
+async fn collect(s: &ApiState) -> Result<Stats, String> {
+    let unfinished = s.journal.list(SagaSet::Unfinished).await.map_err(|e| e.to_string())?.len();
+    let finished = s.journal.list(SagaSet::Finished).await.map_err(|e| e.to_string())?.len();
+    Ok(Stats {
+        engine: serde_json::to_value(s.engine.stats()).unwrap_or_default(),
+        unfinished,
+        finished,
+    })
+}
+
+async fn stats(State(s): State<ApiState>) -> Response {
+    match collect(&s).await {
+        Ok(st) => Json(st).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let st = s.engine.stats();
+    let (unfinished, finished) = match collect(&s).await {
+        Ok(c) => (c.unfinished, c.finished),
+        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    };
+    counter("rescind_sagas_started_total", "Sagas started by this worker.", st.started);
+    counter("rescind_retries_total", "Retryable channel failures retried.", st.retries);
+    counter("rescind_in_doubt_total", "In-doubt steps met on resume.", st.in_doubt);
+    counter("rescind_in_doubt_resolved_by_lookup_total", "In-doubt steps a lookup found applied.", st.resolved_by_lookup);
+    counter("rescind_sagas_stuck_total", "Sagas that became stuck.", st.stuck);
+    let _ = writeln!(out, "# HELP rescind_sagas_finished_total Sagas finished by this worker, by outcome.\n# TYPE rescind_sagas_finished_total counter");
+    for (outcome, v) in [("completed", st.completed), ("failed", st.failed), ("aborted", st.aborted)] {
+        let _ = writeln!(out, "rescind_sagas_finished_total{{outcome=\"{outcome}\"}} {v}");
+    }
+    let _ = writeln!(out, "# HELP rescind_sagas Sagas in the journal by state.\n# TYPE rescind_sagas gauge");
+    let _ = writeln!(out, "rescind_sagas{{state=\"unfinished\"}} {unfinished}\nrescind_sagas{{state=\"finished\"}} {finished}");
+    let _ = writeln!(out, "# HELP rescind_sagas_running Saga tasks running in this worker.\n# TYPE rescind_sagas_running gauge\nrescind_sagas_running {}", st.running);
+    let _ = writeln!(out, "# HELP rescind_step_latency_ms Channel call latency.\n# TYPE rescind_step_latency_ms histogram");
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+        cumulative += st.latency_buckets.get(i).copied().unwrap_or(0);
+        let _ = writeln!(out, "rescind_step_latency_ms_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "rescind_step_latency_ms_bucket{{le=\"+Inf\"}} {}\nrescind_step_latency_ms_sum {}\nrescind_step_latency_ms_count {}", st.steps, st.latency_sum_ms, st.steps);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
