@@ -45,6 +45,18 @@ pub fn classify_transport(e: &TransportError) -> ChannelError {
 /// `<method>_response` on success, a classified error otherwise. Business
 /// results inside that value (`success: false`) are checked by the caller,
 /// per API ([`check_tbc_result`], [`crate::damai::check_damai_result`]).
+///
+/// ```
+/// use rescind_channel_top::classify_response;
+/// use rescind_core::{Applied, ErrorClass};
+///
+/// let body = br#"{"error_response":{"code":7,"msg":"App Call Limited",
+///     "sub_code":"accesscontrol.limited-by-app-access-count",
+///     "sub_msg":"This ban will last for 12 more seconds"}}"#;
+/// let e = classify_response(200, body, "tmall.tbc.order.cancel").unwrap_err();
+/// assert_eq!(e.class, ErrorClass::Retryable { wait_ms: Some(12_000), applied: Applied::No });
+/// assert_eq!(e.code.as_deref(), Some("7"));
+/// ```
 pub fn classify_response(status: u16, body: &[u8], method: &str) -> Result<Value, ChannelError> {
     if status != 200 {
         let codes = match parse_envelope(body) {
