@@ -110,30 +110,42 @@ pub struct Effect {
     pub request: RequestSummary,
 }
 
-/// Weights of the states [`crate::Sim::generate`] draws from.
+/// Weights of the states [`crate::Sim::generate`] draws from. In JSON, a
+/// missing weight is 0 and missing `channels` means all four; `Default` is
+/// the standard mix (4:3:1:1:2:1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Mix {
     /// Channels to spread orders over (round robin).
+    #[serde(default = "all_channels")]
     pub channels: Vec<String>,
     /// Weight of unpaid orders.
+    #[serde(default)]
     pub unpaid: u32,
     /// Weight of paid, not shipped orders.
+    #[serde(default)]
     pub paid: u32,
     /// Weight of shipped orders.
+    #[serde(default)]
     pub shipped: u32,
     /// Weight of orders cancelled before payment.
+    #[serde(default)]
     pub cancelled: u32,
     /// Weight of paid orders with an open refund.
+    #[serde(default)]
     pub refund_open: u32,
     /// Weight of orders closed after a completed refund.
+    #[serde(default)]
     pub refunded: u32,
+}
+
+fn all_channels() -> Vec<String> {
+    CHANNELS.iter().map(|c| c.to_string()).collect()
 }
 
 impl Default for Mix {
     fn default() -> Self {
         Mix {
-            channels: CHANNELS.iter().map(|c| c.to_string()).collect(),
+            channels: all_channels(),
             unpaid: 4,
             paid: 3,
             shipped: 1,

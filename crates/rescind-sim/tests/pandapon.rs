@@ -14,7 +14,8 @@ const BIG_1688: &str = "2542285634920880794"; // > 2^53
 #[tokio::test]
 async fn header_authentication_errors() {
     let h = Harness::new().await;
-    h.sim.add_order(order("pandapon-taobao", "9001", "WAIT_BUYER_PAY"));
+    h.sim
+        .add_order(order("pandapon-taobao", "9001", "WAIT_BUYER_PAY"));
     let now = h.now_ms();
     type Edit = Box<dyn Fn(&mut Vec<(String, String)>)>;
     fn drop_h(name: &'static str) -> Edit {
@@ -31,15 +32,63 @@ async fn header_authentication_errors() {
         ("missing timestamp", now, None, drop_h("timestamp"), 401),
         ("missing user-id", now, None, drop_h("user-id"), 401),
         ("missing signature", now, None, drop_h("signature"), 401),
-        ("unknown access-key", now, None, set_h("access-key", "nope"), 401),
+        (
+            "unknown access-key",
+            now,
+            None,
+            set_h("access-key", "nope"),
+            401,
+        ),
         ("wrong user-id", now, None, set_h("user-id", "1"), 401),
-        ("bad signature", now, None, set_h("signature", "B7F83FE2ADC8D8F044F2E01F0FFE8C80"), 401),
-        ("nonce not signed", now, None, set_h("nonce-str", "abc"), 401),
-        ("timestamp not a number", now, None, set_h("timestamp", "yesterday"), 400),
-        ("timestamp too old", now - 601_000, None, Box::new(|_| {}), 403),
-        ("timestamp too new", now + 601_000, None, Box::new(|_| {}), 403),
-        ("within the window", now - 590_000, None, Box::new(|_| {}), 404),
-        ("with nonce", now, Some("0123456789abcdef0123456789abcdef"), Box::new(|_| {}), 404),
+        (
+            "bad signature",
+            now,
+            None,
+            set_h("signature", "B7F83FE2ADC8D8F044F2E01F0FFE8C80"),
+            401,
+        ),
+        (
+            "nonce not signed",
+            now,
+            None,
+            set_h("nonce-str", "abc"),
+            401,
+        ),
+        (
+            "timestamp not a number",
+            now,
+            None,
+            set_h("timestamp", "yesterday"),
+            400,
+        ),
+        (
+            "timestamp too old",
+            now - 601_000,
+            None,
+            Box::new(|_| {}),
+            403,
+        ),
+        (
+            "timestamp too new",
+            now + 601_000,
+            None,
+            Box::new(|_| {}),
+            403,
+        ),
+        (
+            "within the window",
+            now - 590_000,
+            None,
+            Box::new(|_| {}),
+            404,
+        ),
+        (
+            "with nonce",
+            now,
+            Some("0123456789abcdef0123456789abcdef"),
+            Box::new(|_| {}),
+            404,
+        ),
     ];
     for (what, ts, nonce, edit, code) in cases {
         let mut hs = pp_headers_at(ts, nonce);
@@ -62,21 +111,48 @@ async fn header_authentication_errors() {
 async fn taobao_refund_withdraw_rules() {
     let h = Harness::new().await;
     let ch = "pandapon-taobao";
-    h.sim.add_order(order_with_refund(ch, "1", "WAIT_SELLER_SEND_GOODS", "RF1", "WAIT_SELLER_AGREE"));
-    h.sim.add_order(order_with_refund(ch, "2", "TRADE_CLOSED", "RF2", "SUCCESS"));
-    h.sim.add_order(order_with_refund(ch, "3", "WAIT_SELLER_SEND_GOODS", "RF3", "SELLER_REFUSE_BUYER"));
+    h.sim.add_order(order_with_refund(
+        ch,
+        "1",
+        "WAIT_SELLER_SEND_GOODS",
+        "RF1",
+        "WAIT_SELLER_AGREE",
+    ));
+    h.sim
+        .add_order(order_with_refund(ch, "2", "TRADE_CLOSED", "RF2", "SUCCESS"));
+    h.sim.add_order(order_with_refund(
+        ch,
+        "3",
+        "WAIT_SELLER_SEND_GOODS",
+        "RF3",
+        "SELLER_REFUSE_BUYER",
+    ));
     let v = h.pp_get("/v2/taobao/order/refund/cancel/RF1").await;
     assert_eq!(v["code"], 200, "{v}");
     assert_eq!(v["data"]["cancelSuccess"], true, "{v}");
-    assert_eq!(v["data"]["refundOrderAggregate"]["refundOrder"]["refundId"], "RF1");
-    assert_eq!(v["data"]["refundOrderAggregate"]["refundOrder"]["refundStatus"], "CLOSED");
+    assert_eq!(
+        v["data"]["refundOrderAggregate"]["refundOrder"]["refundId"],
+        "RF1"
+    );
+    assert_eq!(
+        v["data"]["refundOrderAggregate"]["refundOrder"]["refundStatus"],
+        "CLOSED"
+    );
     assert_eq!(v["developId"], rescind_sim::defaults::PANDAPON_DEVELOP_ID);
     for (id, code) in [("RF1", 1101), ("RF2", 1102), ("RF3", 1103), ("RF404", 404)] {
-        let v = h.pp_get(&format!("/v2/taobao/order/refund/cancel/{id}")).await;
+        let v = h
+            .pp_get(&format!("/v2/taobao/order/refund/cancel/{id}"))
+            .await;
         assert_eq!(v["code"], code, "{id}: {v}");
         assert!(v["data"].is_null());
     }
-    assert_eq!(h.effect_count("withdraw_refund", "pandapon-taobao:RF1").await, 1, "{}", h.context());
+    assert_eq!(
+        h.effect_count("withdraw_refund", "pandapon-taobao:RF1")
+            .await,
+        1,
+        "{}",
+        h.context()
+    );
     assert_eq!(h.sim.effects().len(), 1);
     let v = h.pp_get("/v2/taobao/order/refund/detail/RF1").await;
     assert_eq!(v["data"]["refundOrder"]["refundStatus"], "CLOSED", "{v}");
@@ -97,10 +173,26 @@ async fn taobao_cancel_and_refund_submit() {
         ("/v2/taobao/order/cancel", cancel("11"), 1002),
         ("/v2/taobao/order/cancel", cancel("12"), 1003),
         ("/v2/taobao/order/cancel", cancel("404"), 404),
-        ("/v2/taobao/order/refund/submit", json!({"orderId": "11"}).to_string(), 200),
-        ("/v2/taobao/order/refund/submit", json!({"orderId": "11"}).to_string(), 1104),
-        ("/v2/taobao/order/refund/submit", json!({"orderId": "12"}).to_string(), 1003),
-        ("/v2/taobao/order/refund/submit", json!({"orderId": "10"}).to_string(), 1001),
+        (
+            "/v2/taobao/order/refund/submit",
+            json!({"orderId": "11"}).to_string(),
+            200,
+        ),
+        (
+            "/v2/taobao/order/refund/submit",
+            json!({"orderId": "11"}).to_string(),
+            1104,
+        ),
+        (
+            "/v2/taobao/order/refund/submit",
+            json!({"orderId": "12"}).to_string(),
+            1003,
+        ),
+        (
+            "/v2/taobao/order/refund/submit",
+            json!({"orderId": "10"}).to_string(),
+            1001,
+        ),
         ("/v2/taobao/order/refund/submit", json!({}).to_string(), 400),
     ];
     for (path, body, code) in cases {
@@ -113,7 +205,10 @@ async fn taobao_cancel_and_refund_submit() {
     assert_eq!(v["data"]["orderId"], "11");
     let v = h.pp_get("/v2/taobao/order/detail/10").await;
     assert_eq!(v["data"]["status"], "TRADE_CLOSED_BY_TAOBAO", "{v}");
-    assert_eq!(h.effect_count("cancel_unpaid", "pandapon-taobao:10").await, 1);
+    assert_eq!(
+        h.effect_count("cancel_unpaid", "pandapon-taobao:10").await,
+        1
+    );
     assert_eq!(h.effect_count("cancel_paid", "pandapon-taobao:11").await, 1);
 }
 
@@ -123,22 +218,40 @@ async fn alibaba_cancel_keeps_large_ids_exact() {
     let h = Harness::new().await;
     let ch = "pandapon-1688";
     h.sim.add_order(order(ch, BIG_1688, "waitbuyerpay"));
-    h.sim.add_order(order(ch, "2542285634920880795", "waitsellersend"));
+    h.sim
+        .add_order(order(ch, "2542285634920880795", "waitsellersend"));
     // A neighbour that f64 would confuse with BIG_1688.
-    h.sim.add_order(order(ch, "2542285634920880793", "waitbuyerpay"));
+    h.sim
+        .add_order(order(ch, "2542285634920880793", "waitbuyerpay"));
     let body = format!(r#"{{"webSite":"1688","orderId":{BIG_1688},"cancelReason":"不想要了"}}"#);
     let v = h.pp_post("/v2/alibaba/order/cancel", &body).await;
-    assert_eq!((v["code"].as_u64(), v["data"].as_bool()), (Some(200), Some(true)), "{v}");
+    assert_eq!(
+        (v["code"].as_u64(), v["data"].as_bool()),
+        (Some(200), Some(true)),
+        "{v}"
+    );
     assert_eq!(h.sim.order(ch, BIG_1688).unwrap().status, "cancel");
-    assert_eq!(h.sim.order(ch, "2542285634920880793").unwrap().status, "waitbuyerpay");
+    assert_eq!(
+        h.sim.order(ch, "2542285634920880793").unwrap().status,
+        "waitbuyerpay"
+    );
     let cases: Vec<(String, u32)> = vec![
         (body.clone(), 1001),
-        (r#"{"webSite":"1688","orderId":2542285634920880795}"#.into(), 1002),
-        (r#"{"webSite":"1688","orderId":"2542285634920880793"}"#.into(), 200),
+        (
+            r#"{"webSite":"1688","orderId":2542285634920880795}"#.into(),
+            1002,
+        ),
+        (
+            r#"{"webSite":"1688","orderId":"2542285634920880793"}"#.into(),
+            200,
+        ),
         (r#"{"webSite":"alibaba","orderId":1}"#.into(), 400),
         (r#"{"webSite":"1688","orderId":-1}"#.into(), 400),
         (r#"{"webSite":"1688","orderId":1.5}"#.into(), 400),
-        (r#"{"webSite":"1688","orderId":99999999999999999999999}"#.into(), 400),
+        (
+            r#"{"webSite":"1688","orderId":99999999999999999999999}"#.into(),
+            400,
+        ),
         (r#"{"webSite":"1688","orderId":"abc"}"#.into(), 400),
         (r#"{"webSite":"1688"}"#.into(), 400),
         (r#"{"webSite":"1688","orderId":1}"#.into(), 404),
@@ -149,7 +262,9 @@ async fn alibaba_cancel_keeps_large_ids_exact() {
     }
     // The detail answers the id as an exact JSON integer.
     let (s, text) = {
-        let mut rb = h.http.get(h.url(&format!("/v2/alibaba/order/detail/{BIG_1688}")));
+        let mut rb = h
+            .http
+            .get(h.url(&format!("/v2/alibaba/order/detail/{BIG_1688}")));
         for (k, v) in h.pp_headers(None) {
             rb = rb.header(k, v);
         }
@@ -159,13 +274,23 @@ async fn alibaba_cancel_keeps_large_ids_exact() {
     assert_eq!(s, 200);
     assert!(text.contains(&format!(r#""orderId":{BIG_1688}"#)), "{text}");
     assert!(text.contains(r#""status":"cancel""#), "{text}");
-    assert_eq!(h.effect_count("cancel_unpaid", &format!("pandapon-1688:{BIG_1688}")).await, 1);
+    assert_eq!(
+        h.effect_count("cancel_unpaid", &format!("pandapon-1688:{BIG_1688}"))
+            .await,
+        1
+    );
 }
 
 #[tokio::test]
 async fn alibaba_refund_detail() {
     let h = Harness::new().await;
-    h.sim.add_order(order_with_refund("pandapon-1688", BIG_1688, "waitsellersend", "A1", "waitselleragree"));
+    h.sim.add_order(order_with_refund(
+        "pandapon-1688",
+        BIG_1688,
+        "waitsellersend",
+        "A1",
+        "waitselleragree",
+    ));
     let text = {
         let mut rb = h.http.get(h.url("/v2/alibaba/refund/detail/A1"));
         for (k, v) in h.pp_headers(None) {
@@ -184,13 +309,20 @@ async fn alibaba_refund_detail() {
 #[tokio::test]
 async fn malformed_input_gets_the_envelope() {
     let h = Harness::new().await;
-    let huge = format!(r#"{{"webSite":"1688","orderId":1,"remark":"{}"}}"#, "x".repeat(2 << 20));
+    let huge = format!(
+        r#"{{"webSite":"1688","orderId":1,"remark":"{}"}}"#,
+        "x".repeat(2 << 20)
+    );
     let cases: Vec<(&str, String, u32)> = vec![
         ("bad json", "{not json".into(), 400),
         ("not an object", "[1,2]".into(), 400),
         ("empty", String::new(), 400),
         // Lossy replacement makes it valid JSON without webSite: a 400.
-        ("replacement chars", String::from_utf8_lossy(b"{\"a\":\"\xff\"}").into_owned(), 400),
+        (
+            "replacement chars",
+            String::from_utf8_lossy(b"{\"a\":\"\xff\"}").into_owned(),
+            400,
+        ),
         ("huge", huge, 400),
     ];
     for (what, body, code) in cases {
@@ -205,7 +337,13 @@ async fn malformed_input_gets_the_envelope() {
         rb = rb.header(k, v);
     }
     let v: Value = serde_json::from_slice(
-        &rb.body(b"{\"webSite\":\"\xff\xfe\"}".to_vec()).send().await.unwrap().bytes().await.unwrap(),
+        &rb.body(b"{\"webSite\":\"\xff\xfe\"}".to_vec())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(v["code"], 400, "{v}");
@@ -218,7 +356,10 @@ async fn malformed_input_gets_the_envelope() {
     let r = h
         .http
         .get(h.url("/v2/taobao/order/detail/1"))
-        .header("access-key", reqwest::header::HeaderValue::from_bytes(b"\xe4\xbd\xa0").unwrap())
+        .header(
+            "access-key",
+            reqwest::header::HeaderValue::from_bytes(b"\xe4\xbd\xa0").unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -238,12 +379,17 @@ async fn faults_of_every_kind() {
     let ep = "pandapon.taobao.order.cancel";
     let body = |id: &str| json!({"orderId": id}).to_string();
 
-    h.sim.set_faults(FaultProfile::none().with(ep, FaultSpec::always(FaultKind::Http5xx)));
+    h.sim
+        .set_faults(FaultProfile::none().with(ep, FaultSpec::always(FaultKind::Http5xx)));
     let (s, _) = h.pp_post_raw("/v2/taobao/order/cancel", body("F1")).await;
     assert!(matches!(s, 502 | 503), "{s}");
 
-    h.sim.set_faults(FaultProfile::none().with(ep, FaultSpec::always(FaultKind::Isp)));
-    assert_eq!(h.pp_post("/v2/taobao/order/cancel", &body("F1")).await["code"], 500);
+    h.sim
+        .set_faults(FaultProfile::none().with(ep, FaultSpec::always(FaultKind::Isp)));
+    assert_eq!(
+        h.pp_post("/v2/taobao/order/cancel", &body("F1")).await["code"],
+        500
+    );
 
     h.sim.set_faults(FaultProfile::none().with(
         ep,
@@ -259,7 +405,8 @@ async fn faults_of_every_kind() {
     assert_eq!(h.pp_get("/v2/taobao/order/detail/F1").await["code"], 200);
     assert!(h.sim.effects().is_empty(), "{}", h.context());
 
-    h.sim.set_faults(FaultProfile::none().with(ep, FaultSpec::always(FaultKind::LostResponse)));
+    h.sim
+        .set_faults(FaultProfile::none().with(ep, FaultSpec::always(FaultKind::LostResponse)));
     let mut rb = h.http.post(h.url("/v2/taobao/order/cancel"));
     for (k, v) in h.pp_headers(None) {
         rb = rb.header(k, v);
@@ -269,10 +416,19 @@ async fn faults_of_every_kind() {
         Ok(r) => r.bytes().await.map(|_| ()),
     };
     assert!(outcome.is_err());
-    assert_eq!(h.effect_count("cancel_unpaid", "pandapon-taobao:F2").await, 1);
+    assert_eq!(
+        h.effect_count("cancel_unpaid", "pandapon-taobao:F2").await,
+        1
+    );
     h.sim.set_faults(FaultProfile::none());
-    assert_eq!(h.pp_post("/v2/taobao/order/cancel", &body("F2")).await["code"], 1001);
-    assert_eq!(h.effect_count("cancel_unpaid", "pandapon-taobao:F2").await, 1);
+    assert_eq!(
+        h.pp_post("/v2/taobao/order/cancel", &body("F2")).await["code"],
+        1001
+    );
+    assert_eq!(
+        h.effect_count("cancel_unpaid", "pandapon-taobao:F2").await,
+        1
+    );
 }
 
 type Received = Arc<Mutex<Vec<Value>>>;
@@ -296,7 +452,9 @@ async fn receiver(fail_first: usize) -> (String, Received) {
                 if n <= fail_first {
                     return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
                 }
-                g.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                g.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
                 axum::http::StatusCode::OK
             }
         }),
@@ -330,9 +488,13 @@ async fn callbacks_are_pushed_and_re_pushed() {
         ..SimConfig::default()
     })
     .await;
-    h.sim.add_order(order("pandapon-1688", BIG_1688, "waitbuyerpay"));
+    h.sim
+        .add_order(order("pandapon-1688", BIG_1688, "waitbuyerpay"));
     let body = format!(r#"{{"webSite":"1688","orderId":{BIG_1688}}}"#);
-    assert_eq!(h.pp_post("/v2/alibaba/order/cancel", &body).await["code"], 200);
+    assert_eq!(
+        h.pp_post("/v2/alibaba/order/cancel", &body).await["code"],
+        200
+    );
     wait_for(&got, 1).await;
     let msgs = got.lock().unwrap().clone();
     assert_eq!(msgs.len(), 1, "{msgs:?}");
@@ -340,8 +502,13 @@ async fn callbacks_are_pushed_and_re_pushed() {
     assert_eq!(m["messageType"], "ORDER_STATUS_CHANGE");
     assert_eq!(m["messagePlatform"], 1);
     assert!(m["timestamp"].is_u64());
-    let inner = m["messageBody"].as_str().expect("messageBody is a JSON string");
-    assert!(inner.contains(&format!(r#""orderId":{BIG_1688}"#)), "{inner}");
+    let inner = m["messageBody"]
+        .as_str()
+        .expect("messageBody is a JSON string");
+    assert!(
+        inner.contains(&format!(r#""orderId":{BIG_1688}"#)),
+        "{inner}"
+    );
     assert!(inner.contains(r#""status":"cancel""#), "{inner}");
     // The first attempt got a 500 and was re-pushed.
     let pushes = h.sim.pushes();
@@ -365,8 +532,17 @@ async fn callbacks_can_duplicate_and_cover_refund_changes() {
         ..SimConfig::default()
     })
     .await;
-    h.sim.add_order(order_with_refund("pandapon-taobao", "77", "WAIT_SELLER_SEND_GOODS", "RX", "WAIT_SELLER_AGREE"));
-    assert_eq!(h.pp_get("/v2/taobao/order/refund/cancel/RX").await["code"], 200);
+    h.sim.add_order(order_with_refund(
+        "pandapon-taobao",
+        "77",
+        "WAIT_SELLER_SEND_GOODS",
+        "RX",
+        "WAIT_SELLER_AGREE",
+    ));
+    assert_eq!(
+        h.pp_get("/v2/taobao/order/refund/cancel/RX").await["code"],
+        200
+    );
     wait_for(&got, 2).await;
     let msgs = got.lock().unwrap().clone();
     assert_eq!(msgs.len(), 2, "{msgs:?}");
@@ -374,7 +550,10 @@ async fn callbacks_can_duplicate_and_cover_refund_changes() {
     assert_eq!(msgs[0]["messageType"], "REFUND_STATUS_CHANGE");
     assert_eq!(msgs[0]["messagePlatform"], 0);
     let body: Value = serde_json::from_str(msgs[0]["messageBody"].as_str().unwrap()).unwrap();
-    assert_eq!(body, json!({"orderId": "77", "refundId": "RX", "refundStatus": "CLOSED"}));
+    assert_eq!(
+        body,
+        json!({"orderId": "77", "refundId": "RX", "refundStatus": "CLOSED"})
+    );
 }
 
 /// A receiver that never answers in time is re-pushed up to the limit.
@@ -404,8 +583,13 @@ async fn slow_receivers_are_re_pushed_up_to_the_limit() {
         ..SimConfig::default()
     })
     .await;
-    h.sim.add_order(order("pandapon-taobao", "5", "WAIT_BUYER_PAY"));
-    assert_eq!(h.pp_post("/v2/taobao/order/cancel", r#"{"orderId":"5"}"#).await["code"], 200);
+    h.sim
+        .add_order(order("pandapon-taobao", "5", "WAIT_BUYER_PAY"));
+    assert_eq!(
+        h.pp_post("/v2/taobao/order/cancel", r#"{"orderId":"5"}"#)
+            .await["code"],
+        200
+    );
     for _ in 0..100 {
         if h.sim.pushes().len() >= 3 {
             break;
