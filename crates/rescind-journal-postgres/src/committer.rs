@@ -84,13 +84,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppendReq>) 
         let mut in_batch: HashSet<SagaId> = HashSet::from([first.saga]);
         let mut batch = vec![first];
         let mut later = VecDeque::new();
-        let mut add = |r: AppendReq, batch: &mut Vec<AppendReq>, later: &mut VecDeque<AppendReq>| {
-            if batch.len() < max && in_batch.insert(r.saga) {
-                batch.push(r);
-            } else {
-                later.push_back(r);
-            }
-        };
+        let mut add =
+            |r: AppendReq, batch: &mut Vec<AppendReq>, later: &mut VecDeque<AppendReq>| {
+                if batch.len() < max && in_batch.insert(r.saga) {
+                    batch.push(r);
+                } else {
+                    later.push_back(r);
+                }
+            };
         while let Some(r) = deferred.pop_front() {
             add(r, &mut batch, &mut later);
         }
@@ -115,13 +116,18 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppendReq>) 
     }
 }
 
-async fn write_batch(shared: &Shared, conn: &mut Option<(Arc<Client>, Statement)>, batch: Vec<AppendReq>) {
+async fn write_batch(
+    shared: &Shared,
+    conn: &mut Option<(Arc<Client>, Statement)>,
+    batch: Vec<AppendReq>,
+) {
     let fail_all = |batch: Vec<AppendReq>, e: JournalError| {
         for r in batch {
             let _ = r.reply.send(Err(e.clone()));
         }
     };
-    if conn.as_ref().map_or(true, |(c, _)| c.is_closed()) {
+    let live = matches!(conn.as_ref(), Some((c, _)) if !c.is_closed());
+    if !live {
         *conn = None;
         let client = match shared.pool.connect_one().await {
             Ok(c) => c,
@@ -133,7 +139,10 @@ async fn write_batch(shared: &Shared, conn: &mut Option<(Arc<Client>, Statement)
         }
     }
     let Some((client, stmt)) = conn.as_ref() else {
-        return fail_all(batch, JournalError::Backend("no connection for the committer".into()));
+        return fail_all(
+            batch,
+            JournalError::Backend("no connection for the committer".into()),
+        );
     };
     let ids: Vec<uuid::Uuid> = batch.iter().map(|r| r.saga.0).collect();
     let seqs: Vec<i64> = batch.iter().map(|r| r.seq).collect();
@@ -141,7 +150,17 @@ async fn write_batch(shared: &Shared, conn: &mut Option<(Arc<Client>, Statement)
     let fences: Vec<i64> = batch.iter().map(|r| r.fence.unwrap_or(NO_TOKEN)).collect();
     let ttl_ms = shared.cfg.lease_ttl_ms as i64;
     let rows = client
-        .query(stmt, &[&ids, &seqs, &bodies, &fences, &shared.cfg.worker_id, &ttl_ms])
+        .query(
+            stmt,
+            &[
+                &ids,
+                &seqs,
+                &bodies,
+                &fences,
+                &shared.cfg.worker_id,
+                &ttl_ms,
+            ],
+        )
         .await;
     let rows = match rows {
         Ok(rows) => rows,
@@ -151,7 +170,10 @@ async fn write_batch(shared: &Shared, conn: &mut Option<(Arc<Client>, Statement)
             }
             // In doubt if the connection died after the server committed:
             // a retried append then meets a SequenceConflict (see docs).
-            return fail_all(batch, backend(&format!("group commit of {} records", ids.len()), &e));
+            return fail_all(
+                batch,
+                backend(&format!("group commit of {} records", ids.len()), &e),
+            );
         }
     };
     let mut written: HashSet<(uuid::Uuid, i64)> = HashSet::with_capacity(rows.len());
@@ -160,11 +182,17 @@ async fn write_batch(shared: &Shared, conn: &mut Option<(Arc<Client>, Statement)
             (Ok(s), Ok(q)) => {
                 written.insert((s, q));
             }
-            _ => return fail_all(batch, JournalError::Backend("group commit: unreadable RETURNING row".into())),
+            _ => {
+                return fail_all(
+                    batch,
+                    JournalError::Backend("group commit: unreadable RETURNING row".into()),
+                )
+            }
         }
     }
-    let (ok, failed): (Vec<AppendReq>, Vec<AppendReq>) =
-        batch.into_iter().partition(|r| written.contains(&(r.saga.0, r.seq)));
+    let (ok, failed): (Vec<AppendReq>, Vec<AppendReq>) = batch
+        .into_iter()
+        .partition(|r| written.contains(&(r.saga.0, r.seq)));
     for r in ok {
         let _ = r.reply.send(Ok(()));
     }
@@ -177,7 +205,13 @@ async fn write_batch(shared: &Shared, conn: &mut Option<(Arc<Client>, Statement)
         Err(e) => return fail_all(failed, e),
     };
     for r in failed {
-        let err = classify_rejected_append(&shared.cfg.worker_id, r.saga, r.seq, r.fence, states.get(&r.saga));
+        let err = classify_rejected_append(
+            &shared.cfg.worker_id,
+            r.saga,
+            r.seq,
+            r.fence,
+            states.get(&r.saga),
+        );
         let _ = r.reply.send(Err(err));
     }
 }
@@ -222,7 +256,10 @@ pub(crate) fn classify_rejected_append(
     }
     let current = row.worker_id.as_deref() == Some(me) && held == Some(row.fence);
     if !current {
-        return JournalError::Fenced { saga, detail: fenced_detail(me, held, row) };
+        return JournalError::Fenced {
+            saga,
+            detail: fenced_detail(me, held, row),
+        };
     }
     if seq != row.next_seq {
         return conflict(row.next_seq);

@@ -75,10 +75,16 @@ impl PgConfig {
     pub(crate) fn validate(&self) -> Result<(), PgError> {
         let bad = |what: String| Err(PgError::InvalidConfig(what));
         if self.worker_id.is_empty() || self.worker_id.len() > 200 {
-            return bad(format!("worker_id must be 1..=200 bytes, got {}", self.worker_id.len()));
+            return bad(format!(
+                "worker_id must be 1..=200 bytes, got {}",
+                self.worker_id.len()
+            ));
         }
         if self.lease_ttl_ms < 10 || self.lease_ttl_ms > 86_400_000 {
-            return bad(format!("lease_ttl_ms must be 10..=86400000, got {}", self.lease_ttl_ms));
+            return bad(format!(
+                "lease_ttl_ms must be 10..=86400000, got {}",
+                self.lease_ttl_ms
+            ));
         }
         if self.lease_renew_interval_ms >= self.lease_ttl_ms {
             return bad(format!(
@@ -169,7 +175,10 @@ pub fn redact_url(url: &str) -> String {
     if let Some(rest) = url
         .strip_prefix("postgres://")
         .map(|r| ("postgres://", r))
-        .or_else(|| url.strip_prefix("postgresql://").map(|r| ("postgresql://", r)))
+        .or_else(|| {
+            url.strip_prefix("postgresql://")
+                .map(|r| ("postgresql://", r))
+        })
     {
         let (scheme, rest) = rest;
         let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -215,14 +224,23 @@ mod tests {
     fn redaction_table() {
         for (url, want) in [
             ("postgres://u:p@h/db", "postgres://u:***@h/db"),
-            ("postgresql://u:p%40x@h:1/db?sslmode=disable", "postgresql://u:***@h:1/db?sslmode=disable"),
-            ("postgres://u@h/db?password=p&x=1", "postgres://u@h/db?password=***&x=1"),
+            (
+                "postgresql://u:p%40x@h:1/db?sslmode=disable",
+                "postgresql://u:***@h:1/db?sslmode=disable",
+            ),
+            (
+                "postgres://u@h/db?password=p&x=1",
+                "postgres://u@h/db?password=***&x=1",
+            ),
             ("postgres://h/db", "postgres://h/db"),
             ("postgres://u:p@h", "postgres://u:***@h"),
             ("host=h password=p", "host=h password=***"),
         ] {
             assert_eq!(redact_url(url), want, "{url}");
-            assert!(!redact_url(url).contains(":p@") && !redact_url(url).contains("=p"), "{url}");
+            assert!(
+                !redact_url(url).contains(":p@") && !redact_url(url).contains("=p"),
+                "{url}"
+            );
         }
     }
 
@@ -231,12 +249,49 @@ mod tests {
         assert!(PgConfig::default().validate().is_ok());
         let cases: Vec<(&str, PgConfig)> = vec![
             ("worker_id", PgConfig::with_worker_id("")),
-            ("lease_renew_interval_ms", PgConfig { lease_renew_interval_ms: 30_000, ..PgConfig::default() }),
-            ("lease_ttl_ms", PgConfig { lease_ttl_ms: 1, lease_renew_interval_ms: 0, ..PgConfig::default() }),
-            ("pool_size", PgConfig { pool_size: 0, ..PgConfig::default() }),
-            ("batch_records_max", PgConfig { batch_records_max: 0, ..PgConfig::default() }),
-            ("schema", PgConfig { schema: Some("x; drop".into()), ..PgConfig::default() }),
-            ("schema", PgConfig { schema: Some("1abc".into()), ..PgConfig::default() }),
+            (
+                "lease_renew_interval_ms",
+                PgConfig {
+                    lease_renew_interval_ms: 30_000,
+                    ..PgConfig::default()
+                },
+            ),
+            (
+                "lease_ttl_ms",
+                PgConfig {
+                    lease_ttl_ms: 1,
+                    lease_renew_interval_ms: 0,
+                    ..PgConfig::default()
+                },
+            ),
+            (
+                "pool_size",
+                PgConfig {
+                    pool_size: 0,
+                    ..PgConfig::default()
+                },
+            ),
+            (
+                "batch_records_max",
+                PgConfig {
+                    batch_records_max: 0,
+                    ..PgConfig::default()
+                },
+            ),
+            (
+                "schema",
+                PgConfig {
+                    schema: Some("x; drop".into()),
+                    ..PgConfig::default()
+                },
+            ),
+            (
+                "schema",
+                PgConfig {
+                    schema: Some("1abc".into()),
+                    ..PgConfig::default()
+                },
+            ),
         ];
         for (field, cfg) in cases {
             match cfg.validate() {

@@ -86,7 +86,10 @@ pub(crate) fn connect_error(target: &str, e: &tokio_postgres::Error) -> PgError 
     use tokio_postgres::error::SqlState;
     let detail = pg_detail(e);
     match e.code() {
-        Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+        Some(c)
+            if *c == SqlState::INVALID_PASSWORD
+                || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
             PgError::Auth {
                 target: target.to_owned(),
                 detail,

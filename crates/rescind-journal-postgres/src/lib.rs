@@ -99,7 +99,11 @@ impl Shared {
     }
 
     /// Lease and sequence of the given sagas, as stored now.
-    pub(crate) async fn saga_rows(&self, client: &Client, ids: &[uuid::Uuid]) -> Result<SagaRows, JournalError> {
+    pub(crate) async fn saga_rows(
+        &self,
+        client: &Client,
+        ids: &[uuid::Uuid],
+    ) -> Result<SagaRows, JournalError> {
         let rows = client
             .query(
                 "SELECT saga_id, worker_id, fence, next_seq, finished FROM sagas WHERE saga_id = ANY($1)",
@@ -151,8 +155,10 @@ impl Shared {
             )
             .await
             .map_err(|e| backend("renewing leases", &e))?;
-        let renewed: std::collections::HashSet<uuid::Uuid> =
-            rows.iter().filter_map(|r| r.try_get::<_, uuid::Uuid>(0).ok()).collect();
+        let renewed: std::collections::HashSet<uuid::Uuid> = rows
+            .iter()
+            .filter_map(|r| r.try_get::<_, uuid::Uuid>(0).ok())
+            .collect();
         let mut leases = self.leases();
         for (id, fence) in held {
             if !renewed.contains(&id.0) {
@@ -211,10 +217,12 @@ impl PgJournal {
     /// was written by a newer rescind.
     pub async fn connect(url: &str, config: PgConfig) -> Result<PgJournal, PgError> {
         config.validate()?;
-        let mut pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| PgError::InvalidUrl {
-            url: redact_url(url),
-            detail: e.to_string(),
-        })?;
+        let mut pg: tokio_postgres::Config =
+            url.parse()
+                .map_err(|e: tokio_postgres::Error| PgError::InvalidUrl {
+                    url: redact_url(url),
+                    detail: e.to_string(),
+                })?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
         }
@@ -244,8 +252,13 @@ impl PgJournal {
             leases: Mutex::new(HashMap::new()),
         });
         tokio::spawn(committer::run(Arc::clone(&shared), rx));
-        let renewer = (renew_every > 0).then(|| tokio::spawn(renew_loop(Arc::downgrade(&shared), renew_every)));
-        Ok(PgJournal { shared, tx, renewer })
+        let renewer = (renew_every > 0)
+            .then(|| tokio::spawn(renew_loop(Arc::downgrade(&shared), renew_every)));
+        Ok(PgJournal {
+            shared,
+            tx,
+            renewer,
+        })
     }
 
     /// This worker's id (the `sagas.worker_id` of its leases).
@@ -278,7 +291,9 @@ async fn renew_loop(shared: Weak<Shared>, every_ms: u64) {
     tick.tick().await; // the first tick is immediate
     loop {
         tick.tick().await;
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         if let Err(e) = shared.renew().await {
             tracing::warn!(worker = %shared.cfg.worker_id, error = %e, "lease renewal failed; retrying next interval");
         }
@@ -305,12 +320,18 @@ impl Journal for PgJournal {
             .send(req)
             .await
             .map_err(|_| JournalError::Backend("the journal's committer stopped".into()))?;
-        let res = answer
-            .await
-            .map_err(|_| JournalError::Backend("the journal's committer stopped before answering".into()))?;
+        let res = answer.await.map_err(|_| {
+            JournalError::Backend("the journal's committer stopped before answering".into())
+        })?;
         if res.is_ok() && seq == 0 {
             // Creating the saga leased it to this worker under token 1.
-            self.shared.leases().insert(saga, Lease { fence: 1, lost: false });
+            self.shared.leases().insert(
+                saga,
+                Lease {
+                    fence: 1,
+                    lost: false,
+                },
+            );
         }
         res
     }
@@ -318,7 +339,10 @@ impl Journal for PgJournal {
     async fn read(&self, saga: SagaId) -> Result<Vec<Entry>, JournalError> {
         let client = self.shared.client().await?;
         let rows = client
-            .query("SELECT seq, body FROM records WHERE saga_id = $1 ORDER BY seq", &[&saga.0])
+            .query(
+                "SELECT seq, body FROM records WHERE saga_id = $1 ORDER BY seq",
+                &[&saga.0],
+            )
             .await
             .map_err(|e| backend(&format!("reading saga {saga}"), &e))?;
         if rows.is_empty() {
@@ -326,8 +350,12 @@ impl Journal for PgJournal {
         }
         rows.iter()
             .map(|r| {
-                let seq: i64 = r.try_get(0).map_err(|e| backend(&format!("reading saga {saga}"), &e))?;
-                let body: &[u8] = r.try_get(1).map_err(|e| backend(&format!("reading saga {saga}"), &e))?;
+                let seq: i64 = r
+                    .try_get(0)
+                    .map_err(|e| backend(&format!("reading saga {saga}"), &e))?;
+                let body: &[u8] = r
+                    .try_get(1)
+                    .map_err(|e| backend(&format!("reading saga {saga}"), &e))?;
                 decode(saga, seq.max(0) as u64, body)
             })
             .collect()
@@ -337,11 +365,18 @@ impl Journal for PgJournal {
         let finished = set == SagaSet::Finished;
         let client = self.shared.client().await?;
         let rows = client
-            .query("SELECT saga_id FROM sagas WHERE finished = $1 ORDER BY saga_id", &[&finished])
+            .query(
+                "SELECT saga_id FROM sagas WHERE finished = $1 ORDER BY saga_id",
+                &[&finished],
+            )
             .await
             .map_err(|e| backend("listing sagas", &e))?;
         rows.iter()
-            .map(|r| r.try_get::<_, uuid::Uuid>(0).map(SagaId).map_err(|e| backend("listing sagas", &e)))
+            .map(|r| {
+                r.try_get::<_, uuid::Uuid>(0)
+                    .map(SagaId)
+                    .map_err(|e| backend("listing sagas", &e))
+            })
             .collect()
     }
 
@@ -353,7 +388,11 @@ impl Journal for PgJournal {
                 "UPDATE sagas SET finished = true, finished_at = coalesce(finished_at, now()),
                                   worker_id = NULL, lease_expires_at = NULL
                  WHERE saga_id = $1 AND (finished OR (worker_id = $2 AND fence = $3))",
-                &[&saga.0, &self.shared.cfg.worker_id, &held.unwrap_or(committer::NO_TOKEN)],
+                &[
+                    &saga.0,
+                    &self.shared.cfg.worker_id,
+                    &held.unwrap_or(committer::NO_TOKEN),
+                ],
             )
             .await
             .map_err(|e| backend(&format!("finishing saga {saga}"), &e))?;
@@ -411,7 +450,9 @@ impl Journal for PgJournal {
             for r in &rows {
                 let (id, fence) = match (r.try_get::<_, uuid::Uuid>(0), r.try_get::<_, i64>(1)) {
                     (Ok(id), Ok(f)) => (SagaId(id), f),
-                    (Err(e), _) | (_, Err(e)) => return Err(backend("claiming unfinished sagas", &e)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        return Err(backend("claiming unfinished sagas", &e))
+                    }
                 };
                 leases.insert(id, Lease { fence, lost: false });
                 out.push(id);

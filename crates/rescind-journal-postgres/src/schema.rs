@@ -42,7 +42,11 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Apply missing migrations; refuse a newer schema.
-pub(crate) async fn migrate(client: &mut Client, target: &str, schema: Option<&str>) -> Result<i32, PgError> {
+pub(crate) async fn migrate(
+    client: &mut Client,
+    target: &str,
+    schema: Option<&str>,
+) -> Result<i32, PgError> {
     let db = |context: &str, e: tokio_postgres::Error| PgError::Database {
         target: target.to_owned(),
         context: context.to_owned(),
@@ -59,10 +63,15 @@ pub(crate) async fn migrate(client: &mut Client, target: &str, schema: Option<&s
             }
         }
     }
-    let tx = client.transaction().await.map_err(|e| db("starting the migration", e))?;
-    tx.batch_execute("SELECT pg_advisory_xact_lock(hashtext('rescind_journal_migrate:' || current_schema()))")
+    let tx = client
+        .transaction()
         .await
-        .map_err(|e| db("taking the migration lock", e))?;
+        .map_err(|e| db("starting the migration", e))?;
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext('rescind_journal_migrate:' || current_schema()))",
+    )
+    .await
+    .map_err(|e| db("taking the migration lock", e))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS rescind_meta (
             id int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
@@ -73,10 +82,15 @@ pub(crate) async fn migrate(client: &mut Client, target: &str, schema: Option<&s
     .await
     .map_err(|e| db("creating rescind_meta", e))?;
     let row = tx
-        .query_one("SELECT schema_version FROM rescind_meta WHERE id = 1 FOR UPDATE", &[])
+        .query_one(
+            "SELECT schema_version FROM rescind_meta WHERE id = 1 FOR UPDATE",
+            &[],
+        )
         .await
         .map_err(|e| db("reading the schema version", e))?;
-    let found: i32 = row.try_get(0).map_err(|e| db("reading the schema version", e))?;
+    let found: i32 = row
+        .try_get(0)
+        .map_err(|e| db("reading the schema version", e))?;
     if found > SCHEMA_VERSION {
         return Err(PgError::Journal(JournalError::NewerFormat {
             found: found.max(0) as u32,
@@ -88,11 +102,16 @@ pub(crate) async fn migrate(client: &mut Client, target: &str, schema: Option<&s
         tx.batch_execute(sql)
             .await
             .map_err(|e| db(&format!("applying migration {version}"), e))?;
-        tx.execute("UPDATE rescind_meta SET schema_version = $1 WHERE id = 1", &[&version])
-            .await
-            .map_err(|e| db(&format!("recording migration {version}"), e))?;
+        tx.execute(
+            "UPDATE rescind_meta SET schema_version = $1 WHERE id = 1",
+            &[&version],
+        )
+        .await
+        .map_err(|e| db(&format!("recording migration {version}"), e))?;
         tracing::info!(target_db = %target, version, "journal schema migrated");
     }
-    tx.commit().await.map_err(|e| db("committing the migration", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| db("committing the migration", e))?;
     Ok(SCHEMA_VERSION)
 }

@@ -48,7 +48,9 @@ impl JournalFactory for Pg {
         let schema = j.worker_id().to_owned();
         drop(j);
         let j = common::open(&self.url, common::cfg(&schema, &schema)).await;
-        j.claim_unfinished().await.unwrap_or_else(|e| panic!("claim after reopen: {e}"));
+        j.claim_unfinished()
+            .await
+            .unwrap_or_else(|e| panic!("claim after reopen: {e}"));
         Some(j)
     }
 }

@@ -27,7 +27,12 @@ pub fn pg_url() -> Option<String> {
 pub fn fresh_schema(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let r = uuid::Uuid::new_v4().simple().to_string();
-    format!("t_{tag}_{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), &r[..6])
+    format!(
+        "t_{tag}_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        &r[..6]
+    )
 }
 
 /// Config for worker `worker` on `schema`.
@@ -65,5 +70,7 @@ pub async fn raw(url: &str, schema: &str) -> tokio_postgres::Client {
 /// Drop a test's schema (best effort: a failed test leaves it for inspection).
 pub async fn drop_schema(url: &str, schema: &str) {
     let c = raw(url, "public").await;
-    let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
+    let _ = c
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await;
 }
