@@ -96,7 +96,7 @@ impl TopClient {
 
     /// The signed, sent parameters of a call to `method` (system parameters
     /// included, `sign` last). Empty values are dropped: TOP neither sends
-    /// nor signs them.
+    /// nor signs them. The pairs hold the `session` in clear: never log them.
     pub fn signed_params(
         &self,
         method: &str,
