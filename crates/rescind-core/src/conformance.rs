@@ -127,7 +127,7 @@ pub async fn run_all<F: JournalFactory>(f: &F) -> Vec<&'static str> {
 /// Generate one `#[tokio::test]` per conformance check, each calling
 /// `$factory` (an expression, evaluated per test) for its own factory.
 ///
-/// ```ignore
+/// ```text
 /// rescind_core::journal_conformance_tests!(MyFactory::new());
 /// ```
 #[macro_export]

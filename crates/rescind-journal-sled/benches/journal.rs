@@ -13,7 +13,9 @@
 //! every append waits for durability before the next. Figures are medians
 //! over the repetitions; each repetition uses a fresh database.
 
-use rescind_core::{Action, Entry, Journal, OrderRef, Record, SagaId, SagaInput, SagaSet, StepOutcome, Via};
+use rescind_core::{
+    Action, Entry, Journal, OrderRef, Record, SagaId, SagaInput, SagaSet, StepOutcome, Via,
+};
 use rescind_journal_sled::{Durability, SledConfig, SledJournal};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,7 +73,13 @@ fn parse_args() -> Args {
 
 /// A realistic record: ~150-250 bytes of JSON, like the engine writes.
 fn record(saga: SagaId, seq: u64) -> Entry {
-    let order = OrderRef::new("tmall-tbc", format!("{}", 3_000_000_000_000u128 + saga.0.as_u128() % 1_000_000_000));
+    let order = OrderRef::new(
+        "tmall-tbc",
+        format!(
+            "{}",
+            3_000_000_000_000u128 + saga.0.as_u128() % 1_000_000_000
+        ),
+    );
     let record = match seq {
         0 => Record::Started {
             input: SagaInput::cancel_unpaid(order).with_reason("buyer asked to cancel"),
@@ -131,7 +139,13 @@ fn fresh_dir(base: &Path, tag: &str) -> PathBuf {
 }
 
 async fn run_once(base: &Path, mode: Mode, writers: usize, secs: f64, rep: usize) -> Run {
-    let path = fresh_dir(base, &format!("w{writers}-{}-{rep}", mode.name().replace([' ', ',', '(', ')'], "")));
+    let path = fresh_dir(
+        base,
+        &format!(
+            "w{writers}-{}-{rep}",
+            mode.name().replace([' ', ',', '(', ')'], "")
+        ),
+    );
     let j = Arc::new(SledJournal::open(&path, mode.config()).expect("open"));
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();

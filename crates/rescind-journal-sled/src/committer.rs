@@ -69,7 +69,10 @@ struct PowerLossSync {
 
 impl PowerLossSync {
     fn open(path: &Path) -> std::io::Result<Self> {
-        let data_file = std::fs::OpenOptions::new().read(true).write(true).open(path.join("db"))?;
+        let data_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path.join("db"))?;
         let mut me = PowerLossSync {
             data_file,
             blobs_dir: path.join("blobs"),
@@ -169,7 +172,10 @@ impl Committer {
     }
 
     fn backend(&self, what: &str, e: impl std::fmt::Display) -> JournalError {
-        JournalError::Backend(format!("sled journal at {}: {what}: {e}", self.path.display()))
+        JournalError::Backend(format!(
+            "sled journal at {}: {what}: {e}",
+            self.path.display()
+        ))
     }
 
     /// Run until `Shutdown` arrives or every sender is gone.
@@ -226,11 +232,16 @@ impl Committer {
                 continue;
             }
             let result = match &req.op {
-                Op::Append { saga, seq, at_ms, bytes } => {
-                    self.stage_append(&mut writes, &mut now, *saga, *seq, *at_ms, bytes)
-                }
+                Op::Append {
+                    saga,
+                    seq,
+                    at_ms,
+                    bytes,
+                } => self.stage_append(&mut writes, &mut now, *saga, *seq, *at_ms, bytes),
                 Op::Finish { saga } => self.stage_finish(&mut writes, &mut now, *saga),
-                Op::Raw { saga, seq, bytes } => self.stage_raw(&mut writes, &mut now, *saga, *seq, bytes),
+                Op::Raw { saga, seq, bytes } => {
+                    self.stage_raw(&mut writes, &mut now, *saga, *seq, bytes)
+                }
                 Op::Compact { sagas } => self.stage_compact(&mut writes, &mut now, sagas),
                 Op::Shutdown => Ok(0),
             };
@@ -259,7 +270,9 @@ impl Committer {
         tracing::trace!(records = pending.len(), "group commit");
         if outcome.is_ok() {
             self.counters.flushes.fetch_add(1, Ordering::Relaxed);
-            self.counters.records.fetch_add(pending.len() as u64, Ordering::Relaxed);
+            self.counters
+                .records
+                .fetch_add(pending.len() as u64, Ordering::Relaxed);
         }
         for (req, n) in pending {
             match &outcome {
@@ -270,11 +283,18 @@ impl Committer {
     }
 
     fn apply_and_flush(&mut self, writes: sled::Batch) -> Result<(), JournalError> {
-        self.tree.apply_batch(writes).map_err(|e| self.backend("write failed", e))?;
-        self.db.flush().map_err(|e| self.backend("flush failed", e))?;
+        self.tree
+            .apply_batch(writes)
+            .map_err(|e| self.backend("write failed", e))?;
+        self.db
+            .flush()
+            .map_err(|e| self.backend("flush failed", e))?;
         if let Some(p) = &mut self.power {
             p.sync().map_err(|e| {
-                JournalError::Backend(format!("sled journal at {}: fdatasync failed: {e}", self.path.display()))
+                JournalError::Backend(format!(
+                    "sled journal at {}: fdatasync failed: {e}",
+                    self.path.display()
+                ))
             })?;
         }
         Ok(())
@@ -348,7 +368,10 @@ impl Committer {
         }
         writes.insert(&keys::record(saga, seq)[..], bytes);
         if seq == 0 {
-            writes.insert(&keys::index(keys::UNFINISHED, saga)[..], &at_ms.to_be_bytes()[..]);
+            writes.insert(
+                &keys::index(keys::UNFINISHED, saga)[..],
+                &at_ms.to_be_bytes()[..],
+            );
         }
         self.remember(
             saga,
@@ -374,8 +397,8 @@ impl Committer {
         let already = now.finished.contains(&saga)
             || (!now.compacted.contains(&saga)
                 && self
-                .tree
-                .contains_key(fkey)
+                    .tree
+                    .contains_key(fkey)
                     .map_err(|e| self.backend(&format!("cannot read saga {saga}"), e))?);
         if already {
             // Idempotent; answered after this batch's flush, so "finished" is
@@ -420,7 +443,10 @@ impl Committer {
         let state = self.next_seq(now, saga)?;
         writes.insert(&keys::record(saga, seq)[..], bytes);
         if state.next == 0 {
-            writes.insert(&keys::index(keys::UNFINISHED, saga)[..], &0u64.to_be_bytes()[..]);
+            writes.insert(
+                &keys::index(keys::UNFINISHED, saga)[..],
+                &0u64.to_be_bytes()[..],
+            );
         }
         if seq >= state.next {
             self.remember(

@@ -81,7 +81,10 @@ mod tests {
         let b = SagaId::from_u128(2);
         let mut keys = vec![record(b, 0), record(a, 256), record(a, 1), record(a, 0)];
         keys.sort();
-        assert_eq!(keys, vec![record(a, 0), record(a, 1), record(a, 256), record(b, 0)]);
+        assert_eq!(
+            keys,
+            vec![record(a, 0), record(a, 1), record(a, 256), record(b, 0)]
+        );
         assert_eq!(seq_of_record(&record(a, 256)), Some(256));
         assert_eq!(saga_of_index(&index(UNFINISHED, b)), Some(b));
         assert!(record(a, 7).starts_with(&record_prefix(a)));

@@ -134,8 +134,13 @@ impl SledJournal {
         let path = path.as_ref().to_path_buf();
         let (db, tree) = open::open_db(&path, &config)?;
         let counters = Arc::new(committer::Counters::default());
-        let committer =
-            committer::Committer::new(db.clone(), tree.clone(), path.clone(), config.clone(), Arc::clone(&counters))?;
+        let committer = committer::Committer::new(
+            db.clone(),
+            tree.clone(),
+            path.clone(),
+            config.clone(),
+            Arc::clone(&counters),
+        )?;
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("rescind-journal-commit".into())
@@ -218,7 +223,12 @@ impl SledJournal {
     /// codec and the sequence check (durable when this returns).
     ///
     /// For corrupt-record tests and for repair tools; an engine never calls it.
-    pub async fn write_raw_record(&self, saga: SagaId, seq: u64, bytes: Vec<u8>) -> Result<(), JournalError> {
+    pub async fn write_raw_record(
+        &self,
+        saga: SagaId,
+        seq: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), JournalError> {
         self.submit(Op::Raw { saga, seq, bytes }).await.map(drop)
     }
 
@@ -228,7 +238,9 @@ impl SledJournal {
         let db = self.db.clone();
         let path = self.path.clone();
         self.blocking("stats", move |tree| {
-            let err = |e: sled::Error| JournalError::Backend(format!("sled journal at {}: stats: {e}", path.display()));
+            let err = |e: sled::Error| {
+                JournalError::Backend(format!("sled journal at {}: stats: {e}", path.display()))
+            };
             let mut s = JournalStats::default();
             for kv in tree.scan_prefix([keys::UNFINISHED]).keys() {
                 kv.map_err(err)?;
@@ -266,7 +278,10 @@ impl SledJournal {
                 let mut out = Vec::new();
                 for kv in tree.scan_prefix([keys::FINISHED]) {
                     let (k, v) = kv.map_err(|e| {
-                        JournalError::Backend(format!("sled journal at {}: compact: {e}", path.display()))
+                        JournalError::Backend(format!(
+                            "sled journal at {}: compact: {e}",
+                            path.display()
+                        ))
                     })?;
                     // A malformed index entry is skipped, not fatal: compaction
                     // must not stop on one bad key.
@@ -288,7 +303,11 @@ impl SledJournal {
             .collect();
         let mut report = CompactReport::default();
         for chunk in victims.chunks(COMPACT_SAGAS_PER_BATCH) {
-            let records = self.submit(Op::Compact { sagas: chunk.to_vec() }).await?;
+            let records = self
+                .submit(Op::Compact {
+                    sagas: chunk.to_vec(),
+                })
+                .await?;
             report.records_removed += records;
             report.sagas_removed += chunk.len() as u64;
         }
@@ -319,7 +338,10 @@ impl SledJournal {
             reply: None,
             permit: None,
         });
-        self.committer.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
@@ -360,7 +382,10 @@ impl Journal for SledJournal {
             let mut out = Vec::new();
             for kv in tree.scan_prefix(keys::record_prefix(saga)) {
                 let (k, v) = kv.map_err(|e| {
-                    JournalError::Backend(format!("sled journal at {}: cannot read saga {saga}: {e}", path.display()))
+                    JournalError::Backend(format!(
+                        "sled journal at {}: cannot read saga {saga}: {e}",
+                        path.display()
+                    ))
                 })?;
                 let expected = out.len() as u64;
                 match keys::seq_of_record(&k) {

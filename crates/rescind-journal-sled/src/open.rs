@@ -12,7 +12,11 @@ fn err(path: &Path, what: impl std::fmt::Display) -> JournalError {
 }
 
 /// Run `f`, turning a panic inside sled into an error naming `path`.
-fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> Result<T, JournalError>) -> Result<T, JournalError> {
+fn guarded<T>(
+    path: &Path,
+    what: &str,
+    f: impl FnOnce() -> Result<T, JournalError>,
+) -> Result<T, JournalError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
@@ -54,7 +58,10 @@ fn precheck(path: &Path) -> Result<(), JournalError> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(err(path, format_args!("cannot inspect the directory: {e}"))),
-        Ok(m) if !m.is_dir() => Err(err(path, "not a directory (a journal is a sled database directory)")),
+        Ok(m) if !m.is_dir() => Err(err(
+            path,
+            "not a directory (a journal is a sled database directory)",
+        )),
         Ok(_) => {
             let names: Vec<String> = std::fs::read_dir(path)
                 .map_err(|e| err(path, format_args!("cannot list the directory: {e}")))?
@@ -75,11 +82,16 @@ fn precheck(path: &Path) -> Result<(), JournalError> {
 }
 
 /// Open the database and the journal tree, and check or write the format version.
-pub(crate) fn open_db(path: &Path, config: &SledConfig) -> Result<(sled::Db, sled::Tree), JournalError> {
+pub(crate) fn open_db(
+    path: &Path,
+    config: &SledConfig,
+) -> Result<(sled::Db, sled::Tree), JournalError> {
     precheck(path)?;
     // sled recovers a data file of garbage as an empty database; remember
     // whether there was data, so that is not mistaken for a new journal.
-    let had_data = std::fs::metadata(path.join("db")).map(|m| m.len() > 0).unwrap_or(false);
+    let had_data = std::fs::metadata(path.join("db"))
+        .map(|m| m.len() > 0)
+        .unwrap_or(false);
     let db = guarded(path, "open", || {
         sled::Config::new()
             .path(path)
@@ -93,11 +105,18 @@ pub(crate) fn open_db(path: &Path, config: &SledConfig) -> Result<(sled::Db, sle
     let tree = guarded(path, "opening the journal tree", || {
         db.open_tree(keys::TREE).map_err(|e| explain(path, e))
     })?;
-    guarded(path, "reading the format version", || check_format(path, &db, &tree, had_data))?;
+    guarded(path, "reading the format version", || {
+        check_format(path, &db, &tree, had_data)
+    })?;
     Ok((db, tree))
 }
 
-fn check_format(path: &Path, db: &sled::Db, tree: &sled::Tree, had_data: bool) -> Result<(), JournalError> {
+fn check_format(
+    path: &Path,
+    db: &sled::Db,
+    tree: &sled::Tree,
+    had_data: bool,
+) -> Result<(), JournalError> {
     let stored = tree
         .get(keys::META_FORMAT_VERSION)
         .map_err(|e| err(path, format_args!("cannot read the format version: {e}")))?;
@@ -121,7 +140,10 @@ fn check_format(path: &Path, db: &sled::Db, tree: &sled::Tree, had_data: bool) -
         None => {
             // A new journal only if nothing else is in the database: never
             // adopt another application's sled database.
-            let foreign_trees = db.tree_names().into_iter().any(|n| n != keys::TREE && n != b"__sled__default");
+            let foreign_trees = db
+                .tree_names()
+                .into_iter()
+                .any(|n| n != keys::TREE && n != b"__sled__default");
             if !tree.is_empty() || !db.is_empty() || foreign_trees {
                 return Err(err(
                     path,
@@ -136,8 +158,11 @@ fn check_format(path: &Path, db: &sled::Db, tree: &sled::Tree, had_data: bool) -
                      restore it from a copy, or delete the directory if it never held sagas",
                 ));
             }
-            tree.insert(keys::META_FORMAT_VERSION, &JOURNAL_FORMAT_VERSION.to_be_bytes()[..])
-                .map_err(|e| err(path, format_args!("cannot write the format version: {e}")))?;
+            tree.insert(
+                keys::META_FORMAT_VERSION,
+                &JOURNAL_FORMAT_VERSION.to_be_bytes()[..],
+            )
+            .map_err(|e| err(path, format_args!("cannot write the format version: {e}")))?;
             db.flush()
                 .map_err(|e| err(path, format_args!("cannot flush the format version: {e}")))?;
             Ok(())

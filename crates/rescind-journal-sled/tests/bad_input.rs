@@ -32,11 +32,17 @@ fn poke(path: &Path, f: impl FnOnce(&sled::Tree)) {
 fn expect_backend_error(r: Result<SledJournal, JournalError>, path: &Path, needle: &str) {
     match r {
         Err(JournalError::Backend(msg)) => {
-            assert!(msg.contains(&path.display().to_string()), "error does not name the path: {msg}");
+            assert!(
+                msg.contains(&path.display().to_string()),
+                "error does not name the path: {msg}"
+            );
             assert!(msg.contains(needle), "error does not say {needle:?}: {msg}");
         }
         Err(other) => panic!("expected a Backend error saying {needle:?}, got {other:?}"),
-        Ok(_) => panic!("opened {} but expected an error saying {needle:?}", path.display()),
+        Ok(_) => panic!(
+            "opened {} but expected an error saying {needle:?}",
+            path.display()
+        ),
     }
 }
 
@@ -44,21 +50,41 @@ fn expect_backend_error(r: Result<SledJournal, JournalError>, path: &Path, needl
 async fn garbage_truncated_and_missing_records_are_typed_and_others_stay_readable() {
     let dir = tempfile::tempdir().unwrap();
     let (garbage, truncated, gap, empty, good) = (sid(1), sid(2), sid(3), sid(4), sid(5));
-    journal_with(dir.path(), &[(garbage, 3), (truncated, 3), (gap, 3), (empty, 2), (good, 3)]).await;
+    journal_with(
+        dir.path(),
+        &[
+            (garbage, 3),
+            (truncated, 3),
+            (gap, 3),
+            (empty, 2),
+            (good, 3),
+        ],
+    )
+    .await;
     poke(dir.path(), |t| {
-        t.insert(keys::record(garbage, 1), &b"\x00\x01\x02garbage"[..]).unwrap();
+        t.insert(keys::record(garbage, 1), &b"\x00\x01\x02garbage"[..])
+            .unwrap();
         let whole = t.get(keys::record(truncated, 2)).unwrap().unwrap();
-        t.insert(keys::record(truncated, 2), &whole[..whole.len() - 7]).unwrap();
+        t.insert(keys::record(truncated, 2), &whole[..whole.len() - 7])
+            .unwrap();
         t.remove(keys::record(gap, 1)).unwrap();
         t.insert(keys::record(empty, 0), &b""[..]).unwrap();
     });
 
     let j = SledJournal::open(dir.path(), SledConfig::default()).expect("reopen after corruption");
-    for (saga, seq, why) in [(garbage, 1, "garbage"), (truncated, 2, "truncated"), (gap, 1, "missing"), (empty, 0, "empty")] {
+    for (saga, seq, why) in [
+        (garbage, 1, "garbage"),
+        (truncated, 2, "truncated"),
+        (gap, 1, "missing"),
+        (empty, 0, "empty"),
+    ] {
         match j.read(saga).await {
             Err(e @ JournalError::Corrupt { .. }) => {
                 let msg = e.to_string();
-                assert!(msg.contains(&saga.to_string()) && msg.contains(&format!("seq {seq}")), "{why}: {msg}");
+                assert!(
+                    msg.contains(&saga.to_string()) && msg.contains(&format!("seq {seq}")),
+                    "{why}: {msg}"
+                );
             }
             other => panic!("{why}: expected Corrupt naming seq {seq}, got {other:?}"),
         }
@@ -67,12 +93,16 @@ async fn garbage_truncated_and_missing_records_are_typed_and_others_stay_readabl
     assert_eq!(j.list(SagaSet::Unfinished).await.expect("list").len(), 5);
     // The journal keeps working next to corrupt sagas, and their sequences
     // still come from the keys.
-    j.append(good, &entry(good, 3)).await.expect("append next to corruption");
+    j.append(good, &entry(good, 3))
+        .await
+        .expect("append next to corruption");
     match j.append(garbage, &entry(garbage, 1)).await {
         Err(JournalError::SequenceConflict { expected: 3, .. }) => {}
         other => panic!("append to a corrupt saga: expected SequenceConflict(3), got {other:?}"),
     }
-    j.mark_finished(garbage).await.expect("a corrupt saga can still be finished by an operator");
+    j.mark_finished(garbage)
+        .await
+        .expect("a corrupt saga can still be finished by an operator");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +118,9 @@ async fn malformed_index_keys_and_values_do_not_stop_listing_or_compaction() {
     let j = SledJournal::open(dir.path(), SledConfig::default()).expect("open");
     assert_eq!(j.list(SagaSet::Unfinished).await.expect("list"), vec![a, b]);
     assert_eq!(j.list(SagaSet::Finished).await.expect("list"), vec![]);
-    j.compact(u64::MAX).await.expect("compaction skips malformed keys");
+    j.compact(u64::MAX)
+        .await
+        .expect("compaction skips malformed keys");
     assert_eq!(j.read(a).await.expect("read").len(), 1);
 }
 
@@ -97,13 +129,24 @@ async fn a_file_or_a_foreign_directory_is_not_a_journal() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("journal");
     std::fs::write(&file, b"hello").unwrap();
-    expect_backend_error(SledJournal::open(&file, SledConfig::default()), &file, "not a directory");
+    expect_backend_error(
+        SledJournal::open(&file, SledConfig::default()),
+        &file,
+        "not a directory",
+    );
 
     let foreign = dir.path().join("photos");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("cat.jpg"), b"\xff\xd8").unwrap();
-    expect_backend_error(SledJournal::open(&foreign, SledConfig::default()), &foreign, "not a sled database");
-    assert!(!foreign.join("db").exists(), "open must not create sled files among foreign ones");
+    expect_backend_error(
+        SledJournal::open(&foreign, SledConfig::default()),
+        &foreign,
+        "not a sled database",
+    );
+    assert!(
+        !foreign.join("db").exists(),
+        "open must not create sled files among foreign ones"
+    );
 
     // Another application's sled database is not adopted either.
     let other = dir.path().join("other-app");
@@ -112,7 +155,11 @@ async fn a_file_or_a_foreign_directory_is_not_a_journal() {
         db.insert(b"user:1", &b"alice"[..]).unwrap();
         db.flush().unwrap();
     }
-    expect_backend_error(SledJournal::open(&other, SledConfig::default()), &other, "not a rescind journal");
+    expect_backend_error(
+        SledJournal::open(&other, SledConfig::default()),
+        &other,
+        "not a rescind journal",
+    );
 }
 
 #[tokio::test]
@@ -124,7 +171,10 @@ async fn garbage_sled_files_are_an_error_not_a_panic() {
     std::fs::write(bad_conf.join("conf"), b"\x00\x01garbage\n").unwrap();
     std::fs::write(bad_conf.join("db"), vec![0xa5u8; 4096]).unwrap();
     let r = SledJournal::open(&bad_conf, SledConfig::default());
-    assert!(matches!(&r, Err(JournalError::Backend(m)) if m.contains(&bad_conf.display().to_string()) && m.contains("corrupt")), "{r:?}");
+    assert!(
+        matches!(&r, Err(JournalError::Backend(m)) if m.contains(&bad_conf.display().to_string()) && m.contains("corrupt")),
+        "{r:?}"
+    );
 
     // A real journal whose data file is overwritten with garbage.
     let bad_db = dir.path().join("bad-db");
@@ -133,18 +183,30 @@ async fn garbage_sled_files_are_an_error_not_a_panic() {
     std::fs::write(bad_db.join("db"), vec![0x5au8; len.max(4096)]).unwrap();
     // sled itself recovers garbage as an empty database; the journal must
     // not then pass it off as a new, empty journal.
-    expect_backend_error(SledJournal::open(&bad_db, SledConfig::default()), &bad_db, "nothing could be recovered");
+    expect_backend_error(
+        SledJournal::open(&bad_db, SledConfig::default()),
+        &bad_db,
+        "nothing could be recovered",
+    );
 }
 
 #[tokio::test]
 async fn a_locked_journal_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let first = SledJournal::open(dir.path(), SledConfig::default()).expect("first open");
-    expect_backend_error(SledJournal::open(dir.path(), SledConfig::default()), dir.path(), "locked");
+    expect_backend_error(
+        SledJournal::open(dir.path(), SledConfig::default()),
+        dir.path(),
+        "locked",
+    );
     // Also a raw sled holder (another process would hold the same lock).
     drop(first);
     let holder = sled::open(dir.path()).expect("raw open after close");
-    expect_backend_error(SledJournal::open(dir.path(), SledConfig::default()), dir.path(), "locked");
+    expect_backend_error(
+        SledJournal::open(dir.path(), SledConfig::default()),
+        dir.path(),
+        "locked",
+    );
     drop(holder);
     SledJournal::open(dir.path(), SledConfig::default()).expect("open once the lock is free");
 }
@@ -154,11 +216,21 @@ async fn a_newer_or_broken_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     journal_with(dir.path(), &[(sid(30), 1)]).await;
     poke(dir.path(), |t| {
-        t.insert(keys::META_FORMAT_VERSION, &(JOURNAL_FORMAT_VERSION + 1).to_be_bytes()[..]).unwrap();
+        t.insert(
+            keys::META_FORMAT_VERSION,
+            &(JOURNAL_FORMAT_VERSION + 1).to_be_bytes()[..],
+        )
+        .unwrap();
     });
     match SledJournal::open(dir.path(), SledConfig::default()) {
         Err(e @ JournalError::NewerFormat { .. }) => {
-            assert_eq!(e, JournalError::NewerFormat { found: JOURNAL_FORMAT_VERSION + 1, supported: JOURNAL_FORMAT_VERSION });
+            assert_eq!(
+                e,
+                JournalError::NewerFormat {
+                    found: JOURNAL_FORMAT_VERSION + 1,
+                    supported: JOURNAL_FORMAT_VERSION
+                }
+            );
             assert!(e.to_string().contains("upgrade rescind"), "{e}");
         }
         other => panic!("expected NewerFormat, got {other:?}"),
@@ -166,9 +238,17 @@ async fn a_newer_or_broken_format_version_is_refused() {
     poke(dir.path(), |t| {
         t.insert(keys::META_FORMAT_VERSION, &b"\x01"[..]).unwrap();
     });
-    expect_backend_error(SledJournal::open(dir.path(), SledConfig::default()), dir.path(), "format version");
+    expect_backend_error(
+        SledJournal::open(dir.path(), SledConfig::default()),
+        dir.path(),
+        "format version",
+    );
     poke(dir.path(), |t| {
-        t.insert(keys::META_FORMAT_VERSION, &JOURNAL_FORMAT_VERSION.to_be_bytes()[..]).unwrap();
+        t.insert(
+            keys::META_FORMAT_VERSION,
+            &JOURNAL_FORMAT_VERSION.to_be_bytes()[..],
+        )
+        .unwrap();
     });
     let j = SledJournal::open(dir.path(), SledConfig::default()).expect("current version opens");
     assert_eq!(j.read(sid(30)).await.expect("read").len(), 1);
@@ -188,9 +268,17 @@ async fn an_oversized_record_is_refused_before_anything_is_written() {
         input.reason = Some("x".repeat(2000));
     }
     match j.append(saga, &big).await {
-        Err(JournalError::Backend(m)) => assert!(m.contains("record_bytes_max") && m.contains(&saga.to_string()), "{m}"),
+        Err(JournalError::Backend(m)) => assert!(
+            m.contains("record_bytes_max") && m.contains(&saga.to_string()),
+            "{m}"
+        ),
         other => panic!("expected a size error, got {other:?}"),
     }
-    assert!(matches!(j.read(saga).await, Err(JournalError::UnknownSaga(_))));
-    j.append(saga, &entry(saga, 0)).await.expect("a normal record still goes in at seq 0");
+    assert!(matches!(
+        j.read(saga).await,
+        Err(JournalError::UnknownSaga(_))
+    ));
+    j.append(saga, &entry(saga, 0))
+        .await
+        .expect("a normal record still goes in at seq 0");
 }

@@ -30,8 +30,12 @@ impl JournalFactory for Sled {
     type Journal = SledJournal;
 
     async fn fresh(&self) -> SledJournal {
-        let path: PathBuf = self.dir.path().join(format!("j{}", self.n.fetch_add(1, Ordering::Relaxed)));
-        SledJournal::open(&path, self.config.clone()).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+        let path: PathBuf = self
+            .dir
+            .path()
+            .join(format!("j{}", self.n.fetch_add(1, Ordering::Relaxed)));
+        SledJournal::open(&path, self.config.clone())
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
     }
 
     async fn corrupt(&self, j: &SledJournal, saga: SagaId, seq: u64, bytes: Vec<u8>) -> bool {
@@ -40,17 +44,26 @@ impl JournalFactory for Sled {
 
     async fn reopen(&self, j: SledJournal) -> Option<SledJournal> {
         let path = j.path().to_path_buf();
-        j.close().await.unwrap_or_else(|e| panic!("close {}: {e}", path.display()));
-        Some(SledJournal::open(&path, self.config.clone()).unwrap_or_else(|e| panic!("reopen {}: {e}", path.display())))
+        j.close()
+            .await
+            .unwrap_or_else(|e| panic!("close {}: {e}", path.display()));
+        Some(
+            SledJournal::open(&path, self.config.clone())
+                .unwrap_or_else(|e| panic!("reopen {}: {e}", path.display())),
+        )
     }
 }
 
 mod power_loss {
-    rescind_core::journal_conformance_tests!(super::Sled::new(rescind_journal_sled::Durability::PowerLoss));
+    rescind_core::journal_conformance_tests!(super::Sled::new(
+        rescind_journal_sled::Durability::PowerLoss
+    ));
 }
 
 mod process {
-    rescind_core::journal_conformance_tests!(super::Sled::new(rescind_journal_sled::Durability::Process));
+    rescind_core::journal_conformance_tests!(super::Sled::new(
+        rescind_journal_sled::Durability::Process
+    ));
 }
 
 /// Group commit off (one flush per append) keeps the contract too.
