@@ -125,7 +125,13 @@ pub struct Config {
 }
 
 /// Keys that hold secrets: they may only come from the environment.
-const SECRET_KEYS: [&str; 5] = ["app_secret", "secret", "supplier_secret", "session", "password"];
+const SECRET_KEYS: [&str; 5] = [
+    "app_secret",
+    "secret",
+    "supplier_secret",
+    "session",
+    "password",
+];
 
 /// Replace every `NAME_env = "VAR"` by `NAME = <value of VAR>`; refuse
 /// secrets written in the file.
@@ -146,11 +152,19 @@ fn resolve_env(
         if let Some(name) = key.strip_suffix("_env") {
             let var = match table.get(&key) {
                 Some(toml::Value::String(v)) => v.clone(),
-                _ => return Err(bad(here, "must be the name of an environment variable (a string)")),
+                _ => {
+                    return Err(bad(
+                        here,
+                        "must be the name of an environment variable (a string)",
+                    ))
+                }
             };
-            let value = env(&var)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| bad(here.clone(), format!("environment variable {var} is not set")))?;
+            let value = env(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                bad(
+                    here.clone(),
+                    format!("environment variable {var} is not set"),
+                )
+            })?;
             table.remove(&key);
             table.insert(name.to_owned(), toml::Value::String(value));
             continue;
@@ -180,11 +194,14 @@ impl Config {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut root: toml::value::Table =
-            toml::from_str(text).map_err(|e: toml::de::Error| bad("", format!("not valid TOML: {}", e.message())))?;
+        let mut root: toml::value::Table = toml::from_str(text)
+            .map_err(|e: toml::de::Error| bad("", format!("not valid TOML: {}", e.message())))?;
         for key in root.keys() {
             if !["journal", "engine", "worker", "channels"].contains(&key.as_str()) {
-                return Err(bad(key.clone(), "unknown section (expected journal, engine, worker, channels)"));
+                return Err(bad(
+                    key.clone(),
+                    "unknown section (expected journal, engine, worker, channels)",
+                ));
             }
         }
         let journal = match root.remove("journal") {
@@ -196,18 +213,33 @@ impl Config {
                 let path = t.remove("path");
                 let url = t.remove("postgres_url");
                 if let Some(k) = t.keys().next() {
-                    return Err(bad(format!("journal.{k}"), "unknown key (expected path or postgres_url / postgres_url_env)"));
+                    return Err(bad(
+                        format!("journal.{k}"),
+                        "unknown key (expected path or postgres_url / postgres_url_env)",
+                    ));
                 }
                 match (path, url) {
-                    (Some(_), Some(_)) => return Err(bad("journal", "give either path (sled) or postgres_url, not both")),
-                    (Some(toml::Value::String(p)), None) => JournalConfig::Sled { path: base_dir.join(p) },
+                    (Some(_), Some(_)) => {
+                        return Err(bad(
+                            "journal",
+                            "give either path (sled) or postgres_url, not both",
+                        ))
+                    }
+                    (Some(toml::Value::String(p)), None) => JournalConfig::Sled {
+                        path: base_dir.join(p),
+                    },
                     (None, Some(toml::Value::String(u))) => {
                         if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
-                            return Err(bad("journal.postgres_url", "must start with postgres:// or postgresql://"));
+                            return Err(bad(
+                                "journal.postgres_url",
+                                "must start with postgres:// or postgresql://",
+                            ));
                         }
                         JournalConfig::Postgres { url: u }
                     }
-                    (None, None) => JournalConfig::Sled { path: base_dir.join("rescind-journal") },
+                    (None, None) => JournalConfig::Sled {
+                        path: base_dir.join("rescind-journal"),
+                    },
                     _ => return Err(bad("journal", "path and postgres_url must be strings")),
                 }
             }
@@ -231,7 +263,10 @@ impl Config {
             Some(v) => take_typed(v, "worker")?,
         };
         if worker.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(bad("worker.listen", format!("{:?} is not an address like 127.0.0.1:7878", worker.listen)));
+            return Err(bad(
+                "worker.listen",
+                format!("{:?} is not an address like 127.0.0.1:7878", worker.listen),
+            ));
         }
         worker.callback_store = base_dir.join(&worker.callback_store);
         let mut channels = BTreeMap::new();
@@ -349,7 +384,12 @@ user_id = "u"
     #[test]
     fn good_config_parses_and_never_prints_secrets() {
         let c = Config::from_toml_str(GOOD, Path::new("/etc/rescind"), &env).unwrap();
-        assert_eq!(c.journal, JournalConfig::Sled { path: PathBuf::from("/etc/rescind/j") });
+        assert_eq!(
+            c.journal,
+            JournalConfig::Sled {
+                path: PathBuf::from("/etc/rescind/j")
+            }
+        );
         assert_eq!(c.engine.in_flight_max, 64);
         assert_eq!(c.channels.len(), 2);
         let dbg = format!("{c:?}");
@@ -394,7 +434,10 @@ user_id = "u"
 
     #[test]
     fn urls_are_redacted() {
-        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     }
 }

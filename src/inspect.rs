@@ -42,9 +42,16 @@ impl SagaSummary {
         let (state, reason) = match (&s.outcome, &s.stuck) {
             (Some(O::Completed { note, .. }), _) => ("completed", note.clone()),
             (Some(O::Failed { reason }), _) => ("failed", Some(reason.clone())),
-            (Some(O::Aborted { reason, compensated }), _) => {
-                ("aborted", Some(format!("{reason} (compensated: {compensated})")))
-            }
+            (
+                Some(O::Aborted {
+                    reason,
+                    compensated,
+                }),
+                _,
+            ) => (
+                "aborted",
+                Some(format!("{reason} (compensated: {compensated})")),
+            ),
             (None, Some(r)) => ("stuck", Some(r.clone())),
             (None, None) => ("running", None),
         };
@@ -134,16 +141,34 @@ pub fn describe(r: &Record) -> String {
             input.kind,
             input.order,
             input.order_state,
-            input.stock_lock.as_ref().map(|l| format!(", stock lock {}:{}", l.channel, l.lock_id)).unwrap_or_default()
+            input
+                .stock_lock
+                .as_ref()
+                .map(|l| format!(", stock lock {}:{}", l.channel, l.lock_id))
+                .unwrap_or_default()
         ),
         Record::Intent { step, action } => format!("intent  step {step}: {}", action.name()),
-        Record::Outcome { step, outcome, via, attempts } => {
-            format!("outcome step {step}: {} (via {via:?}, {attempts} attempt(s))", serde_json::to_string(outcome).unwrap_or_default())
+        Record::Outcome {
+            step,
+            outcome,
+            via,
+            attempts,
+        } => {
+            format!(
+                "outcome step {step}: {} (via {via:?}, {attempts} attempt(s))",
+                serde_json::to_string(outcome).unwrap_or_default()
+            )
         }
-        Record::Observed { observation, via } => format!("observed via {via:?}: {}", serde_json::to_string(observation).unwrap_or_default()),
+        Record::Observed { observation, via } => format!(
+            "observed via {via:?}: {}",
+            serde_json::to_string(observation).unwrap_or_default()
+        ),
         Record::Switched { to, reason } => format!("switched to {to}: {reason}"),
         Record::AbortRequested { reason } => format!("abort requested: {reason}"),
         Record::Stuck { reason } => format!("stuck: {reason}"),
-        Record::Finished { outcome } => format!("finished: {}", serde_json::to_string(outcome).unwrap_or_default()),
+        Record::Finished { outcome } => format!(
+            "finished: {}",
+            serde_json::to_string(outcome).unwrap_or_default()
+        ),
     }
 }

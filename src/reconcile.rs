@@ -6,7 +6,10 @@
 //! `local_state` and optionally `refund_id`. `local_state` is one of
 //! `pending_pay`, `paid`, `refunding`, `cancelled`, `refunded`.
 
-use rescind_core::{ChannelError, Channels, OrderRef, OrderState, OrderStatus, PermanentReason, SagaInput, ErrorClass};
+use rescind_core::{
+    ChannelError, Channels, ErrorClass, OrderRef, OrderState, OrderStatus, PermanentReason,
+    SagaInput,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -105,8 +108,12 @@ impl Finding {
         let up = self.upstream.as_ref()?;
         let order = OrderRef::new(self.local.channel.as_str(), self.local.order_id.as_str());
         match (self.verdict.clone(), &up.state, self.local.local_state) {
-            (Verdict::LocalCancelledUpstreamOpen, OrderState::PendingPay, _) => Some(SagaInput::cancel_unpaid(order)),
-            (Verdict::LocalCancelledUpstreamOpen, OrderState::Paid, _) => Some(SagaInput::cancel_paid(order)),
+            (Verdict::LocalCancelledUpstreamOpen, OrderState::PendingPay, _) => {
+                Some(SagaInput::cancel_unpaid(order))
+            }
+            (Verdict::LocalCancelledUpstreamOpen, OrderState::Paid, _) => {
+                Some(SagaInput::cancel_paid(order))
+            }
             // The backend withdrew a refund (back to paid, refund id kept) that is still open upstream.
             (Verdict::RefundMismatch, OrderState::Refunding { refund_id }, LocalState::Paid)
                 if self.local.refund_id.as_deref() == Some(refund_id.as_str()) =>
@@ -139,12 +146,20 @@ pub fn judge(local: &LocalOrder, lookup: Result<OrderStatus, ChannelError>) -> F
     };
     let local_refund = local.refund_id.as_deref();
     let (verdict, detail) = match (local.local_state, &status.state) {
-        (L::PendingPay, U::PendingPay) | (L::Paid, U::Paid) | (L::Cancelled, U::Cancelled) => (Verdict::InSync, String::new()),
+        (L::PendingPay, U::PendingPay) | (L::Paid, U::Paid) | (L::Cancelled, U::Cancelled) => {
+            (Verdict::InSync, String::new())
+        }
         (L::Refunding, U::Refunding { refund_id }) | (L::Refunded, U::Refunded { refund_id }) => {
             if local_refund.is_none() || local_refund == Some(refund_id.as_str()) {
                 (Verdict::InSync, String::new())
             } else {
-                (Verdict::RefundMismatch, format!("local refund {} but upstream refund {refund_id}", local_refund.unwrap_or("-")))
+                (
+                    Verdict::RefundMismatch,
+                    format!(
+                        "local refund {} but upstream refund {refund_id}",
+                        local_refund.unwrap_or("-")
+                    ),
+                )
             }
         }
         (L::Cancelled | L::Refunded, U::PendingPay | U::Paid) => (
@@ -153,27 +168,41 @@ pub fn judge(local: &LocalOrder, lookup: Result<OrderStatus, ChannelError>) -> F
         ),
         (L::Cancelled | L::Refunded, U::Refunding { .. }) => (
             Verdict::LocalCancelledUpstreamOpen,
-            format!("upstream refund still open ({}): wait for it or follow up", status.state),
+            format!(
+                "upstream refund still open ({}): wait for it or follow up",
+                status.state
+            ),
         ),
         (L::PendingPay | L::Paid | L::Refunding, U::Cancelled | U::Refunded { .. }) => (
             Verdict::UpstreamCancelledLocalOpen,
             format!("upstream is {}: update the local order", status.state),
         ),
-        (L::Paid, U::Refunding { refund_id }) => (
+        (L::Paid, U::Refunding { refund_id }) => {
+            (
+                Verdict::RefundMismatch,
+                if local_refund == Some(refund_id.as_str()) {
+                    format!("refund {refund_id} was withdrawn locally but is open upstream: withdraw it")
+                } else {
+                    format!("upstream has refund {refund_id} open that the backend does not know")
+                },
+            )
+        }
+        (L::Refunding, U::Paid) => (
             Verdict::RefundMismatch,
-            if local_refund == Some(refund_id.as_str()) {
-                format!("refund {refund_id} was withdrawn locally but is open upstream: withdraw it")
-            } else {
-                format!("upstream has refund {refund_id} open that the backend does not know")
-            },
+            "local refund open, upstream has none (withdrawn or refused)".into(),
         ),
-        (L::Refunding, U::Paid) => (Verdict::RefundMismatch, "local refund open, upstream has none (withdrawn or refused)".into()),
-        (L::Cancelled, U::Refunded { .. }) | (L::Refunded, U::Cancelled) => {
-            (Verdict::RefundMismatch, format!("local {:?} vs upstream {}", local.local_state, status.state))
-        }
-        (L::Refunding | L::Paid, U::PendingPay) | (L::PendingPay, U::Paid | U::Refunding { .. }) => {
-            (Verdict::StateMismatch, format!("local {:?} vs upstream {}: update the local order", local.local_state, status.state))
-        }
+        (L::Cancelled, U::Refunded { .. }) | (L::Refunded, U::Cancelled) => (
+            Verdict::RefundMismatch,
+            format!("local {:?} vs upstream {}", local.local_state, status.state),
+        ),
+        (L::Refunding | L::Paid, U::PendingPay)
+        | (L::PendingPay, U::Paid | U::Refunding { .. }) => (
+            Verdict::StateMismatch,
+            format!(
+                "local {:?} vs upstream {}: update the local order",
+                local.local_state, status.state
+            ),
+        ),
     };
     Finding {
         local: local.clone(),
@@ -202,8 +231,17 @@ pub async fn reconcile(
             let _permit = sem.acquire_owned().await;
             let name = rescind_core::ChannelName::from(local.channel.as_str());
             let lookup = match channels.lookup(&name) {
-                Some(l) => l.order_status(&OrderRef::new(local.channel.as_str(), local.order_id.as_str())).await,
-                None => Err(ChannelError::unsupported(&name, "order lookup (is the channel configured?)")),
+                Some(l) => {
+                    l.order_status(&OrderRef::new(
+                        local.channel.as_str(),
+                        local.order_id.as_str(),
+                    ))
+                    .await
+                }
+                None => Err(ChannelError::unsupported(
+                    &name,
+                    "order lookup (is the channel configured?)",
+                )),
             };
             let f = judge(&local, lookup);
             progress();
@@ -231,23 +269,39 @@ pub fn parse_orders(text: &str) -> Result<Vec<LocalOrder>, String> {
             .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1)))
             .collect()
     } else {
-        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-        let Some((_, header)) = lines.next() else { return Ok(Vec::new()) };
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
+        let Some((_, header)) = lines.next() else {
+            return Ok(Vec::new());
+        };
         let cols: Vec<&str> = header.split(',').map(str::trim).collect();
         for need in ["channel", "order_id", "local_state"] {
             if !cols.contains(&need) {
-                return Err(format!("line 1: the CSV header needs a `{need}` column (got {header:?})"));
+                return Err(format!(
+                    "line 1: the CSV header needs a `{need}` column (got {header:?})"
+                ));
             }
         }
         lines
             .map(|(i, l)| {
                 let vals: Vec<&str> = l.split(',').map(str::trim).collect();
                 if vals.len() != cols.len() {
-                    return Err(format!("line {}: {} fields, the header has {}", i + 1, vals.len(), cols.len()));
+                    return Err(format!(
+                        "line {}: {} fields, the header has {}",
+                        i + 1,
+                        vals.len(),
+                        cols.len()
+                    ));
                 }
-                let obj: serde_json::Map<String, serde_json::Value> =
-                    cols.iter().zip(vals).map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_owned()))).collect();
-                serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| format!("line {}: {e}", i + 1))
+                let obj: serde_json::Map<String, serde_json::Value> = cols
+                    .iter()
+                    .zip(vals)
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_owned())))
+                    .collect();
+                serde_json::from_value(serde_json::Value::Object(obj))
+                    .map_err(|e| format!("line {}: {e}", i + 1))
             })
             .collect()
     }
@@ -264,7 +318,14 @@ pub fn summary(findings: &[Finding]) -> Vec<(&'static str, usize)> {
         Verdict::NotFound,
         Verdict::LookupFailed,
     ];
-    all.iter().map(|v| (v.name(), findings.iter().filter(|f| &f.verdict == v).count())).collect()
+    all.iter()
+        .map(|v| {
+            (
+                v.name(),
+                findings.iter().filter(|f| &f.verdict == v).count(),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -273,10 +334,18 @@ mod tests {
     use rescind_core::RefundId;
 
     fn local(state: LocalState, refund: Option<&str>) -> LocalOrder {
-        LocalOrder { channel: "c".into(), order_id: "1".into(), local_state: state, refund_id: refund.map(Into::into) }
+        LocalOrder {
+            channel: "c".into(),
+            order_id: "1".into(),
+            local_state: state,
+            refund_id: refund.map(Into::into),
+        }
     }
     fn up(state: OrderState) -> Result<OrderStatus, ChannelError> {
-        Ok(OrderStatus { upstream: state.name().into(), state })
+        Ok(OrderStatus {
+            upstream: state.name().into(),
+            state,
+        })
     }
     fn r(s: &str) -> RefundId {
         RefundId(s.into())
@@ -286,23 +355,99 @@ mod tests {
     #[test]
     fn verdict_table() {
         use LocalState as L;
-        let cases: Vec<(L, Option<&str>, Result<OrderStatus, ChannelError>, Verdict, Option<&str>)> = vec![
-            (L::PendingPay, None, up(OrderState::PendingPay), Verdict::InSync, None),
-            (L::Cancelled, None, up(OrderState::Cancelled), Verdict::InSync, None),
-            (L::Cancelled, None, up(OrderState::PendingPay), Verdict::LocalCancelledUpstreamOpen, Some("cancel_unpaid")),
-            (L::Refunded, None, up(OrderState::Paid), Verdict::LocalCancelledUpstreamOpen, Some("cancel_paid")),
-            (L::Paid, None, up(OrderState::Cancelled), Verdict::UpstreamCancelledLocalOpen, None),
-            (L::Refunding, Some("R1"), up(OrderState::Refunding { refund_id: r("R1") }), Verdict::InSync, None),
-            (L::Refunding, Some("R1"), up(OrderState::Refunding { refund_id: r("R2") }), Verdict::RefundMismatch, None),
-            (L::Paid, Some("R1"), up(OrderState::Refunding { refund_id: r("R1") }), Verdict::RefundMismatch, Some("withdraw_refund")),
-            (L::Paid, None, up(OrderState::Refunding { refund_id: r("R1") }), Verdict::RefundMismatch, None),
-            (L::Paid, None, Err(ChannelError::permanent(PermanentReason::NotFound, "no")), Verdict::NotFound, None),
-            (L::Paid, None, Err(ChannelError::in_doubt("timeout")), Verdict::LookupFailed, None),
+        let cases: Vec<(
+            L,
+            Option<&str>,
+            Result<OrderStatus, ChannelError>,
+            Verdict,
+            Option<&str>,
+        )> = vec![
+            (
+                L::PendingPay,
+                None,
+                up(OrderState::PendingPay),
+                Verdict::InSync,
+                None,
+            ),
+            (
+                L::Cancelled,
+                None,
+                up(OrderState::Cancelled),
+                Verdict::InSync,
+                None,
+            ),
+            (
+                L::Cancelled,
+                None,
+                up(OrderState::PendingPay),
+                Verdict::LocalCancelledUpstreamOpen,
+                Some("cancel_unpaid"),
+            ),
+            (
+                L::Refunded,
+                None,
+                up(OrderState::Paid),
+                Verdict::LocalCancelledUpstreamOpen,
+                Some("cancel_paid"),
+            ),
+            (
+                L::Paid,
+                None,
+                up(OrderState::Cancelled),
+                Verdict::UpstreamCancelledLocalOpen,
+                None,
+            ),
+            (
+                L::Refunding,
+                Some("R1"),
+                up(OrderState::Refunding { refund_id: r("R1") }),
+                Verdict::InSync,
+                None,
+            ),
+            (
+                L::Refunding,
+                Some("R1"),
+                up(OrderState::Refunding { refund_id: r("R2") }),
+                Verdict::RefundMismatch,
+                None,
+            ),
+            (
+                L::Paid,
+                Some("R1"),
+                up(OrderState::Refunding { refund_id: r("R1") }),
+                Verdict::RefundMismatch,
+                Some("withdraw_refund"),
+            ),
+            (
+                L::Paid,
+                None,
+                up(OrderState::Refunding { refund_id: r("R1") }),
+                Verdict::RefundMismatch,
+                None,
+            ),
+            (
+                L::Paid,
+                None,
+                Err(ChannelError::permanent(PermanentReason::NotFound, "no")),
+                Verdict::NotFound,
+                None,
+            ),
+            (
+                L::Paid,
+                None,
+                Err(ChannelError::in_doubt("timeout")),
+                Verdict::LookupFailed,
+                None,
+            ),
         ];
         for (state, refund, upstream, verdict, fix) in cases {
             let f = judge(&local(state, refund), upstream);
             assert_eq!(f.verdict, verdict, "{state:?} {refund:?}");
-            assert_eq!(f.fix().map(|i| i.kind.to_string()).as_deref(), fix, "{state:?} {refund:?}");
+            assert_eq!(
+                f.fix().map(|i| i.kind.to_string()).as_deref(),
+                fix,
+                "{state:?} {refund:?}"
+            );
         }
     }
 
@@ -314,9 +459,18 @@ mod tests {
         assert_eq!(v[1].order_id, "2542285634920880794");
         assert_eq!(v[0].refund_id, None);
         let jl = "{\"channel\":\"c\",\"order_id\":\"1\",\"local_state\":\"refunding\",\"refund_id\":\"R\"}\n";
-        assert_eq!(parse_orders(jl).unwrap()[0].local_state, LocalState::Refunding);
-        assert!(parse_orders("channel,order_id\n").unwrap_err().contains("local_state"));
-        assert!(parse_orders("channel,order_id,local_state\nc,1,weird\n").unwrap_err().contains("line 2"));
-        assert!(parse_orders("{\"channel\":1}\n").unwrap_err().contains("line 1"));
+        assert_eq!(
+            parse_orders(jl).unwrap()[0].local_state,
+            LocalState::Refunding
+        );
+        assert!(parse_orders("channel,order_id\n")
+            .unwrap_err()
+            .contains("local_state"));
+        assert!(parse_orders("channel,order_id,local_state\nc,1,weird\n")
+            .unwrap_err()
+            .contains("line 2"));
+        assert!(parse_orders("{\"channel\":1}\n")
+            .unwrap_err()
+            .contains("line 1"));
     }
 }

@@ -12,18 +12,25 @@ pub fn build_channels(config: &Config) -> Result<Channels, ConfigError> {
     let mut channels = Channels::new();
     for (name, cfg) in &config.channels {
         let key = format!("channels.{name}");
-        let err = |e: String| ConfigError { key: key.clone(), reason: e };
+        let err = |e: String| ConfigError {
+            key: key.clone(),
+            reason: e,
+        };
         channels = match cfg {
             ChannelConfig::TmallTbc(c) => {
                 let ch = Arc::new(TbcChannel::connect(c.clone()).map_err(|e| err(e.to_string()))?);
-                channels.with_cancel(name.as_str(), ch.clone()).with_lookup(name.as_str(), ch)
+                channels
+                    .with_cancel(name.as_str(), ch.clone())
+                    .with_lookup(name.as_str(), ch)
             }
             ChannelConfig::Damai(c) => {
-                let ch = Arc::new(DamaiChannel::connect(c.clone()).map_err(|e| err(e.to_string()))?);
+                let ch =
+                    Arc::new(DamaiChannel::connect(c.clone()).map_err(|e| err(e.to_string()))?);
                 channels.with_stock(name.as_str(), ch)
             }
             ChannelConfig::PandaponTaobao(c) => {
-                let client = Arc::new(PandaponClient::connect(c.clone()).map_err(|e| err(e.to_string()))?);
+                let client =
+                    Arc::new(PandaponClient::connect(c.clone()).map_err(|e| err(e.to_string()))?);
                 let ch = Arc::new(PandaponTaobao::new(client));
                 channels
                     .with_cancel(name.as_str(), ch.clone())
@@ -31,9 +38,12 @@ pub fn build_channels(config: &Config) -> Result<Channels, ConfigError> {
                     .with_lookup(name.as_str(), ch)
             }
             ChannelConfig::Pandapon1688(c) => {
-                let client = Arc::new(PandaponClient::connect(c.clone()).map_err(|e| err(e.to_string()))?);
+                let client =
+                    Arc::new(PandaponClient::connect(c.clone()).map_err(|e| err(e.to_string()))?);
                 let ch = Arc::new(Pandapon1688::new(client));
-                channels.with_cancel(name.as_str(), ch.clone()).with_lookup(name.as_str(), ch)
+                channels
+                    .with_cancel(name.as_str(), ch.clone())
+                    .with_lookup(name.as_str(), ch)
             }
         };
     }
@@ -65,7 +75,10 @@ impl OpenJournal {
 pub async fn open_journal(config: &JournalConfig) -> Result<OpenJournal, JournalError> {
     match config {
         JournalConfig::Sled { path } => {
-            let j = rescind_journal_sled::SledJournal::open(path, rescind_journal_sled::SledConfig::default())?;
+            let j = rescind_journal_sled::SledJournal::open(
+                path,
+                rescind_journal_sled::SledConfig::default(),
+            )?;
             Ok(OpenJournal::Sled(Arc::new(j)))
         }
         JournalConfig::Postgres { url } => open_postgres(url).await,
@@ -74,7 +87,11 @@ pub async fn open_journal(config: &JournalConfig) -> Result<OpenJournal, Journal
 
 #[cfg(feature = "postgres")]
 async fn open_postgres(url: &str) -> Result<OpenJournal, JournalError> {
-    let j = rescind_journal_postgres::PgJournal::connect(url, rescind_journal_postgres::PgConfig::default()).await?;
+    let j = rescind_journal_postgres::PgJournal::connect(
+        url,
+        rescind_journal_postgres::PgConfig::default(),
+    )
+    .await?;
     Ok(OpenJournal::Other(Arc::new(j)))
 }
 

@@ -20,7 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rescind_core::metrics::LATENCY_BUCKETS_MS;
-use rescind_core::{Engine, Error, Journal, OrderRef, RefundId, SagaId, SagaInput, SagaSet, StockLockRef};
+use rescind_core::{
+    Engine, Error, Journal, OrderRef, RefundId, SagaId, SagaInput, SagaSet, StockLockRef,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -73,13 +75,18 @@ impl StartRequest {
             rescind_core::sagas::CANCEL_UNPAID => SagaInput::cancel_unpaid(order),
             rescind_core::sagas::CANCEL_PAID => SagaInput::cancel_paid(order),
             rescind_core::sagas::WITHDRAW_REFUND => {
-                let refund = self.refund_id.as_deref().filter(|r| !r.is_empty()).ok_or("withdraw_refund needs refund_id")?;
+                let refund = self
+                    .refund_id
+                    .as_deref()
+                    .filter(|r| !r.is_empty())
+                    .ok_or("withdraw_refund needs refund_id")?;
                 SagaInput::withdraw_refund(order, RefundId::from(refund))
             }
             other => SagaInput::custom(other, order, self.params.clone()),
         };
         if let Some(l) = &self.stock_lock {
-            input = input.with_stock_lock(StockLockRef::new(l.channel.as_str(), l.lock_id.as_str()));
+            input =
+                input.with_stock_lock(StockLockRef::new(l.channel.as_str(), l.lock_id.as_str()));
         }
         if let Some(r) = &self.reason {
             input = input.with_reason(r.clone());
@@ -136,10 +143,18 @@ struct Started {
     created: bool,
 }
 
-async fn start(State(s): State<ApiState>, body: Result<Json<StartRequest>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn start(
+    State(s): State<ApiState>,
+    body: Result<Json<StartRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
-        Err(e) => return err(StatusCode::BAD_REQUEST, format!("bad start request: {}", e.body_text())),
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("bad start request: {}", e.body_text()),
+            )
+        }
     };
     let input = match req.to_input() {
         Ok(i) => i,
@@ -151,7 +166,11 @@ async fn start(State(s): State<ApiState>, body: Result<Json<StartRequest>, axum:
     };
     match result {
         Ok((saga_id, created)) => {
-            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             (code, Json(Started { saga_id, created })).into_response()
         }
         Err(e) => engine_err(e),
@@ -169,7 +188,12 @@ async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Response
         None | Some("all") => &[SagaSet::Unfinished, SagaSet::Finished],
         Some("unfinished") => &[SagaSet::Unfinished],
         Some("finished") => &[SagaSet::Finished],
-        Some(other) => return err(StatusCode::BAD_REQUEST, format!("set must be unfinished, finished or all, not {other:?}")),
+        Some(other) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("set must be unfinished, finished or all, not {other:?}"),
+            )
+        }
     };
     match inspect::summaries(s.journal.as_ref(), sets).await {
         Ok((mut out, bad)) => {
@@ -201,13 +225,23 @@ struct AbortBody {
     reason: Option<String>,
 }
 
-async fn abort(State(s): State<ApiState>, Path(id): Path<String>, body: Option<Json<AbortBody>>) -> Response {
+async fn abort(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Option<Json<AbortBody>>,
+) -> Response {
     let Ok(id) = id.parse::<SagaId>() else {
         return err(StatusCode::BAD_REQUEST, format!("{id:?} is not a saga id"));
     };
-    let reason = body.and_then(|Json(b)| b.reason).unwrap_or_else(|| "aborted by operator".into());
+    let reason = body
+        .and_then(|Json(b)| b.reason)
+        .unwrap_or_else(|| "aborted by operator".into());
     match s.engine.abort(id, reason).await {
-        Ok(()) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "saga_id": id, "abort": "requested" }))).into_response(),
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "saga_id": id, "abort": "requested" })),
+        )
+            .into_response(),
         Err(e) => engine_err(e),
     }
 }
@@ -224,8 +258,18 @@ pub struct Stats {
 }
 
 async fn collect(s: &ApiState) -> Result<Stats, String> {
-    let unfinished = s.journal.list(SagaSet::Unfinished).await.map_err(|e| e.to_string())?.len();
-    let finished = s.journal.list(SagaSet::Finished).await.map_err(|e| e.to_string())?.len();
+    let unfinished = s
+        .journal
+        .list(SagaSet::Unfinished)
+        .await
+        .map_err(|e| e.to_string())?
+        .len();
+    let finished = s
+        .journal
+        .list(SagaSet::Finished)
+        .await
+        .map_err(|e| e.to_string())?
+        .len();
     Ok(Stats {
         engine: serde_json::to_value(s.engine.stats()).unwrap_or_default(),
         unfinished,
@@ -248,26 +292,186 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     };
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
     };
-    counter("rescind_sagas_started_total", "Sagas started by this worker.", st.started);
-    counter("rescind_retries_total", "Retryable channel failures retried.", st.retries);
-    counter("rescind_in_doubt_total", "In-doubt steps met on resume.", st.in_doubt);
-    counter("rescind_in_doubt_resolved_by_lookup_total", "In-doubt steps a lookup found applied.", st.resolved_by_lookup);
-    counter("rescind_sagas_stuck_total", "Sagas that became stuck.", st.stuck);
+    counter(
+        "rescind_sagas_started_total",
+        "Sagas started by this worker.",
+        st.started,
+    );
+    counter(
+        "rescind_retries_total",
+        "Retryable channel failures retried.",
+        st.retries,
+    );
+    counter(
+        "rescind_in_doubt_total",
+        "In-doubt steps met on resume.",
+        st.in_doubt,
+    );
+    counter(
+        "rescind_in_doubt_resolved_by_lookup_total",
+        "In-doubt steps a lookup found applied.",
+        st.resolved_by_lookup,
+    );
+    counter(
+        "rescind_sagas_stuck_total",
+        "Sagas that became stuck.",
+        st.stuck,
+    );
     let _ = writeln!(out, "# HELP rescind_sagas_finished_total Sagas finished by this worker, by outcome.\n# TYPE rescind_sagas_finished_total counter");
-    for (outcome, v) in [("completed", st.completed), ("failed", st.failed), ("aborted", st.aborted)] {
-        let _ = writeln!(out, "rescind_sagas_finished_total{{outcome=\"{outcome}\"}} {v}");
+    for (outcome, v) in [
+        ("completed", st.completed),
+        ("failed", st.failed),
+        ("aborted", st.aborted),
+    ] {
+        let _ = writeln!(
+            out,
+            "rescind_sagas_finished_total{{outcome=\"{outcome}\"}} {v}"
+        );
     }
-    let _ = writeln!(out, "# HELP rescind_sagas Sagas in the journal by state.\n# TYPE rescind_sagas gauge");
+    let _ = writeln!(
+        out,
+        "# HELP rescind_sagas Sagas in the journal by state.\n# TYPE rescind_sagas gauge"
+    );
     let _ = writeln!(out, "rescind_sagas{{state=\"unfinished\"}} {unfinished}\nrescind_sagas{{state=\"finished\"}} {finished}");
     let _ = writeln!(out, "# HELP rescind_sagas_running Saga tasks running in this worker.\n# TYPE rescind_sagas_running gauge\nrescind_sagas_running {}", st.running);
     let _ = writeln!(out, "# HELP rescind_step_latency_ms Channel call latency.\n# TYPE rescind_step_latency_ms histogram");
     let mut cumulative = 0;
     for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
         cumulative += st.latency_buckets.get(i).copied().unwrap_or(0);
-        let _ = writeln!(out, "rescind_step_latency_ms_bucket{{le=\"{bound}\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "rescind_step_latency_ms_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
     }
     let _ = writeln!(out, "rescind_step_latency_ms_bucket{{le=\"+Inf\"}} {}\nrescind_step_latency_ms_sum {}\nrescind_step_latency_ms_count {}", st.steps, st.latency_sum_ms, st.steps);
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+/// A worker running in this process: engine, journal, callback receiver and
+/// HTTP API, as `rescind worker` runs them.
+pub struct RunningWorker {
+    /// The address the HTTP API listens on.
+    pub addr: std::net::SocketAddr,
+    /// The engine.
+    pub engine: Engine,
+    /// The journal.
+    pub journal: crate::wiring::OpenJournal,
+    /// The callback receiver.
+    pub callbacks: rescind_channel_pandapon::callback::CallbackReceiver,
+    /// What recovery found at start.
+    pub recovered: rescind_core::RecoveryReport,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    grace: std::time::Duration,
+}
+
+impl std::fmt::Debug for RunningWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningWorker")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Start a worker from a configuration: open the journal, build the
+/// channels, recover every unfinished saga, replay stored callbacks, and
+/// serve the API (on `listen`, or the configured address). A journal or a
+/// port that cannot be had is an error that says which.
+pub async fn start_worker(
+    config: &crate::config::Config,
+    listen: Option<&str>,
+) -> Result<RunningWorker, String> {
+    let journal = crate::wiring::open_journal(&config.journal)
+        .await
+        .map_err(|e| format!("cannot open the journal: {e}"))?;
+    let channels = crate::wiring::build_channels(config).map_err(|e| e.to_string())?;
+    let engine = Engine::builder(journal.journal())
+        .channels(channels)
+        .limits(config.engine.clone())
+        .build();
+    let store =
+        rescind_channel_pandapon::callback::FileCallbackStore::open(&config.worker.callback_store)
+            .map_err(|e| format!("cannot open the callback store: {e}"))?;
+    let callbacks = rescind_channel_pandapon::callback::CallbackReceiver::new(
+        Arc::new(store),
+        Arc::new(engine.clone()),
+    )
+    .with_path(config.worker.callback_path.clone());
+    let recovered = engine
+        .recover()
+        .await
+        .map_err(|e| format!("recovery failed: {e}"))?;
+    for (id, e) in &recovered.failed {
+        tracing::error!(saga = %id, error = %e, "saga could not be resumed; it stays in the journal for an operator");
+    }
+    // Messages journaled before a crash but not yet processed reach their sagas now.
+    callbacks
+        .replay()
+        .await
+        .map_err(|e| format!("callback replay failed: {e}"))?;
+    let addr = listen.unwrap_or(&config.worker.listen);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = router(ApiState {
+        engine: engine.clone(),
+        journal: journal.journal(),
+    })
+    .merge(callbacks.router());
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let mut stopped2 = stopped.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    // Claim and resume sagas whose worker died (shared journal), and stuck ones.
+    let e2 = engine.clone();
+    let every = std::time::Duration::from_millis(config.worker.recover_interval_ms.max(100));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stopped2.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = e2.recover().await {
+                tracing::warn!(error = %e, "periodic recovery failed");
+            }
+        }
+    });
+    Ok(RunningWorker {
+        addr,
+        engine,
+        journal,
+        callbacks,
+        recovered,
+        stop,
+        server,
+        grace: std::time::Duration::from_millis(config.worker.shutdown_grace_ms),
+    })
+}
+
+impl RunningWorker {
+    /// Graceful stop: stop serving, let sagas reach a safe point (the grace
+    /// period), stop the rest. Everything unfinished resumes on the next start.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.engine.shutdown(self.grace).await;
+        let _ = self.server.await;
+    }
 }

@@ -180,6 +180,7 @@ struct Running {
     notify: Notify,
     done: watch::Sender<Option<SagaExit>>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
+    last_error: Mutex<Option<String>>,
 }
 
 struct Inner {
@@ -469,6 +470,14 @@ impl Engine {
         Ok(SagaState::fold(id, &entries)?)
     }
 
+    /// The last channel error a running saga met (retries in progress), for
+    /// an operator waiting on it.
+    pub fn last_error(&self, id: SagaId) -> Option<String> {
+        lock(&self.inner.running)
+            .get(&id)
+            .and_then(|r| lock(&r.last_error).clone())
+    }
+
     /// Is the saga's task running in this engine?
     pub fn is_running(&self, id: SagaId) -> bool {
         lock(&self.inner.running).contains_key(&id)
@@ -629,6 +638,7 @@ impl Engine {
             notify: Notify::new(),
             done,
             task: Mutex::new(None),
+            last_error: Mutex::new(None),
         });
         let id = state.id;
         lock(&self.inner.running).insert(id, running.clone());
@@ -907,6 +917,9 @@ impl Engine {
                         }
                         ErrorClass::Retryable { wait_ms, applied } => {
                             tracing::debug!(error = %e, "retryable failure");
+                            if let Some(r) = lock(&self.inner.running).get(&state.id) {
+                                *lock(&r.last_error) = Some(e.to_string());
+                            }
                             self.inner.stats.retry();
                             in_doubt = *applied == Applied::Maybe;
                             asked_wait = *wait_ms;

@@ -1,0 +1,342 @@
+//! `rescind journal list|show|stats|resume|abort`.
+
+use crate::ops::{describe_outcome, engine_for, exit_code, load_config, wait_for};
+use anyhow::{anyhow, Result};
+use clap::Subcommand;
+use rescind::inspect::{self, SagaSummary};
+use rescind::wiring::OpenJournal;
+use rescind_core::{SagaExit, SagaId, SagaSet};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Subcommand, Debug)]
+pub enum JournalCmd {
+    /// List sagas, filtered.
+    List {
+        /// running, stuck, completed, failed or aborted.
+        #[arg(long)]
+        state: Option<String>,
+        /// Saga kind (cancel_unpaid, cancel_paid, withdraw_refund, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Channel name.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only sagas not updated for this long (e.g. 30s, 10m, 2h, 1d).
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
+        /// At most this many rows.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one saga's timeline of records.
+    Show {
+        /// The saga id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts by state, kind and channel; records and bytes on disk.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume unfinished sagas (all, or the ones named) and wait for them.
+    Resume {
+        /// Saga ids; none = every unfinished saga.
+        ids: Vec<String>,
+        /// Give up waiting after this many seconds (they stay durable).
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Abort a saga; compensation runs (an opened refund is withdrawn).
+    Abort {
+        /// The saga id.
+        id: String,
+        /// Why (journaled).
+        #[arg(long, default_value = "aborted by operator")]
+        reason: String,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parse `30s`, `10m`, `2h`, `1d` (or plain seconds).
+pub fn parse_age(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("--older-than: {s:?} is not an age like 30s, 10m, 2h or 1d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        other => {
+            return Err(anyhow!(
+                "--older-than: unknown unit {other:?} (use s, m, h or d)"
+            ))
+        }
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn parse_id(s: &str) -> Result<SagaId> {
+    s.parse()
+        .map_err(|_| anyhow!("{s:?} is not a saga id (a UUID like 3f2b...-...)"))
+}
+
+async fn open(cfg_path: &Path) -> Result<OpenJournal> {
+    let cfg = load_config(cfg_path)?;
+    rescind::wiring::open_journal(&cfg.journal).await.map_err(|e| {
+        anyhow!("cannot open the journal: {e}\n  (a running `rescind worker` holds a sled journal; stop it, or use its HTTP API)")
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn print_rows(rows: &[SagaSummary]) {
+    println!(
+        "{:<36} {:<16} {:<10} {:<34} {:<18} {:>5} {:>7}  reason",
+        "saga", "kind", "state", "order", "order state", "steps", "retries"
+    );
+    for r in rows {
+        println!(
+            "{:<36} {:<16} {:<10} {:<34} {:<18} {:>5} {:>7}  {}",
+            r.id,
+            r.plan,
+            r.state,
+            r.order,
+            r.order_state,
+            r.steps,
+            r.retries,
+            r.reason.clone().unwrap_or_default()
+        );
+    }
+}
+
+pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
+    match cmd {
+        JournalCmd::List {
+            state,
+            kind,
+            channel,
+            older_than,
+            limit,
+            json,
+        } => {
+            if let Some(s) = &state {
+                if !["running", "stuck", "completed", "failed", "aborted"].contains(&s.as_str()) {
+                    return Err(anyhow!(
+                        "--state must be running, stuck, completed, failed or aborted, not {s:?}"
+                    ));
+                }
+            }
+            let age = older_than.as_deref().map(parse_age).transpose()?;
+            let j = open(cfg_path).await?;
+            let (rows, bad) = inspect::summaries(
+                j.journal().as_ref(),
+                &[SagaSet::Unfinished, SagaSet::Finished],
+            )
+            .await?;
+            let now = now_ms();
+            let mut rows: Vec<SagaSummary> = rows
+                .into_iter()
+                .filter(|r| state.as_ref().is_none_or(|s| &r.state == s))
+                .filter(|r| kind.as_ref().is_none_or(|k| &r.kind == k || &r.plan == k))
+                .filter(|r| channel.as_ref().is_none_or(|c| &r.channel == c))
+                .filter(|r| {
+                    age.is_none_or(|a| now.saturating_sub(r.updated_at_ms) >= a.as_millis() as u64)
+                })
+                .collect();
+            rows.sort_by_key(|r| r.started_at_ms);
+            rows.truncate(limit.unwrap_or(usize::MAX));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "sagas": rows, "unreadable": bad })
+                );
+            } else {
+                print_rows(&rows);
+                for b in &bad {
+                    eprintln!("unreadable saga {}: {}", b.id, b.error);
+                }
+                eprintln!("{} saga(s)", rows.len());
+            }
+            Ok(u8::from(!bad.is_empty()))
+        }
+        JournalCmd::Show { id, json } => {
+            let id = parse_id(&id)?;
+            let j = open(cfg_path).await?;
+            let (state, entries) = inspect::load(j.journal().as_ref(), id)
+                .await
+                .map_err(|e| anyhow!(e))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "summary": SagaSummary::of(&state), "timeline": inspect::timeline(&entries) })
+                );
+            } else {
+                let s = SagaSummary::of(&state);
+                println!(
+                    "saga {}  {} ({})  order {}  now {}",
+                    s.id, s.kind, s.state, s.order, s.order_state
+                );
+                if let Some(r) = &s.reason {
+                    println!("  {r}");
+                }
+                let t0 = entries.first().map(|e| e.at_ms).unwrap_or(0);
+                for e in &entries {
+                    println!(
+                        "  {:>4} +{:>8} ms  {}",
+                        e.seq,
+                        e.at_ms.saturating_sub(t0),
+                        inspect::describe(&e.record)
+                    );
+                }
+            }
+            Ok(0)
+        }
+        JournalCmd::Stats { json } => {
+            let j = open(cfg_path).await?;
+            let (rows, bad) = inspect::summaries(
+                j.journal().as_ref(),
+                &[SagaSet::Unfinished, SagaSet::Finished],
+            )
+            .await?;
+            let mut by_state = std::collections::BTreeMap::<String, usize>::new();
+            let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
+            let mut by_channel = std::collections::BTreeMap::<String, usize>::new();
+            for r in &rows {
+                *by_state.entry(r.state.clone()).or_default() += 1;
+                *by_kind.entry(r.kind.clone()).or_default() += 1;
+                *by_channel.entry(r.channel.clone()).or_default() += 1;
+            }
+            let disk = match &j {
+                OpenJournal::Sled(s) => s
+                    .stats()
+                    .await
+                    .ok()
+                    .map(|st| serde_json::to_value(format!("{st:?}")).unwrap_or_default()),
+                OpenJournal::Other(_) => None,
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "sagas": rows.len(), "by_state": by_state, "by_kind": by_kind, "by_channel": by_channel, "unreadable": bad.len(), "storage": disk })
+                );
+            } else {
+                println!("sagas: {} ({} unreadable)", rows.len(), bad.len());
+                for (title, m) in [
+                    ("by state", &by_state),
+                    ("by kind", &by_kind),
+                    ("by channel", &by_channel),
+                ] {
+                    println!("{title}:");
+                    for (k, v) in m {
+                        println!("  {k:<20} {v:>8}");
+                    }
+                }
+                if let Some(d) = disk {
+                    println!("storage: {}", d.as_str().unwrap_or_default());
+                }
+            }
+            Ok(0)
+        }
+        JournalCmd::Resume {
+            ids,
+            wait_secs,
+            json,
+        } => {
+            let cfg = load_config(cfg_path)?;
+            let (engine, _j) = engine_for(&cfg).await?;
+            let targets: Vec<SagaId> = if ids.is_empty() {
+                let report = engine.recover().await?;
+                for (id, e) in &report.failed {
+                    eprintln!("saga {id} cannot be resumed: {e}");
+                }
+                engine
+                    .journal()
+                    .list(SagaSet::Unfinished)
+                    .await?
+                    .into_iter()
+                    .filter(|id| engine.is_running(*id))
+                    .collect()
+            } else {
+                let mut v = Vec::new();
+                for s in &ids {
+                    let id = parse_id(s)?;
+                    engine
+                        .resume(id)
+                        .await
+                        .map_err(|e| anyhow!("saga {id}: {e}"))?;
+                    v.push(id);
+                }
+                v
+            };
+            let mut worst = 0;
+            for id in targets {
+                let exit = wait_for(&engine, id, wait_secs).await;
+                worst = worst.max(exit_code(&exit));
+                report_exit(id, &exit, json);
+            }
+            engine.kill();
+            Ok(worst)
+        }
+        JournalCmd::Abort {
+            id,
+            reason,
+            wait_secs,
+            json,
+        } => {
+            let id = parse_id(&id)?;
+            let cfg = load_config(cfg_path)?;
+            let (engine, _j) = engine_for(&cfg).await?;
+            engine
+                .abort(id, reason)
+                .await
+                .map_err(|e| anyhow!("saga {id}: {e}"))?;
+            let exit = wait_for(&engine, id, wait_secs).await;
+            engine.kill();
+            report_exit(id, &exit, json);
+            Ok(match exit {
+                Some(SagaExit::Finished(_)) => 0,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn report_exit(id: SagaId, exit: &Option<SagaExit>, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "saga_id": id, "exit": exit.as_ref().map(|e| format!("{e:?}")) })
+        );
+        return;
+    }
+    match exit {
+        Some(SagaExit::Finished(o)) => println!("saga {id}: {}", describe_outcome(o)),
+        Some(SagaExit::Stuck { reason }) => println!("saga {id}: stuck: {reason}"),
+        Some(SagaExit::Stopped { reason }) => println!("saga {id}: stopped: {reason}"),
+        None => println!("saga {id}: still running; it stays durable"),
+    }
+}

@@ -1,0 +1,109 @@
+//! `rescind`: the command line. Glue only — every capability is a library call
+//! in the `rescind` crate that an embedding backend can make too.
+
+mod demo;
+mod journal_cmd;
+mod ops;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Durable cancellation and refund withdrawal for marketplace orders.
+#[derive(Parser, Debug)]
+#[command(name = "rescind", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (TOML). See rescind.example.toml.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "RESCIND_CONFIG",
+        default_value = "rescind.toml"
+    )]
+    config: PathBuf,
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The one-command tour: simulator + sled journal in a temp dir, 1,000+
+    /// mixed cancellations under faults, a worker killed with SIGKILL half-way
+    /// and resumed, then a summary checked against the simulator's effect log.
+    Demo(demo::DemoArgs),
+    /// Start a cancellation saga durably and (by default) wait for its outcome.
+    Cancel(ops::CancelArgs),
+    /// Start a refund-withdraw saga durably and (by default) wait for its outcome.
+    WithdrawRefund(ops::WithdrawArgs),
+    /// Inspect and operate the journal.
+    #[command(subcommand)]
+    Journal(journal_cmd::JournalCmd),
+    /// Compare local orders with what each channel says; --fix converges them.
+    Reconcile(ops::ReconcileArgs),
+    /// Run the channel simulator (TOP and PandaPon) for your own code to call.
+    Sim(rescind_sim::SimArgs),
+    /// Run the engine as a long-lived worker with an HTTP API.
+    Worker(ops::WorkerArgs),
+    /// Internal: the demo's worker child process.
+    #[command(hide = true)]
+    DemoWorker(demo::DemoWorkerArgs),
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,rescind=info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Demo(a) => demo::run(a).await,
+            Command::DemoWorker(a) => demo::run_worker(a).await,
+            Command::Cancel(a) => ops::cancel(&cli.config, a).await,
+            Command::WithdrawRefund(a) => ops::withdraw(&cli.config, a).await,
+            Command::Journal(c) => journal_cmd::run(&cli.config, c).await,
+            Command::Reconcile(a) => ops::reconcile(&cli.config, a).await,
+            Command::Sim(a) => rescind_sim::cli::run(a)
+                .await
+                .map(|_| 0)
+                .map_err(|e| anyhow::anyhow!("{e}")),
+            Command::Worker(a) => ops::worker(&cli.config, a).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            // One clear message, its causes, no backtrace.
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}

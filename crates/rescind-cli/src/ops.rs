@@ -1,0 +1,404 @@
+//! `cancel`, `withdraw-refund`, `reconcile` and `worker`.
+
+use anyhow::{anyhow, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rescind::config::Config;
+use rescind::inspect::SagaSummary;
+use rescind::reconcile::{self, Finding};
+use rescind_core::{
+    Engine, OrderRef, RefundId, SagaExit, SagaId, SagaInput, SagaOutcome, StockLockRef,
+};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Arguments of `rescind cancel`.
+#[derive(clap::Args, Debug)]
+pub struct CancelArgs {
+    /// Channel name as configured (e.g. tmall-tbc, pandapon-1688).
+    #[arg(long)]
+    pub channel: String,
+    /// The channel's order id.
+    #[arg(long)]
+    pub order: String,
+    /// The order is paid: cancel after payment (opens a refund and waits for it).
+    #[arg(long)]
+    pub paid: bool,
+    /// A stock lock to release afterwards, as CHANNEL:LOCK_ID (e.g. damai:12345).
+    #[arg(long, value_name = "CHANNEL:LOCK_ID")]
+    pub stock_lock: Option<String>,
+    /// Reason sent upstream where the channel takes one.
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub common: RunArgs,
+}
+
+/// Arguments of `rescind withdraw-refund`.
+#[derive(clap::Args, Debug)]
+pub struct WithdrawArgs {
+    /// Channel name as configured (e.g. pandapon-taobao).
+    #[arg(long)]
+    pub channel: String,
+    /// The order the refund belongs to.
+    #[arg(long)]
+    pub order: String,
+    /// The refund (reverse order) to withdraw.
+    #[arg(long)]
+    pub refund: String,
+    #[command(flatten)]
+    pub common: RunArgs,
+}
+
+/// Options shared by the one-saga commands.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Idempotency key: running the command again with the same key never
+    /// starts a second saga (default: derived from the command's arguments).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Return the saga id once it is journaled; a worker (or `journal resume`) finishes it.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this many seconds (the saga stays durable).
+    #[arg(long, default_value_t = 120)]
+    pub wait_secs: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(crate) fn load_config(path: &Path) -> Result<Config> {
+    Config::load(path).map_err(|e| anyhow!("{} ({})", e, path.display()))
+}
+
+pub(crate) async fn engine_for(cfg: &Config) -> Result<(Engine, rescind::wiring::OpenJournal)> {
+    let journal = rescind::wiring::open_journal(&cfg.journal)
+        .await
+        .map_err(|e| anyhow!("cannot open the journal: {e}\n  (a running `rescind worker` holds a sled journal: stop it, or send the request to its HTTP API)"))?;
+    let channels = rescind::wiring::build_channels(cfg).map_err(|e| anyhow!("{e}"))?;
+    let engine = Engine::builder(journal.journal())
+        .channels(channels)
+        .limits(cfg.engine.clone())
+        .build();
+    Ok((engine, journal))
+}
+
+/// Wait for a saga; on timeout say what it is doing. Returns the exit.
+pub(crate) async fn wait_for(engine: &Engine, id: SagaId, secs: u64) -> Option<SagaExit> {
+    tokio::time::timeout(Duration::from_secs(secs), engine.wait(id))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+}
+
+pub(crate) fn exit_code(exit: &Option<SagaExit>) -> u8 {
+    match exit {
+        Some(SagaExit::Finished(SagaOutcome::Completed { .. })) => 0,
+        _ => 1,
+    }
+}
+
+async fn run_one(
+    cfg_path: &Path,
+    input: SagaInput,
+    default_key: String,
+    args: &RunArgs,
+) -> Result<u8> {
+    let cfg = load_config(cfg_path)?;
+    let (engine, journal) = engine_for(&cfg).await?;
+    let key = args.key.clone().unwrap_or(default_key);
+    let (id, created) = engine
+        .start_keyed(&key, input)
+        .await
+        .context("starting the saga")?;
+    if !created {
+        eprintln!("saga {id} already exists for key {key:?}; showing it");
+    }
+    if args.no_wait {
+        engine.kill();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({ "saga_id": id, "created": created })
+            );
+        } else {
+            println!("{id}");
+        }
+        return Ok(0);
+    }
+    let exit = wait_for(&engine, id, args.wait_secs).await;
+    let last_error = engine.last_error(id);
+    engine.kill();
+    let summary = engine.load(id).await.ok().map(|s| SagaSummary::of(&s));
+    drop(journal);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "saga_id": id, "exit": exit.as_ref().map(|e| format!("{e:?}")), "summary": summary, "last_error": last_error })
+        );
+    } else {
+        match &exit {
+            Some(SagaExit::Finished(o)) => println!("saga {id}: {}", describe_outcome(o)),
+            Some(SagaExit::Stuck { reason }) => println!("saga {id}: stuck: {reason}\n  resume it with `rescind journal resume {id}` once the cause is fixed"),
+            Some(SagaExit::Stopped { reason }) => println!("saga {id}: stopped: {reason}"),
+            None => println!(
+                "saga {id}: still running after {}s{}\n  it is durable: `rescind journal resume {id}` or a worker will finish it",
+                args.wait_secs,
+                last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
+            ),
+        }
+    }
+    Ok(exit_code(&exit))
+}
+
+pub(crate) fn describe_outcome(o: &SagaOutcome) -> String {
+    match o {
+        SagaOutcome::Completed { order, note } => format!(
+            "completed, order {order}{}",
+            note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+        ),
+        SagaOutcome::Failed { reason } => format!("failed: {reason}"),
+        SagaOutcome::Aborted {
+            compensated,
+            reason,
+        } => format!("aborted ({reason}); compensated: {compensated}"),
+    }
+}
+
+pub async fn cancel(cfg: &Path, a: CancelArgs) -> Result<u8> {
+    let order = OrderRef::new(a.channel.as_str(), a.order.as_str());
+    let mut input = if a.paid {
+        SagaInput::cancel_paid(order)
+    } else {
+        SagaInput::cancel_unpaid(order)
+    };
+    if let Some(l) = &a.stock_lock {
+        let (ch, id) = l
+            .split_once(':')
+            .filter(|(c, i)| !c.is_empty() && !i.is_empty())
+            .ok_or_else(|| anyhow!("--stock-lock must be CHANNEL:LOCK_ID, got {l:?}"))?;
+        input = input.with_stock_lock(StockLockRef::new(ch, id));
+    }
+    if let Some(r) = &a.reason {
+        input = input.with_reason(r.clone());
+    }
+    let key = format!(
+        "cli:cancel:{}:{}:{}",
+        a.channel,
+        a.order,
+        if a.paid { "paid" } else { "unpaid" }
+    );
+    run_one(cfg, input, key, &a.common).await
+}
+
+pub async fn withdraw(cfg: &Path, a: WithdrawArgs) -> Result<u8> {
+    let input = SagaInput::withdraw_refund(
+        OrderRef::new(a.channel.as_str(), a.order.as_str()),
+        RefundId::from(a.refund.as_str()),
+    );
+    let key = format!("cli:withdraw:{}:{}:{}", a.channel, a.order, a.refund);
+    run_one(cfg, input, key, &a.common).await
+}
+
+/// Arguments of `rescind reconcile`.
+#[derive(clap::Args, Debug)]
+pub struct ReconcileArgs {
+    /// Local orders: CSV with a header (channel,order_id,local_state,refund_id) or JSON lines.
+    #[arg(long)]
+    pub orders: std::path::PathBuf,
+    /// Lookups in flight at once (each channel's rate limit still applies).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Print JSON lines (one finding per line, then a summary line).
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV.
+    #[arg(long)]
+    pub csv: bool,
+    /// Start the sagas that converge the mismatches, wait, and check again.
+    #[arg(long)]
+    pub fix: bool,
+    /// How long --fix waits for its sagas.
+    #[arg(long, default_value_t = 300)]
+    pub wait_secs: u64,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn print_findings(findings: &[Finding], json: bool, csv: bool) {
+    if json {
+        for f in findings {
+            println!("{}", serde_json::to_string(f).unwrap_or_default());
+        }
+        let summary: serde_json::Map<String, serde_json::Value> = reconcile::summary(findings)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into()))
+            .collect();
+        println!("{}", serde_json::json!({ "summary": summary }));
+        return;
+    }
+    if csv {
+        println!("channel,order_id,local_state,upstream_state,upstream_status,verdict,detail");
+        for f in findings {
+            let (state, raw) = f
+                .upstream
+                .as_ref()
+                .map(|u| (u.state.to_string(), u.upstream.clone()))
+                .unwrap_or_default();
+            println!(
+                "{},{},{:?},{},{},{},\"{}\"",
+                f.local.channel,
+                f.local.order_id,
+                f.local.local_state,
+                state,
+                raw,
+                f.verdict.name(),
+                f.detail.replace('"', "'")
+            );
+        }
+        return;
+    }
+    println!(
+        "{:<18} {:<22} {:<11} {:<22} {:<30} detail",
+        "channel", "order", "local", "upstream", "verdict"
+    );
+    for f in findings {
+        let up = f
+            .upstream
+            .as_ref()
+            .map(|u| format!("{} ({})", u.state.name(), u.upstream))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<18} {:<22} {:<11} {:<22} {:<30} {}",
+            f.local.channel,
+            f.local.order_id,
+            format!("{:?}", f.local.local_state),
+            up,
+            f.verdict.name(),
+            f.detail
+        );
+    }
+    println!();
+    for (verdict, n) in reconcile::summary(findings) {
+        println!("{verdict:<32} {n:>6}");
+    }
+}
+
+pub async fn reconcile(cfg_path: &Path, a: ReconcileArgs) -> Result<u8> {
+    let cfg = load_config(cfg_path)?;
+    let text = std::fs::read_to_string(&a.orders)
+        .with_context(|| format!("cannot read {}", a.orders.display()))?;
+    let orders =
+        reconcile::parse_orders(&text).map_err(|e| anyhow!("{}: {e}", a.orders.display()))?;
+    let channels = rescind::wiring::build_channels(&cfg).map_err(|e| anyhow!("{e}"))?;
+    let pb = bar(orders.len() as u64, "looking up");
+    let p2 = pb.clone();
+    let findings = reconcile::reconcile(
+        &channels,
+        orders,
+        a.concurrency,
+        Arc::new(move || p2.inc(1)),
+    )
+    .await;
+    pb.finish_and_clear();
+    print_findings(&findings, a.json, a.csv);
+    let mismatches = findings.iter().filter(|f| f.verdict.is_mismatch()).count();
+    if !a.fix || mismatches == 0 {
+        return Ok(u8::from(mismatches > 0));
+    }
+    let (engine, _journal) = engine_for(&cfg).await?;
+    let mut started = Vec::new();
+    for f in &findings {
+        if let Some(input) = f.fix() {
+            let key = format!(
+                "reconcile:{}:{}:{}",
+                f.local.channel,
+                f.local.order_id,
+                f.verdict.name()
+            );
+            let (id, _) = engine
+                .start_keyed(&key, input)
+                .await
+                .context("starting a fix saga")?;
+            started.push((f.local.clone(), id));
+        }
+    }
+    eprintln!(
+        "started {} fix saga(s); {} mismatch(es) need a local update",
+        started.len(),
+        mismatches - started.len()
+    );
+    let pb = bar(started.len() as u64, "fixing");
+    for (_, id) in &started {
+        let exit = wait_for(&engine, *id, a.wait_secs).await;
+        if let Some(SagaExit::Finished(o)) = &exit {
+            pb.println(format!("saga {id}: {}", describe_outcome(o)));
+        } else {
+            pb.println(format!("saga {id}: not finished ({exit:?})"));
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    engine.kill();
+    let again: Vec<_> = findings.iter().map(|f| f.local.clone()).collect();
+    let after = reconcile::reconcile(&channels, again, a.concurrency, Arc::new(|| {})).await;
+    let remaining = after.iter().filter(|f| f.verdict.is_mismatch()).count();
+    println!("\nafter --fix: {remaining} mismatch(es) remain");
+    for (verdict, n) in reconcile::summary(&after) {
+        println!("{verdict:<32} {n:>6}");
+    }
+    Ok(u8::from(remaining > 0))
+}
+
+/// Arguments of `rescind worker`.
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// Listen here instead of the configured `worker.listen`.
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub async fn worker(cfg_path: &Path, a: WorkerArgs) -> Result<u8> {
+    let cfg = load_config(cfg_path)?;
+    let w = rescind::worker::start_worker(&cfg, a.listen.as_deref())
+        .await
+        .map_err(|e| anyhow!(e))?;
+    println!("listening on http://{}", w.addr);
+    eprintln!(
+        "recovered {} saga(s) ({} in doubt, {} could not be resumed)",
+        w.recovered.resumed,
+        w.recovered.in_doubt,
+        w.recovered.failed.len()
+    );
+    terminated().await;
+    eprintln!("shutting down: letting sagas reach a safe point");
+    w.shutdown().await;
+    Ok(0)
+}
