@@ -98,6 +98,16 @@ impl Shared {
         self.pool.get().await.map_err(JournalError::from)
     }
 
+    /// A write under `fence` was fenced: stop returning the saga from
+    /// `claim_unfinished` and stop renewing it (unless a newer claim replaced it).
+    fn mark_lost(&self, saga: SagaId, fence: Option<i64>) {
+        if let Some(l) = self.leases().get_mut(&saga) {
+            if Some(l.fence) == fence {
+                l.lost = true;
+            }
+        }
+    }
+
     /// Lease and sequence of the given sagas, as stored now.
     pub(crate) async fn saga_rows(
         &self,
@@ -309,10 +319,11 @@ impl Journal for PgJournal {
             expected: 0,
         })?;
         let (reply, answer) = oneshot::channel();
+        let req_fence = self.shared.held_fence(saga);
         let req = AppendReq {
             saga,
             seq,
-            fence: self.shared.held_fence(saga),
+            fence: req_fence,
             body: encode(entry),
             reply,
         };
@@ -323,15 +334,19 @@ impl Journal for PgJournal {
         let res = answer.await.map_err(|_| {
             JournalError::Backend("the journal's committer stopped before answering".into())
         })?;
-        if res.is_ok() && seq == 0 {
+        match &res {
             // Creating the saga leased it to this worker under token 1.
-            self.shared.leases().insert(
-                saga,
-                Lease {
-                    fence: 1,
-                    lost: false,
-                },
-            );
+            Ok(()) if seq == 0 => {
+                self.shared.leases().insert(
+                    saga,
+                    Lease {
+                        fence: 1,
+                        lost: false,
+                    },
+                );
+            }
+            Err(JournalError::Fenced { .. }) => self.shared.mark_lost(saga, req_fence),
+            _ => {}
         }
         res
     }
@@ -403,10 +418,13 @@ impl Journal for PgJournal {
         let rows = self.shared.saga_rows(&client, &[saga.0]).await?;
         match rows.get(&saga) {
             None => Err(JournalError::UnknownSaga(saga)),
-            Some(row) => Err(JournalError::Fenced {
-                saga,
-                detail: committer::fenced_detail(&self.shared.cfg.worker_id, held, row),
-            }),
+            Some(row) => {
+                self.shared.mark_lost(saga, held);
+                Err(JournalError::Fenced {
+                    saga,
+                    detail: committer::fenced_detail(&self.shared.cfg.worker_id, held, row),
+                })
+            }
         }
     }
 

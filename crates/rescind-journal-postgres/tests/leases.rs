@@ -111,6 +111,11 @@ async fn stale_worker_write_is_rejected_by_the_database() {
         "stale append at next seq",
     );
     expect_fenced(a.mark_finished(s).await, s, 1, "stale mark_finished");
+    // A stops offering the saga to its engine once a write was fenced.
+    assert_eq!(
+        a.claim_unfinished().await.unwrap_or_else(|e| panic!("{e}")),
+        vec![]
+    );
     a.release(s)
         .await
         .unwrap_or_else(|e| panic!("stale release is a no-op: {e}"));
