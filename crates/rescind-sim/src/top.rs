@@ -361,14 +361,12 @@ fn check_system(
 }
 
 fn summary(
-    sim: &Sim,
     method: &str,
     reply: &Reply,
     http_method: &str,
     path: &str,
     params: BTreeMap<String, String>,
 ) -> RequestSummary {
-    let _ = sim;
     RequestSummary {
         endpoint: method.to_owned(),
         http_method: http_method.to_owned(),
@@ -479,7 +477,7 @@ fn tbc_cancel(
 ) -> Result<Value, TopError> {
     let order_id = required(p, "out_order_no")?;
     required(p, "source_site")?;
-    let req = summary(sim, method, reply, hm, path, business_params(p));
+    let req = summary(method, reply, hm, path, business_params(p));
     let r = sim.with_book(|b, now, n| b.cancel_unpaid(TMALL_TBC, order_id, now, &req, n));
     Ok(tbc_result(r.map(|()| json!({}))))
 }
@@ -494,7 +492,7 @@ fn tbc_paid_cancel(
 ) -> Result<Value, TopError> {
     let order_id = required(p, "out_order_no")?;
     required(p, "source_site")?;
-    let req = summary(sim, method, reply, hm, path, business_params(p));
+    let req = summary(method, reply, hm, path, business_params(p));
     let r = sim.with_book(|b, now, n| b.cancel_paid(TMALL_TBC, order_id, now, &req, n));
     Ok(tbc_result(r.map(|rid| json!({ "refund_id": rid }))))
 }
@@ -585,7 +583,7 @@ fn damai_cancel(
     let mut params = business_params(p);
     params.insert("order_id".into(), order_id.clone());
     params.insert("msg_id".into(), msg_id.clone());
-    let req = summary(sim, method, reply, hm, path, params);
+    let req = summary(method, reply, hm, path, params);
     let r = sim.with_book(|b, now, _| b.release_stock(&order_id, now, &req));
     Ok(match r {
         Ok(()) => answer("0", "success"),
