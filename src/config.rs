@@ -432,6 +432,41 @@ user_id = "u"
         }
     }
 
+    /// The shipped example parses, and the defaults it shows are the real ones.
+    #[test]
+    fn example_file_is_true() {
+        let text = include_str!("../rescind.example.toml");
+        let env = |v: &str| match v {
+            "RESCIND_TOP_APP_SECRET"
+            | "RESCIND_DAMAI_SUPPLIER_SECRET"
+            | "RESCIND_PANDAPON_SECRET" => Some("x".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_toml_str(text, Path::new("/srv"), &env).unwrap();
+        assert_eq!(
+            c.engine,
+            Limits::default(),
+            "[engine] in the example must show the defaults"
+        );
+        let mut w = WorkerConfig::default();
+        w.callback_store = Path::new("/srv").join(&w.callback_store);
+        assert_eq!(
+            c.worker, w,
+            "[worker] in the example must show the defaults"
+        );
+        let types: Vec<&str> = c.channels.values().map(|c| c.type_name()).collect();
+        assert_eq!(
+            types,
+            ["damai", "pandapon-1688", "pandapon-taobao", "tmall-tbc"]
+        );
+        assert_eq!(
+            c.journal,
+            JournalConfig::Sled {
+                path: PathBuf::from("/srv/rescind-journal")
+            }
+        );
+    }
+
     #[test]
     fn urls_are_redacted() {
         assert_eq!(
