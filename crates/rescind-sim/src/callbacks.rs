@@ -69,10 +69,23 @@ pub struct PushRecord {
     pub error: Option<String>,
 }
 
+/// Receives callback pushes in-process instead of over HTTP (deterministic
+/// simulation). Set with [`Sim::set_callback_sink`]; it takes precedence over
+/// the callback URL. Duplicates, reordering and re-pushes work as over HTTP.
+#[async_trait::async_trait]
+pub trait CallbackSink: Send + Sync + 'static {
+    /// Deliver one push body; return the HTTP status the receiver answered
+    /// (200 acknowledges; anything else is re-pushed).
+    async fn push(&self, payload: &str) -> u16;
+}
+
 pub(crate) fn dispatch(sim: &Sim, notices: Vec<Notice>) {
-    let Some(url) = lock(&sim.inner.callback_url).clone() else {
+    let sink = lock(&sim.inner.callback_sink).clone();
+    let url = lock(&sim.inner.callback_url).clone();
+    if sink.is_none() && url.is_none() {
         return;
-    };
+    }
+    let url = url.unwrap_or_default();
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         tracing::warn!(
             "callbacks need a tokio runtime; {} message(s) not pushed",
@@ -100,6 +113,7 @@ pub(crate) fn dispatch(sim: &Sim, notices: Vec<Notice>) {
         for copy in 0..copies {
             let delay = sim.inner.rng.below(cfg.reorder_window_ms.saturating_add(1));
             let (sim, url, payload, cfg) = (sim.clone(), url.clone(), payload.clone(), cfg.clone());
+            let sink = sink.clone();
             let message_type = n.message_type.to_owned();
             handle.spawn(async move {
                 if delay > 0 {
@@ -109,27 +123,65 @@ pub(crate) fn dispatch(sim: &Sim, notices: Vec<Notice>) {
                         .sleep(Duration::from_millis(delay))
                         .await;
                 }
-                push(&sim, &url, &payload, &message_type, seq, copy > 0, &cfg).await;
+                let to = match &sink {
+                    Some(s) => Target::Sink(s.as_ref()),
+                    None => Target::Url(&url),
+                };
+                push(&sim, to, &payload, &message_type, seq, copy > 0, &cfg).await;
             });
         }
     }
 }
 
+enum Target<'a> {
+    Url(&'a str),
+    Sink(&'a dyn CallbackSink),
+}
+
 async fn push(
     sim: &Sim,
-    url: &str,
+    to: Target<'_>,
     payload: &str,
     message_type: &str,
     seq: u64,
     duplicate: bool,
     cfg: &CallbackConfig,
 ) {
-    let client = sim
-        .inner
-        .http
-        .get_or_init(|| reqwest::Client::builder().build().unwrap_or_default());
     for attempt in 1..=cfg.attempts_max.max(1) {
         let at_ms = sim.now_ms();
+        let url = match to {
+            Target::Url(url) => url,
+            Target::Sink(sink) => {
+                let status = sink.push(payload).await;
+                let delivered = status == 200;
+                lock(&sim.inner.pushes).push(PushRecord {
+                    message_seq: seq,
+                    attempt,
+                    duplicate,
+                    message_type: message_type.to_owned(),
+                    payload: payload.to_owned(),
+                    at_ms,
+                    status: Some(status),
+                    delivered,
+                    error: None,
+                });
+                if delivered {
+                    return;
+                }
+                if attempt < cfg.attempts_max {
+                    sim.inner
+                        .cfg
+                        .clock
+                        .sleep(Duration::from_millis(cfg.retry_delay_ms))
+                        .await;
+                }
+                continue;
+            }
+        };
+        let client = sim
+            .inner
+            .http
+            .get_or_init(|| reqwest::Client::builder().build().unwrap_or_default());
         let r = client
             .post(url)
             .header("content-type", "application/json")

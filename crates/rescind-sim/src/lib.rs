@@ -48,7 +48,7 @@ pub use book::{
     AppliedEvent, Effect, EventAction, Mix, OrderSeed, OrderView, RefundSeed, RefundView,
     RequestSummary, ScheduledEvent, SeedError,
 };
-pub use callbacks::{CallbackConfig, PushRecord};
+pub use callbacks::{CallbackConfig, CallbackSink, PushRecord};
 pub use cli::SimArgs;
 pub use faults::{FaultKind, FaultProfile, FaultSpec, LostResponseMode};
 pub use transport::SimTransport;
@@ -206,6 +206,7 @@ pub(crate) struct Inner {
     pub push_seq: std::sync::atomic::AtomicU64,
     pub http: std::sync::OnceLock<reqwest::Client>,
     pub callback_url: Mutex<Option<String>>,
+    pub callback_sink: Mutex<Option<Arc<dyn CallbackSink>>>,
 }
 
 /// The simulator: cheap to clone (an `Arc` inside); every clone is the same
@@ -277,6 +278,7 @@ impl Sim {
             inner: Arc::new(Inner {
                 rng: SplitMix64::new(cfg.seed),
                 callback_url: Mutex::new(cfg.callback_url.clone()),
+                callback_sink: Mutex::new(None),
                 cfg,
                 book: Mutex::new(Book::default()),
                 faults: Mutex::new(faults),
@@ -459,6 +461,12 @@ impl Sim {
     /// Change (or remove) the callback receiver at run time.
     pub fn set_callback_url(&self, url: Option<String>) {
         *lock(&self.inner.callback_url) = url;
+    }
+
+    /// Push callbacks to `sink` in-process instead of over HTTP (`None`: back
+    /// to the callback URL). For deterministic simulation.
+    pub fn set_callback_sink(&self, sink: Option<Arc<dyn CallbackSink>>) {
+        *lock(&self.inner.callback_sink) = sink;
     }
 
     /// Schedule a change after `ev.after_ms` of the sim's clock. It is applied
