@@ -126,8 +126,10 @@ impl PandaponClient {
     /// The authentication headers for one request at `now_ms`.
     pub fn auth_headers(&self, now_ms: u64, nonce: Option<&str>) -> Vec<(String, String)> {
         let ts = now_ms.to_string();
-        let mut signed: Vec<(&str, &str)> =
-            vec![("access-key", &self.config.access_key), ("timestamp", &ts)];
+        let mut signed: Vec<(&str, &str)> = vec![
+            ("access-key", self.config.access_key.expose()),
+            ("timestamp", &ts),
+        ];
         if let Some(n) = nonce {
             signed.push(("nonce-str", n));
         }

@@ -12,8 +12,10 @@ use serde::{Deserialize, Deserializer};
 pub struct PandaponConfig {
     /// Base URL, e.g. `https://openapi.pandapon.example`; paths are appended.
     pub base_url: String,
-    /// The `access-key` header.
-    pub access_key: String,
+    /// The `access-key` header. Treated as a secret: redacted in `Debug`
+    /// and errors (the CLI reads it from `access_key_env` or the file).
+    #[serde(deserialize_with = "secret")]
+    pub access_key: Secret,
     /// The secret the signature is made with. Never logged.
     #[serde(default, deserialize_with = "secret")]
     pub secret: Secret,
@@ -181,7 +183,7 @@ impl PandaponConfig {
     ) -> Self {
         PandaponConfig {
             base_url: base_url.into(),
-            access_key: access_key.into(),
+            access_key: Secret::new(access_key.into()),
             secret,
             user_id: user_id.into(),
             send_nonce: true,
@@ -215,7 +217,7 @@ impl PandaponConfig {
                 "must start with http:// or https://",
             ));
         }
-        if self.access_key.trim().is_empty() {
+        if self.access_key.expose().trim().is_empty() {
             return Err(Error::config("access_key", "is empty"));
         }
         if self.secret.is_empty() {
@@ -270,7 +272,7 @@ taobao_order_detail = "/x/{orderId}"
             ),
             (
                 PandaponConfig {
-                    access_key: " ".into(),
+                    access_key: Secret::new(" "),
                     ..ok.clone()
                 },
                 "access_key",

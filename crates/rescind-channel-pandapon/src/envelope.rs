@@ -172,13 +172,15 @@ pub fn classify(http_status: u16, body: &[u8]) -> Result<Envelope, ChannelError>
     let env = match parsed {
         Ok(env) => env,
         Err(e) if http_status == 200 => return Err(e),
-        Err(_) => return Err(ChannelError::permanent(
-            PermanentReason::Other,
-            format!(
+        Err(_) => {
+            return Err(ChannelError::permanent(
+                PermanentReason::Other,
+                format!(
                 "HTTP {http_status} without a PandaPon envelope (is the path configured right?)"
             ),
-        )
-        .with_codes(Some(format!("http-{http_status}")), None)),
+            )
+            .with_codes(Some(format!("http-{http_status}")), None))
+        }
     };
     if env.code == 200 {
         return Ok(env);

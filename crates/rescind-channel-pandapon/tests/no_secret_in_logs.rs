@@ -111,6 +111,7 @@ async fn secret_never_logged() {
         Arc::new(MemoryCallbackStore::new()),
         Arc::new(Engine::builder(Arc::new(MemoryJournal::new())).build()),
     );
+    texts.push(format!("{:?} {:?}", t, SimConfig::default()));
     rx.receive(b"{bad").await;
     rx.receive(
         br#"{"messageType":"WHATEVER","messageBody":"{}","messagePlatform":0,"timestamp":1}"#,
@@ -126,7 +127,12 @@ async fn secret_never_logged() {
     );
     assert!(logs.contains("WHATEVER"), "and the receiver's:\n{logs}");
     let all = format!("{logs}\n{}", texts.join("\n"));
-    for secret in [defaults::PANDAPON_SECRET, "another-secret-value"] {
+    // The access key is a secret too (it identifies the account on every request).
+    for secret in [
+        defaults::PANDAPON_SECRET,
+        defaults::PANDAPON_ACCESS_KEY,
+        "another-secret-value",
+    ] {
         assert!(!all.contains(secret), "secret leaked:\n{all}");
     }
     assert!(

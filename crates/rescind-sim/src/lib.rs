@@ -184,7 +184,7 @@ impl std::fmt::Debug for SimConfig {
             .field("order_get_method", &self.order_get_method)
             .field("supplier_key", &self.supplier_key)
             .field("supplier_secret", &self.supplier_secret)
-            .field("pandapon_access_key", &self.pandapon_access_key)
+            .field("pandapon_access_key", &"***")
             .field("pandapon_secret", &self.pandapon_secret)
             .field("pandapon_user_id", &self.pandapon_user_id)
             .field("seed", &self.seed)
