@@ -352,16 +352,18 @@ mod tests {
     }
 
     /// (local, refund, upstream, verdict, fix kind)
+    type Case = (
+        LocalState,
+        Option<&'static str>,
+        Result<OrderStatus, ChannelError>,
+        Verdict,
+        Option<&'static str>,
+    );
+
     #[test]
     fn verdict_table() {
         use LocalState as L;
-        let cases: Vec<(
-            L,
-            Option<&str>,
-            Result<OrderStatus, ChannelError>,
-            Verdict,
-            Option<&str>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 L::PendingPay,
                 None,
