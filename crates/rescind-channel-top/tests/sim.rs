@@ -201,6 +201,65 @@ async fn a_wrong_secret_is_the_invalid_signature_error() {
 }
 
 #[tokio::test]
+async fn an_invalid_session_is_reported_as_needing_reauthorisation() {
+    let sim = Sim::new(SimConfig {
+        session: Some(Secret::new("session-of-the-seller")),
+        ..SimConfig::default()
+    });
+    let server = sim.serve("127.0.0.1:0").await.expect("simulator starts");
+    let h = Harness { sim, server };
+    h.unpaid("S1");
+    let with_session = |session: &str| {
+        let mut g = h.gateway(defaults::APP_SECRET, SignMethod::HmacSha256);
+        g.session = Some(Secret::new(session));
+        Arc::new(TbcChannel::connect(TopConfig::new(g)).expect("tbc channel"))
+    };
+    let e = with_session("an-expired-session")
+        .cancel_unpaid(&cancel_req("S1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.class,
+        ErrorClass::Permanent(PermanentReason::InvalidSession),
+        "{e}"
+    );
+    assert_eq!(e.code.as_deref(), Some("27"), "{e}");
+    assert!(
+        !e.to_string().contains("an-expired-session"),
+        "session leaked: {e}"
+    );
+    assert!(h.sim.effects().is_empty(), "{}", h.effects());
+    // Through the engine it is a permanent failure, not a retry loop.
+    let tbc = with_session("an-expired-session");
+    let engine = h.engine(
+        Channels::new()
+            .with_cancel("tmall-tbc", tbc.clone())
+            .with_lookup("tmall-tbc", tbc),
+    );
+    let (_, exit) = engine
+        .run(SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", "S1")))
+        .await
+        .unwrap();
+    match exit {
+        SagaExit::Finished(SagaOutcome::Failed { reason }) => {
+            assert!(reason.contains("27"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // The right session goes through.
+    with_session("session-of-the-seller")
+        .cancel_unpaid(&cancel_req("S1"))
+        .await
+        .expect("cancel with a valid session");
+    assert_eq!(
+        h.count("cancel_unpaid", "tmall-tbc:S1"),
+        1,
+        "{}",
+        h.effects()
+    );
+}
+
+#[tokio::test]
 async fn a_skewed_clock_is_reported_as_such() {
     let h = Harness::start().await;
     h.unpaid("C1");

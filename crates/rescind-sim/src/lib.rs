@@ -106,6 +106,10 @@ pub struct SimConfig {
     pub app_key: String,
     /// TOP app secret.
     pub app_secret: Secret,
+    /// The TOP user authorisation (`session`) every call must carry, when
+    /// set; a missing or different one answers code 27 (Invalid Session).
+    /// `None` (the default): sessions are not checked.
+    pub session: Option<Secret>,
     /// Method name served as the post-payment TBC cancel.
     pub paid_cancel_method: String,
     /// Method name served as the TBC order lookup.
@@ -152,6 +156,7 @@ impl Default for SimConfig {
         SimConfig {
             app_key: APP_KEY.into(),
             app_secret: Secret::new(APP_SECRET),
+            session: None,
             paid_cancel_method: PAID_CANCEL_METHOD.into(),
             order_get_method: ORDER_GET_METHOD.into(),
             supplier_key: SUPPLIER_KEY.into(),

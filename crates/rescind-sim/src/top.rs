@@ -357,6 +357,20 @@ fn check_system(
     if !signatures_match(sign, &expected) {
         return Err(TopError::new(25, "Invalid Signature", "", ""));
     }
+    if let Some(session) = &cfg.session {
+        match p.get("session") {
+            None => return Err(TopError::new(26, "Missing Session", "", "")),
+            Some(s) if s != session.expose() => {
+                return Err(TopError::new(
+                    27,
+                    "Invalid Session",
+                    "isv.invalid-session",
+                    "the session is invalid or expired; authorise the app again",
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     Ok(())
 }
 
