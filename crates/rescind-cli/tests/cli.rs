@@ -709,3 +709,86 @@ fn demo_totals_add_up_and_every_effect_happened_once() {
         assert_eq!(v[k].as_array().unwrap().len(), 0, "{k}: {v:#}");
     }
 }
+
+/// The CLI on a PostgreSQL journal (`postgres_url_env` in the config). Needs
+/// `RESCIND_PG_URL`; skipped without it, except under `CI=true` where a
+/// missing database is a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_journal_on_postgres() {
+    let Ok(url) = std::env::var("RESCIND_PG_URL") else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true but RESCIND_PG_URL is not set"
+        );
+        eprintln!("skipped: RESCIND_PG_URL is not set (source .ci/postgres to run it)");
+        return;
+    };
+    let env = Env::new().await;
+    let text = std::fs::read_to_string(&env.cfg)
+        .unwrap()
+        .replace("path = \"journal\"", "postgres_url_env = \"T_PG_URL\"");
+    std::fs::write(&env.cfg, text).unwrap();
+    // Orders unique to this run: the database outlives the test.
+    let id = format!(
+        "PG{}",
+        std::process::id() as u64 * 1_000_000
+            + u64::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .subsec_micros()
+            )
+    );
+    env.sim.add_order(order("tmall-tbc", &id, "WAIT_BUYER_PAY"));
+    let run = |args: Vec<String>| {
+        let mut c = env.cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        c.env("T_PG_URL", &url);
+        async move {
+            Out::from(
+                tokio::task::spawn_blocking(move || c.output())
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
+        }
+    };
+    let out = run(vec![
+        "cancel".into(),
+        "--channel".into(),
+        "tmall-tbc".into(),
+        "--order".into(),
+        id.clone(),
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stdout.contains("completed, order Cancelled"),
+        "{out:#?}"
+    );
+    let saga = uuid_in(&out.stdout);
+    let show = run(vec![
+        "journal".into(),
+        "show".into(),
+        saga.clone(),
+        "--json".into(),
+    ])
+    .await;
+    assert_eq!(show.code, 0, "{show:#?}");
+    let v: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(v["summary"]["state"], "completed");
+    assert_eq!(
+        env.effects(),
+        vec![("cancel_unpaid".into(), format!("tmall-tbc:{id}"), 1)]
+    );
+    // A bad URL is a clear error that does not print the password.
+    let mut c = env.cmd(&["journal", "list"]);
+    c.env("T_PG_URL", "postgres://rescind:hunter2@127.0.0.1:1/rescind");
+    let out: Out = tokio::task::spawn_blocking(move || c.output())
+        .await
+        .unwrap()
+        .unwrap()
+        .into();
+    out.assert_clean_failure(2, "cannot open the journal");
+    assert!(!out.stderr.contains("hunter2"), "password leaked: {out:#?}");
+}
