@@ -14,9 +14,9 @@
 mod support;
 
 use anyhow::{Context, Result};
-use async_trait::async_trait;
 use axum::{extract::Path, extract::State, http::StatusCode, Json};
 use clap::Parser;
+use rescind::core::async_trait;
 use rescind::core::{Action, Record, Via};
 use rescind::core::{
     CancelRequest, Decision, PermanentReason, Resolved, SagaDefinition, SagaState, StepOutcome,

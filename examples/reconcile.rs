@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use rescind::config::{Config, JournalConfig};
 use rescind::prelude::*;
-use rescind::reconcile::{self, Finding, LocalOrder, LocalState, Verdict};
+use rescind::reconcile::{self, Finding, LocalOrder};
 use rescind::sim::{defaults, RefundSeed};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -162,28 +162,6 @@ fn print_findings(title: &str, findings: &[Finding]) {
 }
 
 /// The local row takes the channel's state (the channel is ahead of the backend).
-fn adopt_upstream(f: &Finding) -> Option<LocalOrder> {
-    let up = &f.upstream.as_ref()?.state;
-    if !matches!(
-        f.verdict,
-        Verdict::UpstreamCancelledLocalOpen | Verdict::StateMismatch
-    ) {
-        return None;
-    }
-    let (local_state, refund_id) = match up {
-        OrderState::PendingPay => (LocalState::PendingPay, None),
-        OrderState::Paid => (LocalState::Paid, None),
-        OrderState::Refunding { refund_id } => (LocalState::Refunding, Some(refund_id.0.clone())),
-        OrderState::Cancelled => (LocalState::Cancelled, None),
-        OrderState::Refunded { refund_id } => (LocalState::Refunded, Some(refund_id.0.clone())),
-    };
-    Some(LocalOrder {
-        local_state,
-        refund_id,
-        ..f.local.clone()
-    })
-}
-
 fn write_orders(path: &Path, rows: &[LocalOrder], json_lines: bool) -> Result<()> {
     let mut out = String::from(if json_lines {
         ""
@@ -269,7 +247,7 @@ pub async fn run(args: Args) -> Result<Report> {
             if let Some(input) = f.fix() {
                 let key = format!("reconcile:{order}:{}", f.verdict.name());
                 started.push((order, engine.start_keyed(&key, input).await?.0));
-            } else if let Some(updated) = adopt_upstream(f) {
+            } else if let Some(updated) = f.local_update() {
                 rows[i] = updated;
                 report.fixed_locally.push(order);
             }

@@ -11,9 +11,9 @@ pub mod worker;
 pub use rescind_channel_pandapon as pandapon;
 pub use rescind_channel_top as top;
 pub use rescind_core as core;
-pub use rescind_journal_sled as sled_journal;
 #[cfg(feature = "postgres")]
 pub use rescind_journal_postgres as pg_journal;
+pub use rescind_journal_sled as sled_journal;
 pub use rescind_sim as sim;
 pub use rescind_wire as wire;
 

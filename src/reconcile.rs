@@ -125,6 +125,36 @@ impl Finding {
     }
 }
 
+impl Finding {
+    /// Where the channel is ahead (it cancelled or refunded the order, or the
+    /// buyer paid), nothing upstream needs doing: the backend should adopt the
+    /// channel's state. This is that updated local row; `None` for every other
+    /// verdict.
+    pub fn local_update(&self) -> Option<LocalOrder> {
+        let up = &self.upstream.as_ref()?.state;
+        if !matches!(
+            self.verdict,
+            Verdict::UpstreamCancelledLocalOpen | Verdict::StateMismatch
+        ) {
+            return None;
+        }
+        let (local_state, refund_id) = match up {
+            OrderState::PendingPay => (LocalState::PendingPay, None),
+            OrderState::Paid => (LocalState::Paid, None),
+            OrderState::Refunding { refund_id } => {
+                (LocalState::Refunding, Some(refund_id.0.clone()))
+            }
+            OrderState::Cancelled => (LocalState::Cancelled, None),
+            OrderState::Refunded { refund_id } => (LocalState::Refunded, Some(refund_id.0.clone())),
+        };
+        Some(LocalOrder {
+            local_state,
+            refund_id,
+            ..self.local.clone()
+        })
+    }
+}
+
 /// Judge one order from its lookup result.
 pub fn judge(local: &LocalOrder, lookup: Result<OrderStatus, ChannelError>) -> Finding {
     use LocalState as L;
@@ -450,6 +480,16 @@ mod tests {
                 fix,
                 "{state:?} {refund:?}"
             );
+            // A finding is fixed upstream, updated locally, or neither — never both.
+            assert!(
+                !(f.fix().is_some() && f.local_update().is_some()),
+                "{state:?} {refund:?}"
+            );
+            if f.verdict == Verdict::UpstreamCancelledLocalOpen {
+                let row = f.local_update().expect("the channel is ahead: adopt it");
+                let again = judge(&row, Ok(f.upstream.clone().expect("looked up")));
+                assert_eq!(again.verdict, Verdict::InSync, "{state:?}");
+            }
         }
     }
 

@@ -28,6 +28,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// Re-exported so custom channels and step executors need no extra dependency.
+pub use async_trait::async_trait;
+
 pub mod channel;
 #[cfg(feature = "conformance")]
 pub mod conformance;
