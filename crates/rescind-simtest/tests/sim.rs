@@ -1,0 +1,159 @@
+//! The whole-system simulation as CI runs it: ≥ 1,000 swarm seeds, the
+//! exhaustive crash points of every built-in saga on every channel, the
+//! committed regression seeds, determinism (I6), and the proof that the
+//! harness fails when a protection is switched off.
+//!
+//! Replay one seed: `RESCIND_SEED=S cargo test -p rescind-simtest --test sim swarm_seeds`.
+//! More seeds: `RESCIND_SEEDS=N` (and `RESCIND_SEED_START=S`); for long runs
+//! use the binary: `cargo run --release -p rescind-simtest -- --seeds 100000`.
+
+use rescind_core::engine::Protections;
+use rescind_simtest::crashpoints::{self, SCENARIOS};
+use rescind_simtest::{default_threads, run_many, run_seed, seeds_from_env, SwarmConfig, CI_SEEDS};
+
+fn fail_with(violations: &[rescind_simtest::Violation]) -> ! {
+    for v in violations.iter().take(5) {
+        eprintln!("{v}\n");
+    }
+    let seeds: Vec<u64> = violations.iter().map(|v| v.seed).collect();
+    panic!(
+        "{} seed(s) violate invariants: {seeds:?}; replay one with {}",
+        violations.len(),
+        violations[0].replay
+    );
+}
+
+#[test]
+fn swarm_seeds() {
+    let seeds = seeds_from_env(CI_SEEDS).unwrap_or_else(|e| panic!("{e}"));
+    let t0 = std::time::Instant::now();
+    let (ok, bad) = run_many(&seeds, &SwarmConfig::default(), default_threads());
+    if !bad.is_empty() {
+        fail_with(&bad);
+    }
+    let sagas: usize = ok.iter().map(|r| r.sagas).sum();
+    let crashes: u64 = ok.iter().map(|r| r.crashes).sum();
+    let effects: usize = ok.iter().map(|r| r.effects).sum();
+    eprintln!(
+        "{} seeds, {sagas} sagas, {crashes} crashes, {effects} upstream effects, no violation ({:.1} s)",
+        ok.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    if seeds.len() >= 100 {
+        // The swarm must actually exercise what it claims to.
+        assert!(
+            crashes > seeds.len() as u64 / 10,
+            "too few crashes: {crashes}"
+        );
+        assert!(
+            ok.iter().any(|r| r.outcomes.contains_key("failed")),
+            "no saga ever failed: conflicts are not exercised"
+        );
+        assert!(
+            ok.iter().any(|r| r.settle_ms > 0),
+            "no saga outlived the faults"
+        );
+    }
+}
+
+#[test]
+fn regression_seeds() {
+    let text = include_str!("regressions.txt");
+    let seeds: Vec<u64> = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.parse()
+                .unwrap_or_else(|e| panic!("regressions.txt: {l:?}: {e}"))
+        })
+        .collect();
+    assert!(!seeds.is_empty(), "regressions.txt lists no seed");
+    let (_, bad) = run_many(&seeds, &SwarmConfig::default(), default_threads());
+    if !bad.is_empty() {
+        fail_with(&bad);
+    }
+}
+
+#[test]
+fn same_seed_same_trace() {
+    for seed in [0, 1, 7, 42, 815, 4_242] {
+        let a = run_seed(seed, &SwarmConfig::default()).unwrap_or_else(|v| panic!("{v}"));
+        let b = run_seed(seed, &SwarmConfig::default()).unwrap_or_else(|v| panic!("{v}"));
+        assert_eq!(
+            a.trace_hash,
+            b.trace_hash,
+            "seed {seed}: I6 violated, two runs differ (replay: {})",
+            rescind_simtest::replay_command(seed)
+        );
+        assert_eq!((a.virtual_ms, a.effects), (b.virtual_ms, b.effects));
+    }
+    let a = run_seed(1, &SwarmConfig::default())
+        .map(|r| r.trace_hash)
+        .ok();
+    let b = run_seed(2, &SwarmConfig::default())
+        .map(|r| r.trace_hash)
+        .ok();
+    assert_ne!(a, b, "different seeds should give different traces");
+}
+
+#[test]
+fn exhaustive_crash_points() {
+    let t0 = std::time::Instant::now();
+    let runs: Vec<usize> = std::thread::scope(|s| {
+        let handles: Vec<_> = SCENARIOS
+            .iter()
+            .map(|sc| s.spawn(move || crashpoints::exhaustive(sc, Protections::default())))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(Ok(n)) => n,
+                Ok(Err(v)) => panic!("{v}"),
+                Err(_) => panic!("a crash-point thread panicked"),
+            })
+            .collect()
+    });
+    let total: usize = runs.iter().sum();
+    eprintln!(
+        "{total} crash-point runs over {} scenarios ({:.1} s)",
+        SCENARIOS.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    for (sc, n) in SCENARIOS.iter().zip(&runs) {
+        // At least Started, Intent, Outcome, Finished, each at 3 points, twice.
+        assert!(*n >= 4 * 3 * 4, "{}: only {n} runs", sc.name);
+    }
+}
+
+/// Proof that the harness can fail: switch off the in-doubt lookup and the
+/// harness must report a violation, both in the crash matrix and in the swarm.
+#[test]
+fn disabling_the_in_doubt_lookup_is_caught() {
+    let broken = Protections {
+        skip_in_doubt_lookup: true,
+    };
+    let tbc_paid = SCENARIOS
+        .iter()
+        .find(|s| s.name == "tbc-cancel-paid+damai")
+        .expect("scenario exists");
+    let v = crashpoints::exhaustive(tbc_paid, broken)
+        .expect_err("the crash matrix must catch a blind re-issue of an in-doubt paid cancel");
+    eprintln!("caught, as it should be:\n{v}");
+
+    let cfg = SwarmConfig {
+        protections: broken,
+        ..SwarmConfig::default()
+    };
+    let seeds: Vec<u64> = (0..300).collect();
+    let (_, bad) = run_many(&seeds, &cfg, default_threads());
+    assert!(
+        !bad.is_empty(),
+        "300 swarm seeds with the in-doubt lookup disabled reported no violation"
+    );
+    eprintln!(
+        "swarm caught it on {} of 300 seeds, first:\n{}",
+        bad.len(),
+        bad[0]
+    );
+}
