@@ -117,8 +117,8 @@ impl Workload {
             }
             Workload::CancelUnpaid1688 => {
                 // 1688 order ids are decimal integers (beyond 2^53 in real life).
-                let id = (2_542_285_634_000_000_000u64 + u64::from(row) * 100_000_000 + i)
-                    .to_string();
+                let id =
+                    (2_542_285_634_000_000_000u64 + u64::from(row) * 100_000_000 + i).to_string();
                 let input = SagaInput::cancel_unpaid(OrderRef::new("pandapon-1688", id.as_str()));
                 (vec![seed("pandapon-1688", &id, "waitbuyerpay")], input)
             }
@@ -225,8 +225,9 @@ pub fn channels(sim_url: &str, admin: reqwest::Client) -> Result<Channels> {
         "BENCH_PANDAPON_SECRET" => Some(rescind_sim::defaults::PANDAPON_SECRET.to_owned()),
         _ => None,
     };
-    let config = rescind::config::Config::from_toml_str(&config_text(sim_url), Path::new("."), &env)
-        .map_err(|e| anyhow!("bench channel config: {e}"))?;
+    let config =
+        rescind::config::Config::from_toml_str(&config_text(sim_url), Path::new("."), &env)
+            .map_err(|e| anyhow!("bench channel config: {e}"))?;
     let channels = rescind::wiring::build_channels(&config)
         .map_err(|e| anyhow!("bench channel wiring: {e}"))?;
     let name = rescind_core::ChannelName::from("pandapon-taobao");

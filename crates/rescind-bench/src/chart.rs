@@ -26,9 +26,7 @@ pub fn draw(path: &Path, title: &str, series: &[Series]) -> Result<()> {
     let e = |x: &dyn std::fmt::Display| anyhow!("drawing {}: {x}", path.display());
     let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
-    let root = root
-        .titled(title, ("sans-serif", 18))
-        .map_err(|x| e(&x))?;
+    let root = root.titled(title, ("sans-serif", 18)).map_err(|x| e(&x))?;
     let (left, right) = root.split_horizontally(550);
     let cmax = series
         .iter()

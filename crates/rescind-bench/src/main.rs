@@ -150,7 +150,9 @@ fn sagas_opts(a: &SagasArgs) -> Result<sagas::SagasOpts> {
         return Err(anyhow!("--secs must be a positive number of seconds"));
     }
     if a.concurrency.is_empty() || a.concurrency.contains(&0) {
-        return Err(anyhow!("--concurrency needs positive values, e.g. 1,64,256"));
+        return Err(anyhow!(
+            "--concurrency needs positive values, e.g. 1,64,256"
+        ));
     }
     Ok(sagas::SagasOpts {
         concurrency: a.concurrency.clone(),
@@ -182,7 +184,8 @@ async fn run_recovery(c: &Common, n: Option<u64>) -> Result<()> {
     for mode in [recovery::ParkMode::InDoubt, recovery::ParkMode::RefundWait] {
         results.push(recovery::measure(c.dir.as_ref(), mode, n).await?);
     }
-    std::fs::create_dir_all(&c.out).with_context(|| format!("cannot create {}", c.out.display()))?;
+    std::fs::create_dir_all(&c.out)
+        .with_context(|| format!("cannot create {}", c.out.display()))?;
     report::write_recovery(&c.out, &results)?;
     println!("{}", report::recovery_markdown(&results));
     Ok(())

@@ -189,7 +189,7 @@ pub struct ChildReport {
     /// Process main() → every saga observed running (in-doubt: reached its
     /// lookup; refund-wait: `recover` returned and the tasks ran once), ms.
     pub all_resumed_ms: f64,
-    /// Process main() → this report printed, ms.
+    /// Process main() → this report printed (after the diagnostics), ms.
     pub report_ms: f64,
     /// RSS after the runtime started, bytes.
     pub rss_start: u64,
@@ -199,6 +199,13 @@ pub struct ChildReport {
     pub rss_in_flight: u64,
     /// `size_of::<SagaState>()`, bytes.
     pub saga_state_size: usize,
+    /// RSS after `Engine::kill` stopped every saga task, bytes (what the
+    /// allocator gave back: a lower bound of what the tasks held).
+    pub rss_after_kill: u64,
+    /// Afterwards, cache warm: every saga read and folded one after another, ms.
+    pub read_sequential_ms: f64,
+    /// The same with 64 reads in flight, ms.
+    pub read_concurrent64_ms: f64,
 }
 
 /// The child: open, recover, report. `started` is taken first thing in main.
@@ -268,6 +275,35 @@ pub async fn child(dir: &Path, mode: ParkMode, n: usize, started: Instant) -> Re
     // Settle, then measure memory with everything parked.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_in_flight = rss_bytes()?;
+    // Diagnostics, after the measurement: what stopping the tasks gives back,
+    // and how long reading the journal takes one by one vs 64 at a time.
+    engine.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_after_kill = rss_bytes()?;
+    let j = engine.journal().clone();
+    let ids = j.list(rescind_core::SagaSet::Unfinished).await?;
+    let t = Instant::now();
+    for id in &ids {
+        let e = j.read(*id).await?;
+        SagaState::fold(*id, &e)?;
+    }
+    let read_sequential_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(ids.len());
+    for id in ids {
+        let j = j.clone();
+        let permit = sem.clone().acquire_owned().await?;
+        tasks.push(tokio::spawn(async move {
+            let e = j.read(id).await;
+            drop(permit);
+            e.map(|e| SagaState::fold(id, &e).is_ok())
+        }));
+    }
+    for t in tasks {
+        t.await.context("a read task panicked")??;
+    }
+    let read_concurrent64_ms = t.elapsed().as_secs_f64() * 1000.0;
     let mut out = ChildReport {
         resumed: report.resumed,
         in_doubt: report.in_doubt,
@@ -280,6 +316,9 @@ pub async fn child(dir: &Path, mode: ParkMode, n: usize, started: Instant) -> Re
         rss_before_recover,
         rss_in_flight,
         saga_state_size: std::mem::size_of::<SagaState>(),
+        rss_after_kill,
+        read_sequential_ms,
+        read_concurrent64_ms,
     };
     out.report_ms = ms(Instant::now());
     println!("{}", serde_json::to_string(&out)?);
@@ -377,7 +416,10 @@ pub async fn measure(base: Option<&PathBuf>, mode: ParkMode, n: u64) -> Result<R
             report.failed
         ));
     }
-    let per = (report.rss_in_flight.saturating_sub(report.rss_before_recover)) as f64 / n as f64;
+    let per = (report
+        .rss_in_flight
+        .saturating_sub(report.rss_before_recover)) as f64
+        / n as f64;
     Ok(RecoveryResult {
         mode: mode.label().into(),
         sagas: n,

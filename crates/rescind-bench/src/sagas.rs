@@ -364,8 +364,8 @@ pub async fn run(o: &SagasOpts) -> Result<SagasReport> {
                     _ => None,
                 };
                 let per_sec_runs = runs[mi].iter().map(|r| r.per_sec).collect();
-                let run = median_run(std::mem::take(&mut runs[mi]))
-                    .ok_or_else(|| anyhow!("no runs"))?;
+                let run =
+                    median_run(std::mem::take(&mut runs[mi])).ok_or_else(|| anyhow!("no runs"))?;
                 if c == 1 {
                     let over = (run.mean_us - run.executor_us_per_saga) / 2.0;
                     report.overhead_per_step_us.push((m.key(), over));

@@ -24,6 +24,8 @@ pub async fn serve(listen: &str) -> Result<()> {
         out.flush()?;
     }
     let app = Router::new().route("/step", post(step));
-    axum::serve(listener, app).await.context("upstream server")?;
+    axum::serve(listener, app)
+        .await
+        .context("upstream server")?;
     Ok(())
 }
