@@ -157,3 +157,26 @@ fn disabling_the_in_doubt_lookup_is_caught() {
         bad[0]
     );
 }
+
+/// The "crash right after the upstream applied an effect" runs really crash:
+/// with the lookup off, the paid cancel applied just before the crash is
+/// re-issued blindly on recovery and the harness reports it; with the lookup
+/// on, the same run ends like the run without a crash.
+#[test]
+fn crash_after_an_applied_effect_is_a_real_crash() {
+    let sc = SCENARIOS
+        .iter()
+        .find(|s| s.name == "tbc-cancel-paid+damai")
+        .expect("scenario exists");
+    let broken = Protections {
+        skip_in_doubt_lookup: true,
+    };
+    let crash = crashpoints::Crash::AfterEffect(1);
+    assert!(crashpoints::run(sc, crash, broken).is_err());
+    let end = crashpoints::run(sc, crash, Protections::default()).unwrap_or_else(|v| panic!("{v}"));
+    let reference = crashpoints::run(sc, crashpoints::Crash::None, Protections::default())
+        .unwrap_or_else(|v| panic!("{v}"));
+    assert_eq!(end.upstream, reference.upstream);
+    // Without the crash the broken build passes: the failure above is the crash's.
+    assert!(crashpoints::run(sc, crashpoints::Crash::None, broken).is_ok());
+}
