@@ -392,9 +392,10 @@ pub async fn worker(cfg_path: &Path, a: WorkerArgs) -> Result<u8> {
         .map_err(|e| anyhow!(e))?;
     println!("listening on http://{}", w.addr);
     eprintln!(
-        "recovered {} saga(s) ({} in doubt, {} could not be resumed)",
+        "recovered {} saga(s) ({} in doubt, {} finished before the stop and marked now, {} could not be resumed)",
         w.recovered.resumed,
         w.recovered.in_doubt,
+        w.recovered.marked_finished,
         w.recovered.failed.len()
     );
     terminated().await;

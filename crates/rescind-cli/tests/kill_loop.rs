@@ -685,17 +685,15 @@ fn recovery_of(log: &Path) -> Recovery {
             .split(|c: char| !c.is_ascii_digit())
             .filter_map(|s| s.parse().ok())
             .collect();
-        if let [resumed, in_doubt, _] = nums[..] {
+        if let [resumed, in_doubt, marked, _] = nums[..] {
             r.resumed = resumed;
             r.in_doubt = in_doubt;
+            r.marked_finished = marked;
         }
     }
+    // Sagas recovery could not resume are logged one by one, each naming its error.
     for l in text.lines().filter(|l| l.contains("saga not resumed")) {
-        if l.contains("already finished") {
-            r.marked_finished += 1;
-        } else {
-            r.failed.push(format!("{}: {l}", log.display()));
-        }
+        r.failed.push(format!("{}: {l}", log.display()));
     }
     r
 }

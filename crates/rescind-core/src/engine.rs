@@ -165,6 +165,9 @@ pub struct RecoveryReport {
     pub in_doubt: usize,
     /// Unfinished sagas already running in this engine (left alone).
     pub already_running: usize,
+    /// Sagas whose `Finished` record was durable but which a crash kept from
+    /// being marked finished: marked now, nothing to resume.
+    pub marked_finished: usize,
     /// Sagas that could not be resumed, each with the error naming it.
     pub failed: Vec<(SagaId, Error)>,
 }
@@ -503,6 +506,7 @@ impl Engine {
                 Err(Error::Journal(JournalError::Crashed)) => {
                     return Err(Error::Journal(JournalError::Crashed))
                 }
+                Err(Error::AlreadyFinished { .. }) => report.marked_finished += 1,
                 Err(e) => {
                     tracing::warn!(saga = %id, error = %e, "saga not resumed");
                     report.failed.push((id, e));

@@ -197,3 +197,34 @@ async fn recovery_resumes_many_sagas_and_graceful_shutdown_loses_nothing() {
     assert_eq!(up.effects().len(), 50);
     assert_eq!(j.list(SagaSet::Finished).await.unwrap().len(), 50);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_between_finished_and_mark_finished_is_housekeeping_not_a_failure() {
+    let up = Upstream::new();
+    up.order("O1", OrderState::PendingPay);
+    let j = MemoryJournal::new();
+    // started, intent, outcome, finished: crash right after the 4th append is durable.
+    j.crash_at(3, CrashPoint::AfterFlush);
+    let e = engine_on(&j, &up, 1);
+    let id = e
+        .start(SagaInput::cancel_unpaid(order("O1")))
+        .await
+        .unwrap();
+    let _ = e.wait(id).await;
+    assert!(j.is_crashed());
+    let j = j.restart();
+    assert_eq!(
+        j.list(SagaSet::Unfinished).await.unwrap(),
+        vec![id],
+        "not marked before the crash"
+    );
+    let e2 = engine_on(&j, &up, 2);
+    let report = e2.recover().await.unwrap();
+    assert_eq!(
+        (report.resumed, report.marked_finished, report.failed.len()),
+        (0, 1, 0),
+        "{report:?}"
+    );
+    assert_eq!(j.list(SagaSet::Finished).await.unwrap(), vec![id]);
+    assert_eq!(up.effects(), vec!["cancel_unpaid:O1"]);
+}
