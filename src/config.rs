@@ -53,6 +53,13 @@ pub enum JournalConfig {
     Postgres {
         /// The connection URL (its password is never printed).
         url: String,
+        /// How long a worker's lease on a saga lasts without renewal: after a
+        /// worker dies, its sagas wait this long before another takes them.
+        /// `None`: the journal's default (30 s).
+        lease_ttl_ms: Option<u64>,
+        /// This worker's identity in the leases. `None`: host-pid-random.
+        /// A worker restarted with the same id takes its own sagas back at once.
+        worker_id: Option<String>,
     },
 }
 
@@ -212,10 +219,31 @@ impl Config {
                 resolve_env(&mut t, "journal", env)?;
                 let path = t.remove("path");
                 let url = t.remove("postgres_url");
+                let lease_ttl_ms = match t.remove("lease_ttl_ms") {
+                    None => None,
+                    Some(toml::Value::Integer(n)) if n >= 100 => Some(n as u64),
+                    Some(_) => {
+                        return Err(bad(
+                            "journal.lease_ttl_ms",
+                            "must be a whole number of milliseconds, at least 100",
+                        ))
+                    }
+                };
+                let worker_id = match t.remove("worker_id") {
+                    None => None,
+                    Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(s),
+                    Some(_) => return Err(bad("journal.worker_id", "must be a non-empty string")),
+                };
                 if let Some(k) = t.keys().next() {
                     return Err(bad(
                         format!("journal.{k}"),
-                        "unknown key (expected path or postgres_url / postgres_url_env)",
+                        "unknown key (expected path, or postgres_url / postgres_url_env with lease_ttl_ms and worker_id)",
+                    ));
+                }
+                if url.is_none() && (lease_ttl_ms.is_some() || worker_id.is_some()) {
+                    return Err(bad(
+                        "journal",
+                        "lease_ttl_ms and worker_id apply to a postgres_url journal only",
                     ));
                 }
                 match (path, url) {
@@ -235,7 +263,11 @@ impl Config {
                                 "must start with postgres:// or postgresql://",
                             ));
                         }
-                        JournalConfig::Postgres { url: u }
+                        JournalConfig::Postgres {
+                            url: u,
+                            lease_ttl_ms,
+                            worker_id,
+                        }
                     }
                     (None, None) => JournalConfig::Sled {
                         path: base_dir.join("rescind-journal"),
@@ -406,6 +438,8 @@ user_id = "u"
             ("[engine]\njitter_pct = 300", "engine.jitter_pct", "between"),
             ("[worker]\nlisten = \"nowhere\"", "worker.listen", "not an address"),
             ("[journal]\npostgres_url = \"mysql://x\"", "journal.postgres_url", "postgres://"),
+            ("[journal]\npath = \"j\"\nlease_ttl_ms = 500", "journal", "postgres_url journal only"),
+            ("[journal]\npostgres_url = \"postgres://h/d\"\nlease_ttl_ms = 5", "journal.lease_ttl_ms", "at least 100"),
             ("[channels.x]\ntype = \"ebay\"", "channels.x.type", "unknown channel type"),
             (
                 "[channels.t]\ntype = \"tmall-tbc\"\n[channels.t.gateway]\nurl = \"http://h\"\napp_key = \"k\"\napp_secret = \"inline!\"",

@@ -81,22 +81,39 @@ pub async fn open_journal(config: &JournalConfig) -> Result<OpenJournal, Journal
             )?;
             Ok(OpenJournal::Sled(Arc::new(j)))
         }
-        JournalConfig::Postgres { url } => open_postgres(url).await,
+        JournalConfig::Postgres {
+            url,
+            lease_ttl_ms,
+            worker_id,
+        } => open_postgres(url, *lease_ttl_ms, worker_id.clone()).await,
     }
 }
 
 #[cfg(feature = "postgres")]
-async fn open_postgres(url: &str) -> Result<OpenJournal, JournalError> {
-    let j = rescind_journal_postgres::PgJournal::connect(
-        url,
-        rescind_journal_postgres::PgConfig::default(),
-    )
-    .await?;
+async fn open_postgres(
+    url: &str,
+    lease_ttl_ms: Option<u64>,
+    worker_id: Option<String>,
+) -> Result<OpenJournal, JournalError> {
+    let mut cfg = rescind_journal_postgres::PgConfig::default();
+    if let Some(ttl) = lease_ttl_ms {
+        cfg.lease_ttl_ms = ttl;
+        // Renew well inside the lease, as the journal's defaults do (30 s / 10 s).
+        cfg.lease_renew_interval_ms = (ttl / 3).max(50);
+    }
+    if let Some(id) = worker_id {
+        cfg.worker_id = id;
+    }
+    let j = rescind_journal_postgres::PgJournal::connect(url, cfg).await?;
     Ok(OpenJournal::Other(Arc::new(j)))
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn open_postgres(url: &str) -> Result<OpenJournal, JournalError> {
+async fn open_postgres(
+    url: &str,
+    _: Option<u64>,
+    _: Option<String>,
+) -> Result<OpenJournal, JournalError> {
     Err(JournalError::Backend(format!(
         "this build of rescind has no PostgreSQL support (feature `postgres`); cannot open {}",
         crate::config::redact_url(url)
