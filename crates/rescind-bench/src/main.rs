@@ -66,6 +66,9 @@ enum Cmd {
         /// How many there are.
         #[arg(long)]
         sagas: usize,
+        /// sled cache capacity, MiB.
+        #[arg(long)]
+        sled_cache_mb: Option<u64>,
     },
 }
 
@@ -110,6 +113,10 @@ struct RecoveryArgs {
     /// Unfinished sagas (default 100,000; --quick: 20,000).
     #[arg(long)]
     sagas: Option<u64>,
+    /// sled cache capacity in the recovering process, MiB (default: sled
+    /// journal default, 256): shows how much of the RSS is sled's cache.
+    #[arg(long)]
+    sled_cache_mb: Option<u64>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -175,14 +182,14 @@ async fn run_sagas(a: &SagasArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_recovery(c: &Common, n: Option<u64>) -> Result<()> {
+async fn run_recovery(c: &Common, n: Option<u64>, cache_mb: Option<u64>) -> Result<()> {
     let n = n.unwrap_or(if c.quick { 20_000 } else { 100_000 });
     if n == 0 {
         return Err(anyhow!("--sagas must be at least 1"));
     }
     let mut results = Vec::new();
     for mode in [recovery::ParkMode::InDoubt, recovery::ParkMode::RefundWait] {
-        results.push(recovery::measure(c.dir.as_ref(), mode, n).await?);
+        results.push(recovery::measure(c.dir.as_ref(), mode, n, cache_mb).await?);
     }
     std::fs::create_dir_all(&c.out)
         .with_context(|| format!("cannot create {}", c.out.display()))?;
@@ -194,21 +201,24 @@ async fn run_recovery(c: &Common, n: Option<u64>) -> Result<()> {
 async fn run(cli: Cli, started: Instant) -> Result<()> {
     match cli.cmd {
         Cmd::Upstream { listen } => upstream::serve(&listen).await,
-        Cmd::RecoveryChild { dir, mode, sagas } => {
-            recovery::child(&dir, mode, sagas, started).await
-        }
+        Cmd::RecoveryChild {
+            dir,
+            mode,
+            sagas,
+            sled_cache_mb,
+        } => recovery::child(&dir, mode, sagas, sled_cache_mb, started).await,
         Cmd::Sagas(a) => {
             println!("{}", report::machine_markdown());
             run_sagas(&a).await
         }
         Cmd::Recovery(a) => {
             println!("{}", report::machine_markdown());
-            run_recovery(&a.common, a.sagas).await
+            run_recovery(&a.common, a.sagas, a.sled_cache_mb).await
         }
         Cmd::All(a) => {
             println!("{}", report::machine_markdown());
             run_sagas(&a.sagas).await?;
-            run_recovery(&a.sagas.common, a.recovery_sagas).await
+            run_recovery(&a.sagas.common, a.recovery_sagas, None).await
         }
     }
 }

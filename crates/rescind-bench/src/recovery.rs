@@ -209,10 +209,20 @@ pub struct ChildReport {
 }
 
 /// The child: open, recover, report. `started` is taken first thing in main.
-pub async fn child(dir: &Path, mode: ParkMode, n: usize, started: Instant) -> Result<()> {
+pub async fn child(
+    dir: &Path,
+    mode: ParkMode,
+    n: usize,
+    cache_mb: Option<u64>,
+    started: Instant,
+) -> Result<()> {
     let ms = |t: Instant| t.duration_since(started).as_secs_f64() * 1000.0;
     let rss_start = rss_bytes()?;
-    let journal = SledJournal::open(dir, SledConfig::default())
+    let mut cfg = SledConfig::default();
+    if let Some(mb) = cache_mb {
+        cfg.cache_capacity_bytes = mb << 20;
+    }
+    let journal = SledJournal::open(dir, cfg)
         .with_context(|| format!("cannot open the journal in {}", dir.display()))?;
     let t_open = Instant::now();
     let exec = Arc::new(ParkExec {
@@ -331,6 +341,8 @@ pub async fn child(dir: &Path, mode: ParkMode, n: usize, started: Instant) -> Re
 pub struct RecoveryResult {
     /// How the sagas were left.
     pub mode: String,
+    /// sled's cache capacity in the child, MiB (None: the default, 256).
+    pub sled_cache_mb: Option<u64>,
     /// Unfinished sagas.
     pub sagas: u64,
     /// Parent: spawn → every saga resumed, ms (includes exec and runtime
@@ -359,7 +371,12 @@ fn dir_size(p: &Path) -> u64 {
 }
 
 /// Write the journal, spawn the child, collect its report.
-pub async fn measure(base: Option<&PathBuf>, mode: ParkMode, n: u64) -> Result<RecoveryResult> {
+pub async fn measure(
+    base: Option<&PathBuf>,
+    mode: ParkMode,
+    n: u64,
+    cache_mb: Option<u64>,
+) -> Result<RecoveryResult> {
     let tmp = match base {
         Some(b) => tempfile::tempdir_in(b),
         None => tempfile::tempdir(),
@@ -385,8 +402,11 @@ pub async fn measure(base: Option<&PathBuf>, mode: ParkMode, n: u64) -> Result<R
             ParkMode::RefundWait => "refund-wait",
         })
         .arg("--sagas")
-        .arg(n.to_string())
-        .stdout(Stdio::piped())
+        .arg(n.to_string());
+    if let Some(mb) = cache_mb {
+        cmd.arg("--sled-cache-mb").arg(mb.to_string());
+    }
+    cmd.stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
     let t0 = Instant::now();
@@ -422,6 +442,7 @@ pub async fn measure(base: Option<&PathBuf>, mode: ParkMode, n: u64) -> Result<R
         / n as f64;
     Ok(RecoveryResult {
         mode: mode.label().into(),
+        sled_cache_mb: cache_mb,
         sagas: n,
         spawn_to_all_resumed_ms: wall_ms,
         rss_per_saga_bytes: per,

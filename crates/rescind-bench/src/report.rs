@@ -155,15 +155,16 @@ pub fn recovery_markdown(rs: &[RecoveryResult]) -> String {
     let _ = writeln!(s, "\n### Recovery\n");
     let _ = writeln!(
         s,
-        "| unfinished sagas | left as | journal MB | open ms | recover() returned ms | all resumed ms (in child) | spawn → all resumed ms | RSS before recover MB | RSS in flight MB | RSS per saga bytes |"
+        "| unfinished sagas | left as | sled cache MiB | journal MB | open ms | recover() returned ms | all resumed ms (in child) | spawn → all resumed ms | RSS before recover MB | RSS in flight MB | RSS per saga bytes |"
     );
-    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rs {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} |",
+            "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} |",
             r.sagas,
             r.mode,
+            r.sled_cache_mb.unwrap_or(256),
             r.journal_bytes as f64 / 1e6,
             r.child.open_ms,
             r.child.recover_returned_ms,

@@ -251,7 +251,7 @@ async fn run_builtin(
     sim_url: &str,
     admin: &reqwest::Client,
 ) -> Result<RunSummary> {
-    let pool = (((o.warmup_secs + o.secs) * 6000.0).ceil() as u64).max(2000);
+    let pool = (((o.warmup_secs + o.secs) * 12_000.0).ceil() as u64).max(2000);
     let inputs = builtin::seed(admin, sim_url, w, row, pool).await?;
     let inputs = Arc::new(inputs);
     let tmp = tempdir(&o.dir)?;
