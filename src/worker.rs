@@ -116,7 +116,7 @@ fn err(status: StatusCode, msg: impl Into<String>) -> Response {
 fn engine_err(e: Error) -> Response {
     let status = match &e {
         Error::UnknownSagaKind { .. } | Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
-        Error::AlreadyFinished { .. } => StatusCode::CONFLICT,
+        Error::AlreadyFinished { .. } | Error::AlreadyRunning { .. } => StatusCode::CONFLICT,
         Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         Error::Journal(rescind_core::JournalError::UnknownSaga(_)) => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

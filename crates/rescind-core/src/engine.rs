@@ -133,6 +133,12 @@ pub enum Error {
     /// The engine is shutting down or was killed.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The saga already has a task in this engine (one saga, one task).
+    #[error("saga {saga} is already running in this engine")]
+    AlreadyRunning {
+        /// The saga.
+        saga: SagaId,
+    },
 }
 
 /// Result alias for the engine.
@@ -395,6 +401,7 @@ impl Engine {
         let id = SagaId::from_key(key);
         match self.start_as(id, input).await {
             Ok(id) => Ok((id, true)),
+            Err(Error::AlreadyRunning { .. }) => Ok((id, false)),
             Err(Error::Journal(JournalError::SequenceConflict { .. })) => {
                 let state = self.load(id).await?;
                 if state.outcome.is_none() && !self.is_running(id) {
@@ -415,6 +422,11 @@ impl Engine {
             kind: input.kind.clone(),
             reason,
         })?;
+        // Take the saga's slot before its first record exists, so a recovery
+        // running meanwhile (which lists the journal) cannot start it twice.
+        let slot = self
+            .reserve(id, &input.order)
+            .ok_or(Error::AlreadyRunning { saga: id })?;
         let at_ms = self.inner.clock.now_ms();
         let entry = Entry {
             seq: 0,
@@ -423,13 +435,13 @@ impl Engine {
                 input: input.clone(),
             },
         };
-        self.inner
-            .journal
-            .append(id, &entry)
-            .await
-            .inspect_err(|e| self.on_journal_error(e))?;
+        if let Err(e) = self.inner.journal.append(id, &entry).await {
+            self.unreserve(id, &slot);
+            self.on_journal_error(&e);
+            return Err(e.into());
+        }
         self.inner.stats.started();
-        self.spawn(SagaState::new(id, input, at_ms), def);
+        self.launch(SagaState::new(id, input, at_ms), def, slot);
         Ok(id)
     }
 
@@ -507,6 +519,7 @@ impl Engine {
                     return Err(Error::Journal(JournalError::Crashed))
                 }
                 Err(Error::AlreadyFinished { .. }) => report.marked_finished += 1,
+                Err(Error::AlreadyRunning { .. }) => report.already_running += 1,
                 Err(e) => {
                     tracing::warn!(saga = %id, error = %e, "saga not resumed");
                     report.failed.push((id, e));
@@ -519,10 +532,10 @@ impl Engine {
     /// Resume one unfinished saga (e.g. a stuck one, after an operator fixed
     /// the cause). Returns whether it had an in-doubt step.
     pub async fn resume(&self, id: SagaId) -> Result<bool> {
-        if self.is_running(id) {
-            return Ok(false);
+        match self.resume_one(id).await {
+            Err(Error::AlreadyRunning { .. }) => Ok(false),
+            other => other,
         }
-        self.resume_one(id).await
     }
 
     async fn resume_one(&self, id: SagaId) -> Result<bool> {
@@ -545,7 +558,10 @@ impl Engine {
             .definition(&state.plan, Some(id))
             .or_else(|_| self.definition(&state.input.kind, Some(id)))?;
         let in_doubt = state.in_doubt().is_some();
-        self.spawn(state, def);
+        let slot = self
+            .reserve(id, &state.input.order)
+            .ok_or(Error::AlreadyRunning { saga: id })?;
+        self.launch(state, def, slot);
         Ok(in_doubt)
     }
 
@@ -634,18 +650,36 @@ impl Engine {
         }
     }
 
-    fn spawn(&self, state: SagaState, def: Arc<dyn SagaDefinition>) {
+    /// Claim the saga's slot in this engine: at most one task per saga.
+    /// `None` when it is already running (or being started) here.
+    fn reserve(&self, id: SagaId, order: &OrderRef) -> Option<Arc<Running>> {
+        let mut running = lock(&self.inner.running);
+        if running.contains_key(&id) {
+            return None;
+        }
         let (done, _) = watch::channel(None);
-        let running = Arc::new(Running {
-            order: state.input.order.clone(),
+        let r = Arc::new(Running {
+            order: order.clone(),
             mailbox: Mutex::new(Vec::new()),
             notify: Notify::new(),
             done,
             task: Mutex::new(None),
             last_error: Mutex::new(None),
         });
+        running.insert(id, r.clone());
+        Some(r)
+    }
+
+    /// Give a reserved slot back (the start failed before any task ran).
+    fn unreserve(&self, id: SagaId, r: &Arc<Running>) {
+        let mut running = lock(&self.inner.running);
+        if running.get(&id).is_some_and(|x| Arc::ptr_eq(x, r)) {
+            running.remove(&id);
+        }
+    }
+
+    fn launch(&self, state: SagaState, def: Arc<dyn SagaDefinition>, running: Arc<Running>) {
         let id = state.id;
-        lock(&self.inner.running).insert(id, running.clone());
         let span = tracing::info_span!(
             "saga",
             saga = %id,
@@ -663,7 +697,7 @@ impl Engine {
                     SagaExit::Stuck { .. } => engine.inner.stats.stuck(),
                     SagaExit::Stopped { .. } => {}
                 }
-                lock(&engine.inner.running).remove(&id);
+                engine.unreserve(id, &r2);
                 r2.done.send_replace(Some(exit));
             }
             .instrument(span),

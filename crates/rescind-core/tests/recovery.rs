@@ -228,3 +228,68 @@ async fn a_crash_between_finished_and_mark_finished_is_housekeeping_not_a_failur
     assert_eq!(j.list(SagaSet::Finished).await.unwrap(), vec![id]);
     assert_eq!(up.effects(), vec!["cancel_unpaid:O1"]);
 }
+
+/// A journal whose appends are durable at once but return late: the window
+/// in which a concurrent recovery sees a saga whose start has not returned.
+struct SlowToAnswer(MemoryJournal);
+
+#[async_trait::async_trait]
+impl Journal for SlowToAnswer {
+    async fn append(&self, saga: SagaId, entry: &Entry) -> Result<(), JournalError> {
+        self.0.append(saga, entry).await?;
+        if entry.seq == 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(())
+    }
+    async fn read(&self, saga: SagaId) -> Result<Vec<Entry>, JournalError> {
+        self.0.read(saga).await
+    }
+    async fn list(&self, set: SagaSet) -> Result<Vec<SagaId>, JournalError> {
+        self.0.list(set).await
+    }
+    async fn mark_finished(&self, saga: SagaId) -> Result<(), JournalError> {
+        self.0.mark_finished(saga).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recovery_during_a_start_never_runs_the_saga_twice() {
+    let up = Upstream::new();
+    up.order("O1", OrderState::PendingPay);
+    let j = MemoryJournal::new();
+    let e = Engine::builder(std::sync::Arc::new(SlowToAnswer(j.clone())))
+        .channels(up.channels("tbc"))
+        .limits(fast_limits())
+        .build();
+    let e2 = e.clone();
+    let start = tokio::spawn(async move {
+        e2.start_keyed("k", SagaInput::cancel_unpaid(order("O1")))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The Started record is durable, start() has not returned: recovery lists it.
+    assert_eq!(j.list(SagaSet::Unfinished).await.unwrap().len(), 1);
+    let report = e.recover().await.unwrap();
+    assert_eq!(
+        (report.resumed, report.already_running),
+        (0, 1),
+        "{report:?}"
+    );
+    let (id, created) = start.await.unwrap().unwrap();
+    assert!(created);
+    assert!(matches!(
+        e.wait(id).await.unwrap(),
+        SagaExit::Finished(SagaOutcome::Completed { .. })
+    ));
+    assert_eq!(
+        up.book.lock().unwrap().calls,
+        1,
+        "one task, one cancel call"
+    );
+    assert_eq!(
+        j.read(id).await.unwrap().len(),
+        4,
+        "no sequence conflicts, no extra records"
+    );
+}
