@@ -75,6 +75,9 @@ struct Lease {
     fence: i64,
     /// A renewal found the lease taken over (writes will be fenced).
     lost: bool,
+    /// This worker is creating the saga (its first append is in flight): the
+    /// row may not exist yet, so renewal skips it, but claims exclude it.
+    creating: bool,
 }
 
 /// What the journal handle, the committer and the renewal task share.
@@ -145,7 +148,7 @@ impl Shared {
         let held: Vec<(SagaId, i64)> = self
             .leases()
             .iter()
-            .filter(|(_, l)| !l.lost)
+            .filter(|(_, l)| !l.lost && !l.creating)
             .map(|(id, l)| (*id, l.fence))
             .collect();
         if held.is_empty() {
@@ -320,6 +323,17 @@ impl Journal for PgJournal {
         })?;
         let (reply, answer) = oneshot::channel();
         let req_fence = self.shared.held_fence(saga);
+        let creating = seq == 0 && req_fence.is_none();
+        if creating {
+            // Hold the saga before it exists: this worker's own periodic claim
+            // excludes held sagas, and must not re-claim (and so fence) a saga
+            // it is in the middle of creating.
+            self.shared.leases().entry(saga).or_insert(Lease {
+                fence: 1,
+                lost: false,
+                creating: true,
+            });
+        }
         let req = AppendReq {
             saga,
             seq,
@@ -335,15 +349,20 @@ impl Journal for PgJournal {
             JournalError::Backend("the journal's committer stopped before answering".into())
         })?;
         match &res {
-            // Creating the saga leased it to this worker under token 1.
-            Ok(()) if seq == 0 => {
-                self.shared.leases().insert(
-                    saga,
-                    Lease {
-                        fence: 1,
-                        lost: false,
-                    },
-                );
+            // Creating the saga leased it to this worker under token 1 (held
+            // above already; a lease never goes back to an older token).
+            Ok(()) => {
+                if creating {
+                    if let Some(l) = self.shared.leases().get_mut(&saga) {
+                        l.creating = false;
+                    }
+                }
+            }
+            Err(_) if creating => {
+                let mut leases = self.shared.leases();
+                if leases.get(&saga).is_some_and(|l| l.fence == 1) {
+                    leases.remove(&saga);
+                }
             }
             Err(JournalError::Fenced { .. }) => self.shared.mark_lost(saga, req_fence),
             _ => {}
@@ -432,13 +451,22 @@ impl Journal for PgJournal {
         // Sagas this process already holds are returned as they are, not
         // re-claimed: bumping their token would fence this worker's own
         // in-flight writes.
-        let held: Vec<uuid::Uuid> = self
-            .shared
-            .leases()
-            .iter()
-            .filter(|(_, l)| !l.lost)
-            .map(|(id, _)| id.0)
-            .collect();
+        // Sagas still being created by this worker are excluded from the claim
+        // but not returned: their creator drives them.
+        let (held, creating): (Vec<uuid::Uuid>, Vec<uuid::Uuid>) = {
+            let leases = self.shared.leases();
+            let mut held = Vec::new();
+            let mut creating = Vec::new();
+            for (id, l) in leases.iter().filter(|(_, l)| !l.lost) {
+                if l.creating {
+                    creating.push(id.0);
+                } else {
+                    held.push(id.0);
+                }
+            }
+            (held, creating)
+        };
+        let excluded: Vec<uuid::Uuid> = held.iter().chain(&creating).copied().collect();
         let ttl_ms = self.shared.cfg.lease_ttl_ms as i64;
         let limit = self.shared.cfg.claim_batch_max as i64;
         let client = self.shared.client().await?;
@@ -458,7 +486,7 @@ impl Journal for PgJournal {
                      lease_expires_at = now() + $2::int8 * interval '1 millisecond'
                  FROM c WHERE s.saga_id = c.saga_id
                  RETURNING s.saga_id, s.fence",
-                &[&self.shared.cfg.worker_id, &ttl_ms, &held, &limit],
+                &[&self.shared.cfg.worker_id, &ttl_ms, &excluded, &limit],
             )
             .await
             .map_err(|e| backend("claiming unfinished sagas", &e))?;
@@ -472,7 +500,14 @@ impl Journal for PgJournal {
                         return Err(backend("claiming unfinished sagas", &e))
                     }
                 };
-                leases.insert(id, Lease { fence, lost: false });
+                leases.insert(
+                    id,
+                    Lease {
+                        fence,
+                        lost: false,
+                        creating: false,
+                    },
+                );
                 out.push(id);
             }
         }
