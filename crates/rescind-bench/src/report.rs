@@ -48,6 +48,9 @@ fn ms(us: u64) -> String {
 /// The saga tables.
 pub fn sagas_markdown(r: &SagasReport) -> String {
     let mut s = String::new();
+    if r.custom.is_empty() {
+        return builtin_markdown(r, s);
+    }
     let _ = writeln!(
         s,
         "\nraw POST to the trivial upstream, one at a time (no engine, no journal): p50 {} µs, mean {:.0} µs",
@@ -91,6 +94,10 @@ pub fn sagas_markdown(r: &SagasReport) -> String {
             let _ = writeln!(s, "- {m}: {us:.0} µs per step");
         }
     }
+    builtin_markdown(r, s)
+}
+
+fn builtin_markdown(r: &SagasReport, mut s: String) -> String {
     if !r.builtin.is_empty() {
         let _ = writeln!(s, "\n### Built-in sagas against the simulator\n");
         let _ = writeln!(
