@@ -351,13 +351,12 @@ impl Journal for PgJournal {
         match &res {
             // Creating the saga leased it to this worker under token 1 (held
             // above already; a lease never goes back to an older token).
-            Ok(()) => {
-                if creating {
-                    if let Some(l) = self.shared.leases().get_mut(&saga) {
-                        l.creating = false;
-                    }
+            Ok(()) if creating => {
+                if let Some(l) = self.shared.leases().get_mut(&saga) {
+                    l.creating = false;
                 }
             }
+            Ok(()) => {}
             Err(_) if creating => {
                 let mut leases = self.shared.leases();
                 if leases.get(&saga).is_some_and(|l| l.fence == 1) {

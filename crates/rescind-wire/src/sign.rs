@@ -104,7 +104,8 @@ pub fn top_string_to_sign<'a>(
         .filter(|(k, v)| *k != "sign" && !v.is_empty())
         .collect();
     pairs.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let mut out = Vec::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() + 64);
+    let mut out =
+        Vec::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() + 64);
     for (k, v) in pairs {
         out.extend_from_slice(k.as_bytes());
         out.extend_from_slice(v.as_bytes());
@@ -139,7 +140,8 @@ pub fn top_sign<'a>(
             m.finalize().into_bytes().to_vec()
         }
         SignMethod::HmacSha256 => {
-            let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+            let mut m =
+                <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
             m.update(&s);
             m.finalize().into_bytes().to_vec()
         }
@@ -153,10 +155,9 @@ pub fn signatures_match(a: &str, b: &str) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    a.iter()
-        .zip(b)
-        .fold(0u8, |acc, (x, y)| acc | (x.to_ascii_uppercase() ^ y.to_ascii_uppercase()))
-        == 0
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| {
+        acc | (x.to_ascii_uppercase() ^ y.to_ascii_uppercase())
+    }) == 0
 }
 
 const GMT8_SECS: i32 = 8 * 3600;
@@ -165,7 +166,10 @@ const GMT8_SECS: i32 = 8 * 3600;
 pub fn top_timestamp(epoch_ms: u64) -> String {
     let offset = chrono::FixedOffset::east_opt(GMT8_SECS).unwrap_or_else(|| unreachable!());
     match chrono::DateTime::from_timestamp_millis(epoch_ms as i64) {
-        Some(dt) => dt.with_timezone(&offset).format("%Y-%m-%d %H:%M:%S").to_string(),
+        Some(dt) => dt
+            .with_timezone(&offset)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
         None => "1970-01-01 08:00:00".to_owned(),
     }
 }
@@ -240,7 +244,13 @@ pub struct DamaiMd5HeadSigner;
 impl DamaiHeadSigner for DamaiMd5HeadSigner {
     fn sign(&self, h: &DamaiHeadFields<'_>, secret: &Secret) -> String {
         let mut m = Md5::new();
-        for part in [h.supplier_key, h.msg_id, h.time_stamp, h.version, secret.expose()] {
+        for part in [
+            h.supplier_key,
+            h.msg_id,
+            h.time_stamp,
+            h.version,
+            secret.expose(),
+        ] {
             m.update(part.as_bytes());
         }
         hex::encode_upper(m.finalize())
@@ -266,12 +276,26 @@ mod tests {
     #[test]
     fn channels_md_vectors() {
         let cases: &[(&str, &str, bool, &str)] = &[
-            ("md5", "test-secret", true, "920403741304ECD364C147DC2251EB8B"),
-            ("hmac", "test-secret", true, "1C4BD47043064AA2607150EC660B7A41"),
+            (
+                "md5",
+                "test-secret",
+                true,
+                "920403741304ECD364C147DC2251EB8B",
+            ),
+            (
+                "hmac",
+                "test-secret",
+                true,
+                "1C4BD47043064AA2607150EC660B7A41",
+            ),
         ];
         for (method, secret, with_vector, expected) in cases {
             let m: SignMethod = method.parse().unwrap();
-            let mut params: Vec<(&str, &str)> = if *with_vector { VECTOR_PARAMS.to_vec() } else { vec![] };
+            let mut params: Vec<(&str, &str)> = if *with_vector {
+                VECTOR_PARAMS.to_vec()
+            } else {
+                vec![]
+            };
             params.push(("sign_method", method));
             let got = top_sign(params.iter().copied(), None, &Secret::new(*secret), m);
             assert_eq!(&got, expected, "{method}");
@@ -318,10 +342,16 @@ mod tests {
     #[test]
     fn pandapon_default_signer_is_sorted_md5() {
         let sig = SortedMd5Signer.sign(
-            &[("timestamp", "1715669977082"), ("access-key", "ak"), ("nonce-str", "n")],
+            &[
+                ("timestamp", "1715669977082"),
+                ("access-key", "ak"),
+                ("nonce-str", "n"),
+            ],
             &Secret::new("s"),
         );
-        let expect = hex::encode_upper(Md5::digest(b"access-key=ak&nonce-str=n&timestamp=1715669977082&secret=s"));
+        let expect = hex::encode_upper(Md5::digest(
+            b"access-key=ak&nonce-str=n&timestamp=1715669977082&secret=s",
+        ));
         assert_eq!(sig, expect);
         assert_eq!(sig.len(), 32);
         assert!(signatures_match(&sig, &sig.to_lowercase()));
