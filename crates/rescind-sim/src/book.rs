@@ -397,6 +397,11 @@ pub(crate) struct Book {
     pub refunds: HashMap<(String, String), Refund>,
     /// Damai lock id → held.
     pub locks: HashMap<String, bool>,
+    /// Damai lock id → ids of the Damai orders whose `stock_lock` it is.
+    /// Kept by [`Book::insert`], the only place orders (and so their
+    /// `stock_lock`) are added or replaced; lets `release_stock` find the
+    /// orders without scanning the book.
+    lock_orders: HashMap<String, Vec<String>>,
     pub effects: Vec<Effect>,
     pub counts: BTreeMap<(String, String), u64>,
     pub pending: Vec<(u64, ScheduledEvent)>,
@@ -458,17 +463,41 @@ impl Book {
             if let Some(lock) = &seed.stock_lock {
                 let held = order_phase(DAMAI, &seed.status) != Some(Phase::Cancelled);
                 self.locks.insert(lock.clone(), held);
+                self.lock_orders
+                    .entry(lock.clone())
+                    .or_default()
+                    .push(seed.order_id.clone());
             }
         }
-        self.orders.insert(
-            (seed.channel, seed.order_id),
+        let key = (seed.channel, seed.order_id);
+        let replaced = self.orders.insert(
+            key.clone(),
             Order {
                 status: seed.status,
                 refund_id,
                 stock_lock: seed.stock_lock,
             },
         );
+        // A replaced Damai order no longer holds its old lock's index entry
+        // (the new one, if any, was pushed above; drop exactly one old copy).
+        if key.0 == DAMAI {
+            if let Some(old_lock) = replaced.and_then(|o| o.stock_lock) {
+                self.unindex_lock(&old_lock, &key.1);
+            }
+        }
         Ok(())
+    }
+
+    /// Remove one `order_id` entry from `lock`'s index list.
+    fn unindex_lock(&mut self, lock: &str, order_id: &str) {
+        if let Some(ids) = self.lock_orders.get_mut(lock) {
+            if let Some(i) = ids.iter().position(|id| id == order_id) {
+                ids.swap_remove(i);
+            }
+            if ids.is_empty() {
+                self.lock_orders.remove(lock);
+            }
+        }
     }
 
     pub fn order_view(&self, channel: &str, order_id: &str) -> Option<OrderView> {
@@ -698,16 +727,13 @@ impl Book {
             return Err(Refusal::LockReleased);
         }
         self.locks.insert(lock_id.to_owned(), false);
-        let orders: Vec<(String, String)> = self
-            .orders
-            .iter()
-            .filter(|((c, _), o)| c == DAMAI && o.stock_lock.as_deref() == Some(lock_id))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in orders {
-            if let Some(o) = self.orders.get_mut(&k) {
-                if order_phase(DAMAI, &o.status) == Some(Phase::Unpaid) {
-                    o.status = order_status(DAMAI, Phase::Cancelled).to_owned();
+        if let Some(ids) = self.lock_orders.get(lock_id) {
+            for id in ids {
+                if let Some(o) = self.orders.get_mut(&(DAMAI.to_owned(), id.clone())) {
+                    debug_assert_eq!(o.stock_lock.as_deref(), Some(lock_id));
+                    if order_phase(DAMAI, &o.status) == Some(Phase::Unpaid) {
+                        o.status = order_status(DAMAI, Phase::Cancelled).to_owned();
+                    }
                 }
             }
         }
@@ -976,5 +1002,81 @@ mod tests {
             b.counts[&("cancel_unpaid".to_owned(), "tmall-tbc:1".to_owned())],
             1
         );
+    }
+
+    fn damai(order_id: &str, status: &str, lock: Option<&str>) -> OrderSeed {
+        OrderSeed {
+            channel: DAMAI.into(),
+            order_id: order_id.into(),
+            status: status.into(),
+            refund: None,
+            stock_lock: lock.map(Into::into),
+        }
+    }
+
+    /// The Damai orders a scan of the book finds holding `lock` (what the
+    /// index must agree with).
+    fn scan(b: &Book, lock: &str) -> Vec<String> {
+        let mut v: Vec<String> = b
+            .orders
+            .iter()
+            .filter(|((c, _), o)| c == DAMAI && o.stock_lock.as_deref() == Some(lock))
+            .map(|((_, id), _)| id.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn indexed(b: &Book, lock: &str) -> Vec<String> {
+        let mut v = b.lock_orders.get(lock).cloned().unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn lock_index_follows_inserts_and_replacements() {
+        let unpaid = order_status(DAMAI, Phase::Unpaid);
+        let paid = order_status(DAMAI, Phase::Paid);
+        let mut b = Book::default();
+        // Lock id differing from the order id, shared by two orders.
+        b.insert(damai("A", unpaid, Some("L1"))).unwrap();
+        b.insert(damai("B", paid, Some("L1"))).unwrap();
+        b.insert(damai("C", unpaid, Some("C"))).unwrap();
+        // Same key replaced with the same lock: no duplicate entry.
+        b.insert(damai("C", unpaid, Some("C"))).unwrap();
+        // Replaced with another lock, then with none.
+        b.insert(damai("D", unpaid, Some("L1"))).unwrap();
+        b.insert(damai("D", unpaid, Some("L2"))).unwrap();
+        b.insert(damai("E", unpaid, Some("L2"))).unwrap();
+        b.insert(damai("E", unpaid, None)).unwrap();
+        // A non-Damai order naming a lock is never released by it.
+        b.insert(OrderSeed {
+            channel: TMALL_TBC.into(),
+            order_id: "T".into(),
+            status: "WAIT_BUYER_PAY".into(),
+            refund: None,
+            stock_lock: Some("L1".into()),
+        })
+        .unwrap();
+        for lock in ["L1", "L2", "C", "none"] {
+            assert_eq!(indexed(&b, lock), scan(&b, lock), "{lock}");
+        }
+        assert_eq!(indexed(&b, "L1"), ["A", "B"]);
+
+        b.release_stock("L1", 0, &req()).unwrap();
+        let cancelled = order_status(DAMAI, Phase::Cancelled);
+        assert_eq!(b.order_view(DAMAI, "A").unwrap().status, cancelled);
+        assert_eq!(b.order_view(DAMAI, "B").unwrap().status, paid);
+        assert_eq!(b.order_view(DAMAI, "D").unwrap().status, unpaid);
+        assert_eq!(
+            b.order_view(TMALL_TBC, "T").unwrap().status,
+            "WAIT_BUYER_PAY"
+        );
+        assert_eq!(b.release_stock("L1", 0, &req()), Err(Refusal::LockReleased));
+        assert_eq!(b.release_stock("nope", 0, &req()), Err(Refusal::NoSuchLock));
+        b.release_stock("L2", 0, &req()).unwrap();
+        assert_eq!(b.order_view(DAMAI, "D").unwrap().status, cancelled);
+        assert_eq!(b.order_view(DAMAI, "E").unwrap().status, unpaid);
+        assert_eq!(b.effects.len(), 2);
     }
 }
