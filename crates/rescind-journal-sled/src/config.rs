@@ -80,6 +80,11 @@ pub struct SledConfig {
     pub durability: Durability,
     /// How long finished sagas are kept. Default: [`Retention::default`].
     pub retention: Retention,
+    /// How long opening waits for the directory's lock, in ms. A journal just
+    /// closed (here or by a process that just exited) can hold it for a moment
+    /// while sled's I/O threads finish; a directory held by a running process
+    /// is still refused, after this wait. Default: 2,000.
+    pub lock_wait_max_ms: u64,
 }
 
 impl Default for SledConfig {
@@ -93,6 +98,7 @@ impl Default for SledConfig {
             cache_capacity_bytes: 256 * 1024 * 1024,
             durability: Durability::default(),
             retention: Retention::default(),
+            lock_wait_max_ms: 2_000,
         }
     }
 }

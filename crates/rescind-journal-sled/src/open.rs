@@ -33,6 +33,10 @@ fn guarded<T>(
     }
 }
 
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 /// Explain a sled error met while opening.
 fn explain(path: &Path, e: sled::Error) -> JournalError {
     match e {
@@ -92,16 +96,29 @@ pub(crate) fn open_db(
     let had_data = std::fs::metadata(path.join("db"))
         .map(|m| m.len() > 0)
         .unwrap_or(false);
-    let db = guarded(path, "open", || {
-        sled::Config::new()
-            .path(path)
-            .cache_capacity(config.cache_capacity_bytes)
-            // rescind flushes itself, once per group commit; sled's periodic
-            // flusher would only add flushes of nothing.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| explain(path, e))
-    })?;
+    let started = std::time::Instant::now();
+    let db = loop {
+        // `guarded` turns a sled panic into an error; sled's own error stays typed here.
+        let opened = guarded(path, "open", || {
+            Ok(sled::Config::new()
+                .path(path)
+                .cache_capacity(config.cache_capacity_bytes)
+                // rescind flushes itself, once per group commit; sled's periodic
+                // flusher would only add flushes of nothing.
+                .flush_every_ms(None)
+                .open())
+        })?;
+        match opened {
+            Ok(db) => break db,
+            Err(e)
+                if is_lock_error(&e)
+                    && (started.elapsed().as_millis() as u64) < config.lock_wait_max_ms =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            Err(e) => return Err(explain(path, e)),
+        }
+    };
     let tree = guarded(path, "opening the journal tree", || {
         db.open_tree(keys::TREE).map_err(|e| explain(path, e))
     })?;
