@@ -550,6 +550,22 @@ pub async fn corrupt_record_is_typed_and_others_stay_readable<F: JournalFactory>
         }
     }
     expect_entries(&j, good, 3, "neighbour of corrupt sagas").await;
+    // read_many (what recovery uses) answers exactly as read does, in the order asked.
+    let unknown = sid(10, 9);
+    let ask = [good, bad, unknown, newer, trunc, good];
+    let many = j.read_many(&ask).await;
+    assert_eq!(
+        many.len(),
+        ask.len(),
+        "read_many returns one result per saga asked"
+    );
+    for (id, got) in ask.iter().zip(many) {
+        assert_eq!(
+            got,
+            j.read(*id).await,
+            "read_many and read disagree on saga {id}"
+        );
+    }
     let mut all = vec![bad, trunc, newer, good];
     all.sort();
     expect_list(&j, SagaSet::Unfinished, &all, "with corrupt records").await;

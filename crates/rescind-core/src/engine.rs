@@ -97,6 +97,9 @@ pub trait StepExecutor: Send + Sync + 'static {
     }
 }
 
+/// Sagas read from the journal in one batch during [`Engine::recover`].
+pub const RECOVER_BATCH_SAGAS: usize = 1024;
+
 /// The engine's error type.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -505,24 +508,31 @@ impl Engine {
     pub async fn recover(&self) -> Result<RecoveryReport> {
         let ids = self.inner.journal.claim_unfinished().await?;
         let mut report = RecoveryReport::default();
-        for id in ids {
-            if self.is_running(id) {
-                report.already_running += 1;
-                continue;
-            }
-            match self.resume_one(id).await {
-                Ok(in_doubt) => {
-                    report.resumed += 1;
-                    report.in_doubt += in_doubt as usize;
-                }
-                Err(Error::Journal(JournalError::Crashed)) => {
-                    return Err(Error::Journal(JournalError::Crashed))
-                }
-                Err(Error::AlreadyFinished { .. }) => report.marked_finished += 1,
-                Err(Error::AlreadyRunning { .. }) => report.already_running += 1,
-                Err(e) => {
-                    tracing::warn!(saga = %id, error = %e, "saga not resumed");
-                    report.failed.push((id, e));
+        let todo: Vec<SagaId> = ids
+            .into_iter()
+            .filter(|id| {
+                let running = self.is_running(*id);
+                report.already_running += usize::from(running);
+                !running
+            })
+            .collect();
+        for chunk in todo.chunks(RECOVER_BATCH_SAGAS) {
+            let reads = self.inner.journal.read_many(chunk).await;
+            for (id, entries) in chunk.iter().zip(reads) {
+                match self.resume_from(*id, entries).await {
+                    Ok(in_doubt) => {
+                        report.resumed += 1;
+                        report.in_doubt += usize::from(in_doubt);
+                    }
+                    Err(Error::Journal(JournalError::Crashed)) => {
+                        return Err(Error::Journal(JournalError::Crashed))
+                    }
+                    Err(Error::AlreadyFinished { .. }) => report.marked_finished += 1,
+                    Err(Error::AlreadyRunning { .. }) => report.already_running += 1,
+                    Err(e) => {
+                        tracing::warn!(saga = %id, error = %e, "saga not resumed");
+                        report.failed.push((*id, e));
+                    }
                 }
             }
         }
@@ -539,12 +549,16 @@ impl Engine {
     }
 
     async fn resume_one(&self, id: SagaId) -> Result<bool> {
-        let entries = self
-            .inner
-            .journal
-            .read(id)
-            .await
-            .inspect_err(|e| self.on_journal_error(e))?;
+        let entries = self.inner.journal.read(id).await;
+        self.resume_from(id, entries).await
+    }
+
+    async fn resume_from(
+        &self,
+        id: SagaId,
+        entries: std::result::Result<Vec<Entry>, JournalError>,
+    ) -> Result<bool> {
+        let entries = entries.inspect_err(|e| self.on_journal_error(e))?;
         let state = SagaState::fold(id, &entries)?;
         if let Some(o) = &state.outcome {
             // Finished but not marked (crash between the two): mark it now.

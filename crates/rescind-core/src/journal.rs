@@ -99,6 +99,17 @@ pub trait Journal: Send + Sync + 'static {
     async fn append(&self, saga: SagaId, entry: &Entry) -> Result<(), JournalError>;
     /// All entries of a saga, in order. Unknown saga: `UnknownSaga`.
     async fn read(&self, saga: SagaId) -> Result<Vec<Entry>, JournalError>;
+    /// The entries of many sagas, each result as [`Journal::read`] would give
+    /// it, in the order asked. Recovery reads through this, so a journal that
+    /// can read a batch in one pass (one trip to its I/O thread, one query)
+    /// should override the default, which reads one saga at a time.
+    async fn read_many(&self, sagas: &[SagaId]) -> Vec<Result<Vec<Entry>, JournalError>> {
+        let mut out = Vec::with_capacity(sagas.len());
+        for saga in sagas {
+            out.push(self.read(*saga).await);
+        }
+        out
+    }
     /// Sagas in the given set, sorted by id.
     async fn list(&self, set: SagaSet) -> Result<Vec<SagaId>, JournalError>;
     /// Move a saga to the finished set (durable when this returns).
