@@ -5,6 +5,7 @@
 pub mod config;
 pub mod inspect;
 pub mod reconcile;
+pub mod simconfig;
 pub mod wiring;
 pub mod worker;
 

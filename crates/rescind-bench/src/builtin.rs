@@ -5,6 +5,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
+use rescind::simconfig::{simulator_channels_toml, SimRateLimits, SimSecretsEnv};
 use rescind_core::{
     ChannelError, Channels, OrderLookup, OrderRef, OrderStatus, RefundId, RefundStatus, SagaInput,
     StockLockRef,
@@ -166,65 +167,32 @@ pub async fn seed(
     Ok(inputs)
 }
 
+/// The environment variable names the bench configuration reads the
+/// simulator's secrets from (answered in-process, never from the real environment).
+const BENCH_SECRETS: SimSecretsEnv<'static> = SimSecretsEnv {
+    top_app_secret: "BENCH_TOP_SECRET",
+    damai_supplier_secret: "BENCH_DAMAI_SECRET",
+    pandapon_secret: "BENCH_PANDAPON_SECRET",
+};
+
 /// The configuration the built-in channels are wired from (no rate limits
 /// below the simulator's capacity: the benchmark measures rescind, not a limiter).
 pub fn config_text(sim_url: &str) -> String {
-    format!(
-        r#"[channels.tmall-tbc]
-type = "tmall-tbc"
-[channels.tmall-tbc.gateway]
-url = "{sim_url}/router/rest"
-app_key = "{app_key}"
-app_secret_env = "BENCH_TOP_SECRET"
-sign_method = "hmac-sha256"
-[channels.tmall-tbc.gateway.transport]
-rate_per_sec = 1000000.0
-rate_burst = 100000
-
-[channels.damai]
-type = "damai"
-supplier_key = "{supplier_key}"
-supplier_secret_env = "BENCH_DAMAI_SECRET"
-[channels.damai.gateway]
-url = "{sim_url}/router/rest"
-app_key = "{app_key}"
-app_secret_env = "BENCH_TOP_SECRET"
-[channels.damai.gateway.transport]
-rate_per_sec = 1000000.0
-rate_burst = 100000
-
-[channels.pandapon-taobao]
-type = "pandapon-taobao"
-base_url = "{sim_url}"
-access_key = "{access_key}"
-secret_env = "BENCH_PANDAPON_SECRET"
-user_id = "{user_id}"
-rate_limit = {{ requests_per_sec_max = 0 }}
-
-[channels.pandapon-1688]
-type = "pandapon-1688"
-base_url = "{sim_url}"
-access_key = "{access_key}"
-secret_env = "BENCH_PANDAPON_SECRET"
-user_id = "{user_id}"
-rate_limit = {{ requests_per_sec_max = 0 }}
-"#,
-        app_key = rescind_sim::defaults::APP_KEY,
-        supplier_key = rescind_sim::defaults::SUPPLIER_KEY,
-        access_key = rescind_sim::defaults::PANDAPON_ACCESS_KEY,
-        user_id = rescind_sim::defaults::PANDAPON_USER_ID,
+    simulator_channels_toml(
+        sim_url,
+        &BENCH_SECRETS,
+        Some(SimRateLimits {
+            top_rate_per_sec: 1_000_000.0,
+            top_rate_burst: 100_000,
+            pandapon_requests_per_sec_max: 0,
+        }),
     )
 }
 
 /// Build the channels against `sim_url`, with the pandapon-taobao lookup
 /// wrapped so that the merchant completes a refund when the saga first polls it.
 pub fn channels(sim_url: &str, admin: reqwest::Client) -> Result<Channels> {
-    let env = |v: &str| match v {
-        "BENCH_TOP_SECRET" => Some(rescind_sim::defaults::APP_SECRET.to_owned()),
-        "BENCH_DAMAI_SECRET" => Some(rescind_sim::defaults::SUPPLIER_SECRET.to_owned()),
-        "BENCH_PANDAPON_SECRET" => Some(rescind_sim::defaults::PANDAPON_SECRET.to_owned()),
-        _ => None,
-    };
+    let env = |v: &str| BENCH_SECRETS.lookup(v);
     let config =
         rescind::config::Config::from_toml_str(&config_text(sim_url), Path::new("."), &env)
             .map_err(|e| anyhow!("bench channel config: {e}"))?;

@@ -13,6 +13,7 @@
 use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rescind::inspect::{self, SagaSummary};
+use rescind::simconfig::{simulator_channels_toml, SimRateLimits, SimSecretsEnv};
 use rescind::worker::{StartRequest, StockLockSpec};
 use rescind_core::{Rng, SagaSet, SplitMix64};
 use rescind_sim::{
@@ -194,7 +195,23 @@ fn workload(n: usize, seed: u64, sim: &Sim) -> Vec<Planned> {
     out
 }
 
+/// The environment variables the demo worker reads the simulator's secrets from.
+const DEMO_SECRETS: SimSecretsEnv<'static> = SimSecretsEnv {
+    top_app_secret: "RESCIND_DEMO_TOP_SECRET",
+    damai_supplier_secret: "RESCIND_DEMO_DAMAI_SECRET",
+    pandapon_secret: "RESCIND_DEMO_PANDAPON_SECRET",
+};
+
 fn config_text(sim_url: &str) -> String {
+    let channels = simulator_channels_toml(
+        sim_url,
+        &DEMO_SECRETS,
+        Some(SimRateLimits {
+            top_rate_per_sec: 2000.0,
+            top_rate_burst: 200,
+            pandapon_requests_per_sec_max: 2000,
+        }),
+    );
     format!(
         r#"# Written by `rescind demo`. Secrets come from the environment (see *_env).
 [journal]
@@ -215,49 +232,7 @@ callback_store = "callbacks.jsonl"
 recover_interval_ms = 2000
 shutdown_grace_ms = 2000
 
-[channels.tmall-tbc]
-type = "tmall-tbc"
-[channels.tmall-tbc.gateway]
-url = "{sim_url}/router/rest"
-app_key = "{app_key}"
-app_secret_env = "RESCIND_DEMO_TOP_SECRET"
-sign_method = "hmac-sha256"
-[channels.tmall-tbc.gateway.transport]
-rate_per_sec = 2000.0
-rate_burst = 200
-
-[channels.damai]
-type = "damai"
-supplier_key = "{supplier_key}"
-supplier_secret_env = "RESCIND_DEMO_DAMAI_SECRET"
-[channels.damai.gateway]
-url = "{sim_url}/router/rest"
-app_key = "{app_key}"
-app_secret_env = "RESCIND_DEMO_TOP_SECRET"
-[channels.damai.gateway.transport]
-rate_per_sec = 2000.0
-rate_burst = 200
-
-[channels.pandapon-taobao]
-type = "pandapon-taobao"
-base_url = "{sim_url}"
-access_key = "{access_key}"
-secret_env = "RESCIND_DEMO_PANDAPON_SECRET"
-user_id = "{user_id}"
-rate_limit = {{ requests_per_sec_max = 2000 }}
-
-[channels.pandapon-1688]
-type = "pandapon-1688"
-base_url = "{sim_url}"
-access_key = "{access_key}"
-secret_env = "RESCIND_DEMO_PANDAPON_SECRET"
-user_id = "{user_id}"
-rate_limit = {{ requests_per_sec_max = 2000 }}
-"#,
-        app_key = rescind_sim::defaults::APP_KEY,
-        supplier_key = rescind_sim::defaults::SUPPLIER_KEY,
-        access_key = rescind_sim::defaults::PANDAPON_ACCESS_KEY,
-        user_id = rescind_sim::defaults::PANDAPON_USER_ID,
+{channels}"#
     )
 }
 
@@ -275,15 +250,7 @@ async fn spawn_worker(cfg: &Path, dir: &Path, life: u32) -> Result<Worker> {
         .arg(cfg)
         .arg("-v")
         .arg("worker")
-        .env("RESCIND_DEMO_TOP_SECRET", rescind_sim::defaults::APP_SECRET)
-        .env(
-            "RESCIND_DEMO_DAMAI_SECRET",
-            rescind_sim::defaults::SUPPLIER_SECRET,
-        )
-        .env(
-            "RESCIND_DEMO_PANDAPON_SECRET",
-            rescind_sim::defaults::PANDAPON_SECRET,
-        )
+        .envs(DEMO_SECRETS.vars())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true)

@@ -6,6 +6,7 @@
 //! simulator's effect log and order book.
 #![allow(dead_code)]
 
+use rescind::simconfig::{simulator_channels_toml, SimRateLimits, SimSecretsEnv};
 use rescind_core::{Rng, SagaId, SagaSet, SplitMix64};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +28,12 @@ pub const SUBMIT_CONCURRENCY: usize = 32;
 pub const TOP_SECRET_ENV: &str = "RESCIND_KILL_TOP_SECRET";
 pub const DAMAI_SECRET_ENV: &str = "RESCIND_KILL_DAMAI_SECRET";
 pub const PANDAPON_SECRET_ENV: &str = "RESCIND_KILL_PANDAPON_SECRET";
+/// The variables above, as the worker configuration names them.
+pub const SECRETS: SimSecretsEnv<'static> = SimSecretsEnv {
+    top_app_secret: TOP_SECRET_ENV,
+    damai_supplier_secret: DAMAI_SECRET_ENV,
+    pandapon_secret: PANDAPON_SECRET_ENV,
+};
 
 pub fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_rescind")
@@ -204,6 +211,15 @@ pub struct WorkerToml<'a> {
 
 /// A worker configuration for the simulator's four channels.
 pub fn config_text(sim_url: &str, w: &WorkerToml<'_>) -> String {
+    let channels = simulator_channels_toml(
+        sim_url,
+        &SECRETS,
+        Some(SimRateLimits {
+            top_rate_per_sec: 2000.0,
+            top_rate_burst: 200,
+            pandapon_requests_per_sec_max: 2000,
+        }),
+    );
     format!(
         r#"# Written by a rescind-cli real-process test.
 [journal]
@@ -224,52 +240,10 @@ callback_store = "{callback_store}"
 recover_interval_ms = {recover_interval_ms}
 shutdown_grace_ms = 2000
 
-[channels.tmall-tbc]
-type = "tmall-tbc"
-[channels.tmall-tbc.gateway]
-url = "{sim_url}/router/rest"
-app_key = "{app_key}"
-app_secret_env = "{TOP_SECRET_ENV}"
-sign_method = "hmac-sha256"
-[channels.tmall-tbc.gateway.transport]
-rate_per_sec = 2000.0
-rate_burst = 200
-
-[channels.damai]
-type = "damai"
-supplier_key = "{supplier_key}"
-supplier_secret_env = "{DAMAI_SECRET_ENV}"
-[channels.damai.gateway]
-url = "{sim_url}/router/rest"
-app_key = "{app_key}"
-app_secret_env = "{TOP_SECRET_ENV}"
-[channels.damai.gateway.transport]
-rate_per_sec = 2000.0
-rate_burst = 200
-
-[channels.pandapon-taobao]
-type = "pandapon-taobao"
-base_url = "{sim_url}"
-access_key = "{access_key}"
-secret_env = "{PANDAPON_SECRET_ENV}"
-user_id = "{user_id}"
-rate_limit = {{ requests_per_sec_max = 2000 }}
-
-[channels.pandapon-1688]
-type = "pandapon-1688"
-base_url = "{sim_url}"
-access_key = "{access_key}"
-secret_env = "{PANDAPON_SECRET_ENV}"
-user_id = "{user_id}"
-rate_limit = {{ requests_per_sec_max = 2000 }}
-"#,
+{channels}"#,
         journal = w.journal,
         callback_store = w.callback_store,
         recover_interval_ms = w.recover_interval_ms,
-        app_key = rescind_sim::defaults::APP_KEY,
-        supplier_key = rescind_sim::defaults::SUPPLIER_KEY,
-        access_key = rescind_sim::defaults::PANDAPON_ACCESS_KEY,
-        user_id = rescind_sim::defaults::PANDAPON_USER_ID,
     )
 }
 
@@ -299,9 +273,7 @@ pub fn spawn_proc(
     let mut cmd = Command::new(exe());
     cmd.args(args)
         .current_dir(dir)
-        .env(TOP_SECRET_ENV, rescind_sim::defaults::APP_SECRET)
-        .env(DAMAI_SECRET_ENV, rescind_sim::defaults::SUPPLIER_SECRET)
-        .env(PANDAPON_SECRET_ENV, rescind_sim::defaults::PANDAPON_SECRET)
+        .envs(SECRETS.vars())
         .env_remove("RESCIND_CONFIG");
     for (k, v) in envs {
         cmd.env(k, v);
