@@ -402,9 +402,34 @@ pub async fn mark_finished_moves_sets_and_is_idempotent<F: JournalFactory>(f: &F
     expect_list(&j, SagaSet::Unfinished, &[b], "after second finish").await;
     expect_list(&j, SagaSet::Finished, &[a], "after second finish").await;
     expect_entries(&j, a, 2, "finished saga stays readable").await;
+    // append_batch: consecutive entries and the finish mark, durable together.
+    let c = sid(7, 3);
+    append_n(&j, c, 1).await;
+    j.append_batch(c, &[entry(c, 1), entry(c, 2)], false)
+        .await
+        .unwrap_or_else(|e| panic!("append_batch {c}: {e}"));
+    expect_entries(&j, c, 3, "after append_batch").await;
+    let gap = j.append_batch(c, &[entry(c, 5)], true).await;
+    assert!(
+        matches!(gap, Err(JournalError::SequenceConflict { .. })),
+        "append_batch with a gap: expected SequenceConflict, got {gap:?}"
+    );
+    expect_list(
+        &j,
+        SagaSet::Unfinished,
+        &[b, c],
+        "a refused batch finishes nothing",
+    )
+    .await;
+    j.append_batch(c, &[entry(c, 3)], true)
+        .await
+        .unwrap_or_else(|e| panic!("append_batch with finish {c}: {e}"));
+    expect_entries(&j, c, 4, "after append_batch with finish").await;
+    expect_list(&j, SagaSet::Finished, &[a, c], "append_batch with finish").await;
     if let Some(j) = f.reopen(j).await {
         expect_list(&j, SagaSet::Unfinished, &[b], "finish survives reopen").await;
-        expect_list(&j, SagaSet::Finished, &[a], "finish survives reopen").await;
+        expect_list(&j, SagaSet::Finished, &[a, c], "finish survives reopen").await;
+        expect_entries(&j, c, 4, "batched records survive reopen").await;
     }
 }
 

@@ -724,9 +724,16 @@ impl Engine {
         }
     }
 
-    async fn append(
+    /// Fold a record into the saga and queue it for the next flush. Records
+    /// are made durable by [`Engine::flush`] before anything depends on them:
+    /// before the next external call, before a wait, and at the end — so a
+    /// step's outcome shares its flush with the next intent (write-ahead still
+    /// holds: nothing is called upstream on an outcome that is not durable; a
+    /// crash before the flush leaves the step in doubt, resolved by lookup).
+    fn stage(
         &self,
         state: &mut SagaState,
+        pending: &mut Vec<Entry>,
         record: Record,
     ) -> std::result::Result<(), DriveStop> {
         let entry = Entry {
@@ -734,13 +741,37 @@ impl Engine {
             at_ms: self.inner.clock.now_ms(),
             record,
         };
-        if let Err(e) = self.inner.journal.append(state.id, &entry).await {
+        state
+            .apply(&entry)
+            .map_err(|e| DriveStop::Stuck(format!("journal does not fold: {e}")))?;
+        pending.push(entry);
+        Ok(())
+    }
+
+    /// Make the staged records durable (and, with `finish`, mark the saga finished).
+    async fn flush(
+        &self,
+        state: &SagaState,
+        pending: &mut Vec<Entry>,
+        finish: bool,
+    ) -> std::result::Result<(), DriveStop> {
+        if pending.is_empty() && !finish {
+            return Ok(());
+        }
+        let written = if pending.len() == 1 && !finish {
+            self.inner.journal.append(state.id, &pending[0]).await
+        } else {
+            self.inner
+                .journal
+                .append_batch(state.id, pending, finish)
+                .await
+        };
+        if let Err(e) = written {
             self.on_journal_error(&e);
             return Err(e.into());
         }
-        state
-            .apply(&entry)
-            .map_err(|e| DriveStop::Stuck(format!("journal does not fold: {e}")))
+        pending.clear();
+        Ok(())
     }
 
     async fn acquire(&self) -> OwnedSemaphorePermit {
@@ -762,20 +793,31 @@ impl Engine {
         me: &Running,
     ) -> SagaExit {
         let mut permit = Some(self.acquire().await);
+        let mut pending = Vec::new();
         loop {
-            match self.drive_once(&mut state, &def, me, &mut permit).await {
+            match self
+                .drive_once(&mut state, &def, me, &mut permit, &mut pending)
+                .await
+            {
                 Ok(Some(exit)) => return exit,
                 Ok(None) => continue,
-                Err(DriveStop::Stopped(reason)) => return SagaExit::Stopped { reason },
+                Err(DriveStop::Stopped(reason)) => {
+                    // A graceful stop keeps what was learned (best effort: after
+                    // a journal failure this fails too, and recovery looks up).
+                    let _ = self.flush(&state, &mut pending, false).await;
+                    return SagaExit::Stopped { reason };
+                }
                 Err(DriveStop::Stuck(reason)) => {
-                    let _ = self
-                        .append(
-                            &mut state,
-                            Record::Stuck {
-                                reason: reason.clone(),
-                            },
-                        )
-                        .await;
+                    let staged = self.stage(
+                        &mut state,
+                        &mut pending,
+                        Record::Stuck {
+                            reason: reason.clone(),
+                        },
+                    );
+                    if staged.is_ok() {
+                        let _ = self.flush(&state, &mut pending, false).await;
+                    }
                     tracing::warn!(%reason, "saga stuck");
                     return SagaExit::Stuck { reason };
                 }
@@ -789,14 +831,10 @@ impl Engine {
         def: &Arc<dyn SagaDefinition>,
         me: &Running,
         permit: &mut Option<OwnedSemaphorePermit>,
+        pending: &mut Vec<Entry>,
     ) -> std::result::Result<Option<SagaExit>, DriveStop> {
-        if let Some(outcome) = &state.outcome {
-            let outcome = outcome.clone();
-            self.inner
-                .journal
-                .mark_finished(state.id)
-                .await
-                .inspect_err(|e| self.on_journal_error(e))?;
+        if let Some(outcome) = state.outcome.clone() {
+            self.flush(state, pending, true).await?;
             return Ok(Some(SagaExit::Finished(outcome)));
         }
         if self.inner.stopping.load(Ordering::Acquire) {
@@ -817,60 +855,61 @@ impl Engine {
         };
         for reason in aborts {
             if state.abort.is_none() {
-                self.append(state, Record::AbortRequested { reason })
-                    .await?;
+                self.stage(state, pending, Record::AbortRequested { reason })?;
             }
         }
         if let Some(step) = state.in_doubt().cloned() {
             self.inner.stats.in_doubt();
+            self.flush(state, pending, false).await?;
             let (outcome, via, attempts) =
                 self.perform(state, step.step, &step.action, true).await?;
-            self.append(
-                state,
-                Record::Outcome {
-                    step: step.step,
-                    outcome,
-                    via,
-                    attempts,
-                },
-            )
-            .await?;
+            let record = Record::Outcome {
+                step: step.step,
+                outcome,
+                via,
+                attempts,
+            };
+            self.stage(state, pending, record)?;
             return Ok(None);
         }
         match def.decide(state) {
             Decision::Act(action) => {
                 let step = state.next_step();
-                self.append(
-                    state,
-                    Record::Intent {
-                        step,
-                        action: action.clone(),
-                    },
-                )
-                .await?;
+                let intent = Record::Intent {
+                    step,
+                    action: action.clone(),
+                };
+                self.stage(state, pending, intent)?;
+                // Write-ahead: the intent (with the previous outcome) is durable
+                // before the call.
+                self.flush(state, pending, false).await?;
                 let (outcome, via, attempts) = self.perform(state, step, &action, false).await?;
-                self.append(
-                    state,
-                    Record::Outcome {
-                        step,
-                        outcome,
-                        via,
-                        attempts,
-                    },
-                )
-                .await?;
+                let record = Record::Outcome {
+                    step,
+                    outcome,
+                    via,
+                    attempts,
+                };
+                self.stage(state, pending, record)?;
             }
             Decision::Switch { to, reason } => {
                 tracing::info!(to = %to, %reason, "saga switches plan");
-                self.append(state, Record::Switched { to, reason }).await?;
+                self.stage(state, pending, Record::Switched { to, reason })?;
             }
             Decision::Finish(outcome) => {
-                self.append(state, Record::Finished { outcome }).await?;
+                let record = Record::Finished {
+                    outcome: outcome.clone(),
+                };
+                self.stage(state, pending, record)?;
+                // The last outcome, Finished and the finish mark: one write.
+                self.flush(state, pending, true).await?;
+                return Ok(Some(SagaExit::Finished(outcome)));
             }
             Decision::AwaitRefund { refund_id } => {
+                self.flush(state, pending, false).await?;
                 // A waiting saga gives up its in-flight slot.
                 *permit = None;
-                self.await_refund(state, &refund_id, me).await?;
+                self.await_refund(state, pending, &refund_id, me).await?;
                 *permit = Some(self.acquire().await);
             }
         }
@@ -1165,6 +1204,7 @@ impl Engine {
     async fn await_refund(
         &self,
         state: &mut SagaState,
+        pending: &mut Vec<Entry>,
         refund_id: &RefundId,
         me: &Running,
     ) -> std::result::Result<(), DriveStop> {
@@ -1190,15 +1230,11 @@ impl Engine {
             };
             if let Some(obs) = news {
                 lock(&me.mailbox).retain(|m| !matches!(m, Msg::Observed(_)));
-                return self
-                    .append(
-                        state,
-                        Record::Observed {
-                            observation: obs,
-                            via: Via::Callback,
-                        },
-                    )
-                    .await;
+                let record = Record::Observed {
+                    observation: obs,
+                    via: Via::Callback,
+                };
+                return self.stage(state, pending, record);
             }
             if abort || self.inner.stopping.load(Ordering::Acquire) {
                 return Ok(());
@@ -1226,15 +1262,11 @@ impl Engine {
                             refund_id: refund_id.clone(),
                             status,
                         };
-                        return self
-                            .append(
-                                state,
-                                Record::Observed {
-                                    observation: obs,
-                                    via: Via::Poll,
-                                },
-                            )
-                            .await;
+                        let record = Record::Observed {
+                            observation: obs,
+                            via: Via::Poll,
+                        };
+                        return self.stage(state, pending, record);
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "refund poll failed"),

@@ -97,6 +97,25 @@ pub enum SagaSet {
 pub trait Journal: Send + Sync + 'static {
     /// Append one entry; durable when this returns `Ok`.
     async fn append(&self, saga: SagaId, entry: &Entry) -> Result<(), JournalError>;
+    /// Append several consecutive entries of one saga and, with `finish`, mark
+    /// it finished afterwards; all durable when this returns `Ok`. On an error,
+    /// a prefix may have been written. The engine writes a step's outcome
+    /// together with the next intent through this, so a journal that can make
+    /// them durable in one flush should override the default (one at a time).
+    async fn append_batch(
+        &self,
+        saga: SagaId,
+        entries: &[Entry],
+        finish: bool,
+    ) -> Result<(), JournalError> {
+        for e in entries {
+            self.append(saga, e).await?;
+        }
+        if finish {
+            self.mark_finished(saga).await?;
+        }
+        Ok(())
+    }
     /// All entries of a saga, in order. Unknown saga: `UnknownSaga`.
     async fn read(&self, saga: SagaId) -> Result<Vec<Entry>, JournalError>;
     /// The entries of many sagas, each result as [`Journal::read`] would give

@@ -31,6 +31,15 @@ pub(crate) enum Op {
     },
     /// Move a saga to the finished set.
     Finish { saga: SagaId },
+    /// Append consecutive encoded records `(seq, at_ms, bytes)` of one saga in
+    /// order, then (with `finish`) move it to the finished set: staged in one
+    /// batch. A refused record stops the rest; the finish is staged only if
+    /// every record was.
+    Batch {
+        saga: SagaId,
+        records: Vec<(u64, u64, Vec<u8>)>,
+        finish: bool,
+    },
     /// Store raw bytes as record `seq`, bypassing codec and sequence checks.
     Raw {
         saga: SagaId,
@@ -239,6 +248,23 @@ impl Committer {
                     bytes,
                 } => self.stage_append(&mut writes, &mut now, *saga, *seq, *at_ms, bytes),
                 Op::Finish { saga } => self.stage_finish(&mut writes, &mut now, *saga),
+                Op::Batch {
+                    saga,
+                    records,
+                    finish,
+                } => {
+                    let mut r = Ok(0);
+                    for (seq, at_ms, bytes) in records {
+                        r = self.stage_append(&mut writes, &mut now, *saga, *seq, *at_ms, bytes);
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                    if r.is_ok() && *finish {
+                        r = self.stage_finish(&mut writes, &mut now, *saga);
+                    }
+                    r
+                }
                 Op::Raw { saga, seq, bytes } => {
                     self.stage_raw(&mut writes, &mut now, *saga, *seq, bytes)
                 }

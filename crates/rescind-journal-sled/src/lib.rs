@@ -206,6 +206,20 @@ impl SledJournal {
             .map_err(|_| self.backend("the committer stopped before answering"))?
     }
 
+    /// The record's stored bytes, refused if over `record_bytes_max`.
+    fn encoded(&self, saga: SagaId, entry: &Entry) -> Result<Vec<u8>, JournalError> {
+        let bytes = encode(entry);
+        if bytes.len() > self.config.record_bytes_max {
+            return Err(self.backend(format_args!(
+                "record saga {saga} seq {} is {} bytes, over record_bytes_max {}",
+                entry.seq,
+                bytes.len(),
+                self.config.record_bytes_max
+            )));
+        }
+        Ok(bytes)
+    }
+
     /// Run `f` on the tree on a blocking thread; a sled panic becomes an error.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -393,20 +407,33 @@ fn read_saga(tree: &sled::Tree, path: &Path, saga: SagaId) -> Result<Vec<Entry>,
 #[async_trait]
 impl Journal for SledJournal {
     async fn append(&self, saga: SagaId, entry: &Entry) -> Result<(), JournalError> {
-        let bytes = encode(entry);
-        if bytes.len() > self.config.record_bytes_max {
-            return Err(self.backend(format_args!(
-                "record saga {saga} seq {} is {} bytes, over record_bytes_max {}",
-                entry.seq,
-                bytes.len(),
-                self.config.record_bytes_max
-            )));
-        }
+        let bytes = self.encoded(saga, entry)?;
         self.submit(Op::Append {
             saga,
             seq: entry.seq,
             at_ms: entry.at_ms,
             bytes,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn append_batch(
+        &self,
+        saga: SagaId,
+        entries: &[Entry],
+        finish: bool,
+    ) -> Result<(), JournalError> {
+        // One request: staged together in one batch, so the records (and the
+        // finish mark) share a flush; the finish only if every record was taken.
+        let mut records = Vec::with_capacity(entries.len());
+        for e in entries {
+            records.push((e.seq, e.at_ms, self.encoded(saga, e)?));
+        }
+        self.submit(Op::Batch {
+            saga,
+            records,
+            finish,
         })
         .await
         .map(drop)
