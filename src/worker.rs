@@ -338,7 +338,8 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         "# HELP rescind_sagas Sagas in the journal by state.\n# TYPE rescind_sagas gauge"
     );
     let _ = writeln!(out, "rescind_sagas{{state=\"unfinished\"}} {unfinished}\nrescind_sagas{{state=\"finished\"}} {finished}");
-    let _ = writeln!(out, "# HELP rescind_sagas_running Saga tasks running in this worker.\n# TYPE rescind_sagas_running gauge\nrescind_sagas_running {}", st.running);
+    let _ = writeln!(out, "# HELP rescind_sagas_running Sagas in this worker (with a task, or parked).\n# TYPE rescind_sagas_running gauge\nrescind_sagas_running {}", st.running);
+    let _ = writeln!(out, "# HELP rescind_sagas_parked Sagas parked without a task, waiting for a refund.\n# TYPE rescind_sagas_parked gauge\nrescind_sagas_parked {}", st.parked);
     let _ = writeln!(out, "# HELP rescind_step_latency_ms Channel call latency.\n# TYPE rescind_step_latency_ms histogram");
     let mut cumulative = 0;
     for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {

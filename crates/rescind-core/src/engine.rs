@@ -53,6 +53,10 @@ pub struct Limits {
     pub refund_poll_max_ms: u64,
     /// Longest a saga waits for its refund to complete before it is stuck.
     pub refund_wait_max_ms: u64,
+    /// A waiting saga whose next poll is at least this far away gives up its
+    /// task and is parked: kept as a few hundred bytes until its timer, a
+    /// callback or an abort wakes it, then re-read from the journal.
+    pub park_after_ms: u64,
 }
 
 impl Default for Limits {
@@ -69,6 +73,7 @@ impl Default for Limits {
             refund_poll_initial_ms: 2_000,
             refund_poll_max_ms: 5 * 60_000,
             refund_wait_max_ms: 14 * 24 * 3_600_000,
+            park_after_ms: 1_000,
         }
     }
 }
@@ -193,6 +198,29 @@ struct Running {
     done: watch::Sender<Option<SagaExit>>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
     last_error: Mutex<Option<String>>,
+    /// `Some` while the saga is parked (no task): where its wait stood.
+    parked: Mutex<Option<WaitProgress>>,
+}
+
+/// Where a refund wait stands, kept across a park.
+#[derive(Clone, Copy, Debug)]
+struct WaitProgress {
+    /// When the wait began (ms since the epoch).
+    started_ms: u64,
+    /// The poll interval after the next poll (exponential back-off).
+    delay_ms: u64,
+    /// When the next poll is due (ms since the epoch), once scheduled. A park
+    /// lasts until then; a saga woken earlier (news, abort) keeps the time.
+    next_poll_at_ms: Option<u64>,
+}
+
+/// How a saga task ended.
+enum TaskEnd {
+    Exit(SagaExit),
+    Park {
+        wake_at_ms: u64,
+        progress: WaitProgress,
+    },
 }
 
 struct Inner {
@@ -205,6 +233,10 @@ struct Inner {
     sagas: HashMap<SagaKind, Arc<dyn SagaDefinition>>,
     executors: HashMap<String, Arc<dyn StepExecutor>>,
     running: Mutex<HashMap<SagaId, Arc<Running>>>,
+    /// Parked sagas' wake-up times.
+    timers: Mutex<std::collections::BTreeSet<(u64, SagaId)>>,
+    timers_changed: Notify,
+    timer_task: AtomicBool,
     permits: Arc<Semaphore>,
     stopping: AtomicBool,
     stats: EngineStats,
@@ -292,6 +324,9 @@ impl EngineBuilder {
                 sagas: self.sagas,
                 executors: self.executors,
                 running: Mutex::new(HashMap::new()),
+                timers: Mutex::new(std::collections::BTreeSet::new()),
+                timers_changed: Notify::new(),
+                timer_task: AtomicBool::new(false),
                 permits,
                 stopping: AtomicBool::new(false),
                 stats: EngineStats::default(),
@@ -375,7 +410,12 @@ impl Engine {
 
     /// Counters since this engine was built.
     pub fn stats(&self) -> StatsSnapshot {
-        self.inner.stats.snapshot(lock(&self.inner.running).len())
+        let (running, parked) = {
+            let map = lock(&self.inner.running);
+            let parked = map.values().filter(|r| lock(&r.parked).is_some()).count();
+            (map.len(), parked)
+        };
+        self.inner.stats.snapshot(running, parked)
     }
 
     fn definition(&self, kind: &SagaKind, saga: Option<SagaId>) -> Result<Arc<dyn SagaDefinition>> {
@@ -444,7 +484,7 @@ impl Engine {
             return Err(e.into());
         }
         self.inner.stats.started();
-        self.launch(SagaState::new(id, input, at_ms), def, slot);
+        self.launch(SagaState::new(id, input, at_ms), def, slot, None);
         Ok(id)
     }
 
@@ -575,7 +615,7 @@ impl Engine {
         let slot = self
             .reserve(id, &state.input.order)
             .ok_or(Error::AlreadyRunning { saga: id })?;
-        self.launch(state, def, slot);
+        self.launch(state, def, slot, None);
         Ok(in_doubt)
     }
 
@@ -585,9 +625,11 @@ impl Engine {
     /// saga resumed to carry it out.
     pub async fn abort(&self, id: SagaId, reason: impl Into<String>) -> Result<()> {
         let reason = reason.into();
-        if let Some(r) = lock(&self.inner.running).get(&id).cloned() {
+        let running = lock(&self.inner.running).get(&id).cloned();
+        if let Some(r) = running {
             lock(&r.mailbox).push(Msg::Abort(reason));
             r.notify.notify_one();
+            self.wake(id, &r);
             return Ok(());
         }
         let state = self.load(id).await?;
@@ -615,14 +657,16 @@ impl Engine {
         let order = match &obs {
             Observation::Order { order, .. } | Observation::Refund { order, .. } => order.clone(),
         };
-        let targets: Vec<Arc<Running>> = lock(&self.inner.running)
-            .values()
-            .filter(|r| r.order == order)
-            .cloned()
+        let targets: Vec<(SagaId, Arc<Running>)> = lock(&self.inner.running)
+            .iter()
+            .filter(|(_, r)| r.order == order)
+            .map(|(id, r)| (*id, r.clone()))
             .collect();
-        for r in &targets {
+        for (id, r) in &targets {
             lock(&r.mailbox).push(Msg::Observed(obs.clone()));
             r.notify.notify_one();
+            // A parked saga has no task to notify: run it again.
+            self.wake(*id, r);
         }
         targets.len()
     }
@@ -632,9 +676,20 @@ impl Engine {
     /// unfinished saga resumes on the next `recover`.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.stopping.store(true, Ordering::Release);
-        let all: Vec<Arc<Running>> = lock(&self.inner.running).values().cloned().collect();
-        for r in &all {
+        self.inner.timers_changed.notify_one();
+        let all: Vec<(SagaId, Arc<Running>)> = lock(&self.inner.running)
+            .iter()
+            .map(|(id, r)| (*id, r.clone()))
+            .collect();
+        for (id, r) in &all {
             r.notify.notify_one();
+            // Parked sagas are at a safe point already (everything durable).
+            if lock(&r.parked).take().is_some() {
+                self.unreserve(*id, r);
+                r.done.send_replace(Some(SagaExit::Stopped {
+                    reason: "engine stopping".into(),
+                }));
+            }
         }
         let deadline = tokio::time::Instant::now() + grace;
         while !lock(&self.inner.running).is_empty() && tokio::time::Instant::now() < deadline {
@@ -646,6 +701,8 @@ impl Engine {
     /// Stop every saga task at once, as if the process died (crash tests).
     pub fn kill(&self) {
         self.inner.stopping.store(true, Ordering::Release);
+        lock(&self.inner.timers).clear();
+        self.inner.timers_changed.notify_one();
         let all: Vec<(SagaId, Arc<Running>)> = lock(&self.inner.running).drain().collect();
         for (_, r) in all {
             if let Some(h) = lock(&r.task).take() {
@@ -679,6 +736,7 @@ impl Engine {
             done,
             task: Mutex::new(None),
             last_error: Mutex::new(None),
+            parked: Mutex::new(None),
         });
         running.insert(id, r.clone());
         Some(r)
@@ -692,7 +750,13 @@ impl Engine {
         }
     }
 
-    fn launch(&self, state: SagaState, def: Arc<dyn SagaDefinition>, running: Arc<Running>) {
+    fn launch(
+        &self,
+        state: SagaState,
+        def: Arc<dyn SagaDefinition>,
+        running: Arc<Running>,
+        wait: Option<WaitProgress>,
+    ) {
         let id = state.id;
         let span = tracing::info_span!(
             "saga",
@@ -705,14 +769,21 @@ impl Engine {
         let r2 = running.clone();
         let handle = tokio::spawn(
             async move {
-                let exit = engine.drive(state, def, &r2).await;
-                match &exit {
-                    SagaExit::Finished(o) => engine.inner.stats.finished(o),
-                    SagaExit::Stuck { .. } => engine.inner.stats.stuck(),
-                    SagaExit::Stopped { .. } => {}
+                match engine.drive(state, def, &r2, wait).await {
+                    TaskEnd::Exit(exit) => {
+                        match &exit {
+                            SagaExit::Finished(o) => engine.inner.stats.finished(o),
+                            SagaExit::Stuck { .. } => engine.inner.stats.stuck(),
+                            SagaExit::Stopped { .. } => {}
+                        }
+                        engine.unreserve(id, &r2);
+                        r2.done.send_replace(Some(exit));
+                    }
+                    TaskEnd::Park {
+                        wake_at_ms,
+                        progress,
+                    } => engine.park(id, &r2, wake_at_ms, progress),
                 }
-                engine.unreserve(id, &r2);
-                r2.done.send_replace(Some(exit));
             }
             .instrument(span),
         );
@@ -721,6 +792,101 @@ impl Engine {
             && !lock(&self.inner.running).contains_key(&id)
         {
             handle.abort();
+        }
+    }
+
+    /// The saga waits without a task: its slot stays reserved (so recovery
+    /// leaves it alone and `deliver`/`abort` find it), its state is dropped
+    /// (everything is durable), and a timer wakes it.
+    fn park(&self, id: SagaId, r: &Arc<Running>, wake_at_ms: u64, progress: WaitProgress) {
+        *lock(&r.task) = None;
+        *lock(&r.parked) = Some(progress);
+        lock(&self.inner.timers).insert((wake_at_ms, id));
+        self.ensure_timer();
+        self.inner.timers_changed.notify_one();
+        // News or an abort that arrived while it was parking: wake it now.
+        if !lock(&r.mailbox).is_empty() {
+            self.wake(id, r);
+        }
+    }
+
+    /// Run a parked saga again: re-read it from the journal and continue its
+    /// wait where it stood. No-op unless it is parked (so exactly one waker wins).
+    fn wake(&self, id: SagaId, r: &Arc<Running>) {
+        let Some(progress) = lock(&r.parked).take() else {
+            return;
+        };
+        let engine = self.clone();
+        let r = r.clone();
+        tokio::spawn(async move {
+            let loaded = async {
+                let entries = engine.inner.journal.read(id).await?;
+                let state = SagaState::fold(id, &entries)?;
+                let def = engine
+                    .definition(&state.plan, Some(id))
+                    .or_else(|_| engine.definition(&state.input.kind, Some(id)))?;
+                Ok::<_, Error>((state, def))
+            }
+            .await;
+            match loaded {
+                Ok((state, def)) => engine.launch(state, def, r, Some(progress)),
+                Err(e) => {
+                    if let Error::Journal(j) = &e {
+                        engine.on_journal_error(j);
+                    }
+                    engine.unreserve(id, &r);
+                    r.done.send_replace(Some(SagaExit::Stopped {
+                        reason: format!("could not wake the parked saga: {e}"),
+                    }));
+                }
+            }
+        });
+    }
+
+    fn ensure_timer(&self) {
+        if self.inner.timer_task.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let engine = self.clone();
+        tokio::spawn(async move { engine.timer_loop().await });
+    }
+
+    /// Wakes parked sagas when their time comes. Ends when the engine stops.
+    async fn timer_loop(self) {
+        loop {
+            if self.inner.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let now = self.inner.clock.now_ms();
+            let (due, next) = {
+                let mut timers = lock(&self.inner.timers);
+                let mut due = Vec::new();
+                while let Some(&(t, id)) = timers.first() {
+                    if t > now {
+                        break;
+                    }
+                    timers.pop_first();
+                    due.push(id);
+                }
+                (due, timers.first().map(|(t, _)| *t))
+            };
+            for id in due {
+                let r = lock(&self.inner.running).get(&id).cloned();
+                if let Some(r) = r {
+                    self.wake(id, &r);
+                }
+            }
+            let changed = self.inner.timers_changed.notified();
+            match next {
+                Some(t) => {
+                    tokio::select! {
+                        biased;
+                        _ = changed => {}
+                        _ = self.inner.clock.sleep(Duration::from_millis(t.saturating_sub(now))) => {}
+                    }
+                }
+                None => changed.await,
+            }
         }
     }
 
@@ -791,21 +957,26 @@ impl Engine {
         mut state: SagaState,
         def: Arc<dyn SagaDefinition>,
         me: &Running,
-    ) -> SagaExit {
-        let mut permit = Some(self.acquire().await);
+        mut wait: Option<WaitProgress>,
+    ) -> TaskEnd {
+        // A saga woken from a park goes straight back to its wait: no slot.
+        let mut permit = match wait {
+            Some(_) => None,
+            None => Some(self.acquire().await),
+        };
         let mut pending = Vec::new();
         loop {
             match self
-                .drive_once(&mut state, &def, me, &mut permit, &mut pending)
+                .drive_once(&mut state, &def, me, &mut permit, &mut pending, &mut wait)
                 .await
             {
-                Ok(Some(exit)) => return exit,
+                Ok(Some(end)) => return end,
                 Ok(None) => continue,
                 Err(DriveStop::Stopped(reason)) => {
                     // A graceful stop keeps what was learned (best effort: after
                     // a journal failure this fails too, and recovery looks up).
                     let _ = self.flush(&state, &mut pending, false).await;
-                    return SagaExit::Stopped { reason };
+                    return TaskEnd::Exit(SagaExit::Stopped { reason });
                 }
                 Err(DriveStop::Stuck(reason)) => {
                     let staged = self.stage(
@@ -819,7 +990,7 @@ impl Engine {
                         let _ = self.flush(&state, &mut pending, false).await;
                     }
                     tracing::warn!(%reason, "saga stuck");
-                    return SagaExit::Stuck { reason };
+                    return TaskEnd::Exit(SagaExit::Stuck { reason });
                 }
             }
         }
@@ -832,10 +1003,11 @@ impl Engine {
         me: &Running,
         permit: &mut Option<OwnedSemaphorePermit>,
         pending: &mut Vec<Entry>,
-    ) -> std::result::Result<Option<SagaExit>, DriveStop> {
+        wait: &mut Option<WaitProgress>,
+    ) -> std::result::Result<Option<TaskEnd>, DriveStop> {
         if let Some(outcome) = state.outcome.clone() {
             self.flush(state, pending, true).await?;
-            return Ok(Some(SagaExit::Finished(outcome)));
+            return Ok(Some(TaskEnd::Exit(SagaExit::Finished(outcome))));
         }
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(DriveStop::Stopped("engine stopping".into()));
@@ -903,13 +1075,27 @@ impl Engine {
                 self.stage(state, pending, record)?;
                 // The last outcome, Finished and the finish mark: one write.
                 self.flush(state, pending, true).await?;
-                return Ok(Some(SagaExit::Finished(outcome)));
+                return Ok(Some(TaskEnd::Exit(SagaExit::Finished(outcome))));
             }
             Decision::AwaitRefund { refund_id } => {
                 self.flush(state, pending, false).await?;
                 // A waiting saga gives up its in-flight slot.
                 *permit = None;
-                self.await_refund(state, pending, &refund_id, me).await?;
+                let mut progress = wait.take().unwrap_or_else(|| WaitProgress {
+                    started_ms: self.inner.clock.now_ms(),
+                    delay_ms: self.inner.limits.refund_poll_initial_ms.max(1),
+                    next_poll_at_ms: None,
+                });
+                if let Some(wake_at_ms) = self
+                    .await_refund(state, pending, &refund_id, me, &mut progress)
+                    .await?
+                {
+                    self.flush(state, pending, false).await?;
+                    return Ok(Some(TaskEnd::Park {
+                        wake_at_ms,
+                        progress,
+                    }));
+                }
                 *permit = Some(self.acquire().await);
             }
         }
@@ -1201,30 +1387,38 @@ impl Engine {
         }
     }
 
+    /// Wait for the refund to reach a final state: news delivered by a
+    /// callback, or a poll with back-off. Returns `Some(wake_at_ms)` when the
+    /// next poll is far enough away (`park_after_ms`) that the saga should
+    /// park instead of holding a task; `None` when it should decide again
+    /// (news staged, or an abort / a stop arrived).
     async fn await_refund(
         &self,
         state: &mut SagaState,
         pending: &mut Vec<Entry>,
         refund_id: &RefundId,
         me: &Running,
-    ) -> std::result::Result<(), DriveStop> {
+        progress: &mut WaitProgress,
+    ) -> std::result::Result<Option<u64>, DriveStop> {
         let limits = &self.inner.limits;
-        let started = self.inner.clock.now_ms();
-        let mut delay = limits.refund_poll_initial_ms.max(1);
         let order = state.input.order.clone();
         loop {
             // News delivered by callbacks first: any that moves the refund.
+            // News that cannot move it (stale, or another refund's) is dropped.
             let (news, abort) = {
-                let mb = lock(&me.mailbox);
+                let mut mb = lock(&me.mailbox);
+                mb.retain(|m| match m {
+                    Msg::Abort(_) => true,
+                    Msg::Observed(Observation::Refund {
+                        refund_id: r,
+                        status,
+                        ..
+                    }) => r == refund_id && status.state.is_terminal(),
+                    Msg::Observed(Observation::Order { .. }) => false,
+                });
                 let news = mb.iter().find_map(|m| match m {
-                    Msg::Observed(
-                        o @ Observation::Refund {
-                            refund_id: r,
-                            status,
-                            ..
-                        },
-                    ) if r == refund_id && status.state.is_terminal() => Some(o.clone()),
-                    _ => None,
+                    Msg::Observed(o) => Some(o.clone()),
+                    Msg::Abort(_) => None,
                 });
                 (news, mb.iter().any(|m| matches!(m, Msg::Abort(_))))
             };
@@ -1234,23 +1428,38 @@ impl Engine {
                     observation: obs,
                     via: Via::Callback,
                 };
-                return self.stage(state, pending, record);
+                self.stage(state, pending, record)?;
+                return Ok(None);
             }
             if abort || self.inner.stopping.load(Ordering::Acquire) {
-                return Ok(());
+                return Ok(None);
             }
-            let waited = self.inner.clock.now_ms().saturating_sub(started);
+            let now = self.inner.clock.now_ms();
+            let waited = now.saturating_sub(progress.started_ms);
             if waited >= limits.refund_wait_max_ms {
                 return Err(DriveStop::Stuck(format!(
                     "refund {refund_id} not final after {waited} ms of waiting"
                 )));
             }
-            tokio::select! {
-                biased;
-                _ = me.notify.notified() => continue,
-                _ = self.inner.clock.sleep(Duration::from_millis(delay)) => {}
+            let due_at = *progress
+                .next_poll_at_ms
+                .get_or_insert(now.saturating_add(progress.delay_ms));
+            if now < due_at {
+                let remaining = due_at - now;
+                if remaining >= limits.park_after_ms {
+                    return Ok(Some(due_at));
+                }
+                tokio::select! {
+                    biased;
+                    _ = me.notify.notified() => continue,
+                    _ = self.inner.clock.sleep(Duration::from_millis(remaining)) => {}
+                }
             }
-            delay = (delay.saturating_mul(2)).min(limits.refund_poll_max_ms.max(1));
+            progress.next_poll_at_ms = None;
+            progress.delay_ms = progress
+                .delay_ms
+                .saturating_mul(2)
+                .min(limits.refund_poll_max_ms.max(1));
             if let Some(lookup) = self.inner.channels.lookup(&order.channel) {
                 match self
                     .with_timeout(lookup.refund_status(&order, refund_id))
@@ -1266,7 +1475,8 @@ impl Engine {
                             observation: obs,
                             via: Via::Poll,
                         };
-                        return self.stage(state, pending, record);
+                        self.stage(state, pending, record)?;
+                        return Ok(None);
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "refund poll failed"),

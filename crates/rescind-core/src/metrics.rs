@@ -49,8 +49,10 @@ pub struct StatsSnapshot {
     pub latency_sum_ms: u64,
     /// Calls per latency bucket ([`LATENCY_BUCKETS_MS`], then +Inf).
     pub latency_buckets: Vec<u64>,
-    /// Saga tasks running now.
+    /// Sagas in this engine now (with a task, or parked).
     pub running: usize,
+    /// Of those, sagas parked without a task (waiting for a refund).
+    pub parked: usize,
 }
 
 impl EngineStats {
@@ -87,7 +89,7 @@ impl EngineStats {
         self.buckets[i].fetch_add(1, Relaxed);
     }
     /// Copy the counters.
-    pub fn snapshot(&self, running: usize) -> StatsSnapshot {
+    pub fn snapshot(&self, running: usize, parked: usize) -> StatsSnapshot {
         StatsSnapshot {
             started: self.started.load(Relaxed),
             completed: self.completed.load(Relaxed),
@@ -101,6 +103,7 @@ impl EngineStats {
             latency_sum_ms: self.latency_sum_ms.load(Relaxed),
             latency_buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
             running,
+            parked,
         }
     }
 }

@@ -500,3 +500,66 @@ async fn keyed_start_is_idempotent() {
         1
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_long_refund_wait_parks_the_saga_without_a_task() {
+    let up = Upstream::new();
+    up.order("O1", OrderState::Paid);
+    up.book.lock().unwrap().refunds_never_complete = true;
+    let j = MemoryJournal::new();
+    let e = Engine::builder(Arc::new(j.clone()))
+        .channels(up.channels("tbc"))
+        .limits(Limits {
+            refund_poll_initial_ms: 60_000,
+            refund_poll_max_ms: 600_000,
+            ..fast_limits()
+        })
+        .build();
+    let id = e.start(SagaInput::cancel_paid(order("O1"))).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let st = e.stats();
+    assert_eq!(
+        (st.running, st.parked),
+        (1, 1),
+        "waiting 60 s for a poll: parked"
+    );
+    assert!(
+        e.is_running(id),
+        "a parked saga keeps its slot: recovery leaves it alone"
+    );
+    assert_eq!(e.recover().await.unwrap().already_running, 1);
+    // The timer wakes it for each poll (60 s, then 120 s, ...), and it parks again.
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    assert_eq!(
+        up.book.lock().unwrap().polls.get("R1").copied(),
+        Some(2),
+        "polled at 60 s and 180 s"
+    );
+    assert_eq!(e.stats().parked, 1);
+    // News wakes it at once; the refund completes.
+    up.book.lock().unwrap().refunds_never_complete = false;
+    let done = Observation::Refund {
+        order: order("O1"),
+        refund_id: RefundId("R1".into()),
+        status: RefundStatus {
+            state: RefundState::Completed,
+            upstream: "SUCCESS".into(),
+        },
+    };
+    assert_eq!(e.deliver(done), 1);
+    let exit = e.wait(id).await.unwrap();
+    assert_eq!(
+        completed(&exit),
+        OrderState::Refunded {
+            refund_id: RefundId("R1".into())
+        }
+    );
+    assert_eq!(e.stats().parked, 0);
+    assert!(records(&j, id).await.iter().any(|r| matches!(
+        r,
+        Record::Observed {
+            via: Via::Callback,
+            ..
+        }
+    )));
+}

@@ -45,6 +45,9 @@ pub fn sim_limits() -> Limits {
         refund_poll_initial_ms: 2_000,
         refund_poll_max_ms: 30_000,
         refund_wait_max_ms: 24 * 3_600_000,
+        // As in production: refund waits park (2 s polls), so the harness
+        // covers parked sagas woken by timers, callbacks, aborts and crashes.
+        park_after_ms: 1_000,
     }
 }
 

@@ -45,6 +45,9 @@ pub struct Book {
     pub refunds_never_complete: bool,
     pub journal_to_crash: Option<MemoryJournal>,
     pub calls: u64,
+    /// Refunds opened by a paid cancel: only these complete by themselves
+    /// (as a seller would agree); a buyer's pre-existing refund does not.
+    pub opened: std::collections::HashSet<String>,
 }
 
 #[derive(Clone, Default)]
@@ -224,6 +227,7 @@ impl CancelOrder for Upstream {
                 }
             }
             b.effects.push(format!("cancel_paid:{id}"));
+            b.opened.insert(rid.0.clone());
             rid
         };
         self.finish(lose, crash, RefundOpened { refund_id })
@@ -305,7 +309,7 @@ impl OrderLookup for Upstream {
         refund_id: &RefundId,
     ) -> Result<RefundStatus, ChannelError> {
         let mut b = self.book.lock().unwrap();
-        let never = b.refunds_never_complete;
+        let never = b.refunds_never_complete || !b.opened.contains(&refund_id.0);
         let need = b.refund_polls_before_complete;
         let polls = {
             let p = b.polls.entry(refund_id.0.clone()).or_insert(0);
