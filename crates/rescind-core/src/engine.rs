@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 /// Every limit the engine enforces. Each has a default; all are in the config file.
@@ -195,11 +195,21 @@ struct Running {
     order: OrderRef,
     mailbox: Mutex<Vec<Msg>>,
     notify: Notify,
-    done: watch::Sender<Option<SagaExit>>,
+    /// How the saga's task ended, once it has; waiters are woken by `done_changed`.
+    done: Mutex<Option<SagaExit>>,
+    done_changed: Notify,
     task: Mutex<Option<tokio::task::AbortHandle>>,
     last_error: Mutex<Option<String>>,
     /// `Some` while the saga is parked (no task): where its wait stood.
     parked: Mutex<Option<WaitProgress>>,
+}
+
+impl Running {
+    /// Record how the saga's task ended and wake everyone waiting on it.
+    fn finish_with(&self, exit: Option<SagaExit>) {
+        *lock(&self.done) = exit;
+        self.done_changed.notify_waiters();
+    }
 }
 
 /// Where a refund wait stands, kept across a park.
@@ -499,17 +509,17 @@ impl Engine {
     /// is read from the journal: finished → its outcome; stuck → `Stuck`;
     /// otherwise `Stopped` ("not running in this process").
     pub async fn wait(&self, id: SagaId) -> Result<SagaExit> {
-        let rx = lock(&self.inner.running)
-            .get(&id)
-            .map(|r| r.done.subscribe());
-        if let Some(mut rx) = rx {
+        let running = lock(&self.inner.running).get(&id).cloned();
+        if let Some(r) = running {
             loop {
-                if let Some(exit) = rx.borrow_and_update().clone() {
+                let changed = r.done_changed.notified();
+                tokio::pin!(changed);
+                // Registered before the check, so an end in between is not missed.
+                changed.as_mut().enable();
+                if let Some(exit) = lock(&r.done).clone() {
                     return Ok(exit);
                 }
-                if rx.changed().await.is_err() {
-                    break;
-                }
+                changed.await;
             }
         }
         let state = self.load(id).await?;
@@ -615,6 +625,24 @@ impl Engine {
         let slot = self
             .reserve(id, &state.input.order)
             .ok_or(Error::AlreadyRunning { saga: id })?;
+        // A saga that is only waiting for its refund goes straight to a park
+        // (no task until its first poll): recovering 100,000 waiting sagas
+        // must not hold 100,000 tasks at once.
+        if !in_doubt && matches!(def.decide(&state), Decision::AwaitRefund { .. }) {
+            let limits = &self.inner.limits;
+            let delay = limits.refund_poll_initial_ms.max(1);
+            if delay >= limits.park_after_ms {
+                let now = self.inner.clock.now_ms();
+                let wake_at_ms = now.saturating_add(delay);
+                let progress = WaitProgress {
+                    started_ms: now,
+                    delay_ms: delay,
+                    next_poll_at_ms: Some(wake_at_ms),
+                };
+                self.park(id, &slot, wake_at_ms, progress);
+                return Ok(false);
+            }
+        }
         self.launch(state, def, slot, None);
         Ok(in_doubt)
     }
@@ -686,7 +714,7 @@ impl Engine {
             // Parked sagas are at a safe point already (everything durable).
             if lock(&r.parked).take().is_some() {
                 self.unreserve(*id, r);
-                r.done.send_replace(Some(SagaExit::Stopped {
+                r.finish_with(Some(SagaExit::Stopped {
                     reason: "engine stopping".into(),
                 }));
             }
@@ -708,7 +736,7 @@ impl Engine {
             if let Some(h) = lock(&r.task).take() {
                 h.abort();
             }
-            r.done.send_replace(Some(SagaExit::Stopped {
+            r.finish_with(Some(SagaExit::Stopped {
                 reason: "engine killed".into(),
             }));
         }
@@ -728,12 +756,12 @@ impl Engine {
         if running.contains_key(&id) {
             return None;
         }
-        let (done, _) = watch::channel(None);
         let r = Arc::new(Running {
             order: order.clone(),
             mailbox: Mutex::new(Vec::new()),
             notify: Notify::new(),
-            done,
+            done: Mutex::new(None),
+            done_changed: Notify::new(),
             task: Mutex::new(None),
             last_error: Mutex::new(None),
             parked: Mutex::new(None),
@@ -777,7 +805,7 @@ impl Engine {
                             SagaExit::Stopped { .. } => {}
                         }
                         engine.unreserve(id, &r2);
-                        r2.done.send_replace(Some(exit));
+                        r2.finish_with(Some(exit));
                     }
                     TaskEnd::Park {
                         wake_at_ms,
@@ -835,7 +863,7 @@ impl Engine {
                         engine.on_journal_error(j);
                     }
                     engine.unreserve(id, &r);
-                    r.done.send_replace(Some(SagaExit::Stopped {
+                    r.finish_with(Some(SagaExit::Stopped {
                         reason: format!("could not wake the parked saga: {e}"),
                     }));
                 }
