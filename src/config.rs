@@ -79,6 +79,9 @@ pub struct WorkerConfig {
     pub recover_interval_ms: u64,
     /// On SIGTERM, how long running sagas get to reach a safe point.
     pub shutdown_grace_ms: u64,
+    /// How often the worker compacts finished sagas past the sled journal's
+    /// retention (`0`: never; a PostgreSQL journal is not compacted here).
+    pub compact_interval_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -89,6 +92,7 @@ impl Default for WorkerConfig {
             callback_store: PathBuf::from("rescind-callbacks.jsonl"),
             recover_interval_ms: 5_000,
             shutdown_grace_ms: 5_000,
+            compact_interval_ms: 3_600_000,
         }
     }
 }

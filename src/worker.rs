@@ -455,6 +455,33 @@ pub async fn start_worker(
             }
         }
     });
+    // Retention: finished sagas past the journal's age/count limits are compacted.
+    if let (crate::wiring::OpenJournal::Sled(sled), true) =
+        (&journal, config.worker.compact_interval_ms > 0)
+    {
+        let (sled, e3) = (sled.clone(), engine.clone());
+        let mut stopped3 = stop.subscribe();
+        let every = std::time::Duration::from_millis(config.worker.compact_interval_ms.max(1_000));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped3.wait_for(|s| *s) => return,
+                }
+                match sled.compact(e3.clock().now_ms()).await {
+                    Ok(r) if r.sagas_removed > 0 => {
+                        tracing::info!(
+                            sagas = r.sagas_removed,
+                            records = r.records_removed,
+                            "compacted finished sagas"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "compaction failed"),
+                }
+            }
+        });
+    }
     Ok(RunningWorker {
         addr,
         engine,
