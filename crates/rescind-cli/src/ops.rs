@@ -369,24 +369,26 @@ pub struct WorkerArgs {
     pub listen: Option<String>,
 }
 
-async fn terminated() {
+/// Resolves on SIGTERM or Ctrl-C. Created before the worker announces itself,
+/// so a supervisor that signals right after `listening on` is always heard.
+fn termination() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
-    }
-    let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 pub async fn worker(cfg_path: &Path, a: WorkerArgs) -> Result<u8> {
     let cfg = load_config(cfg_path)?;
+    let terminated = termination()?;
     let w = rescind::worker::start_worker(&cfg, a.listen.as_deref())
         .await
         .map_err(|e| anyhow!(e))?;
@@ -398,7 +400,7 @@ pub async fn worker(cfg_path: &Path, a: WorkerArgs) -> Result<u8> {
         w.recovered.marked_finished,
         w.recovered.failed.len()
     );
-    terminated().await;
+    terminated.await;
     eprintln!("shutting down: letting sagas reach a safe point");
     w.shutdown().await;
     Ok(0)
