@@ -18,6 +18,7 @@ mod builtin;
 mod chart;
 mod custom;
 mod driver;
+mod pg;
 mod procs;
 mod recovery;
 mod report;
@@ -47,6 +48,22 @@ enum Cmd {
     Recovery(RecoveryArgs),
     /// Both.
     All(AllArgs),
+    /// The generic two-step saga on PostgreSQL with 1 and 3 workers, next to
+    /// one sled worker, in the same run.
+    Pg {
+        /// PostgreSQL URL (e.g. the `RESCIND_PG_URL` that `.ci/postgres` exports).
+        #[arg(long, env = "RESCIND_PG_URL")]
+        url: String,
+        /// Sagas in flight, split over the workers.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Measured seconds per row.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Repetitions per row (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// The trivial upstream (internal; started by `sagas`).
     #[command(hide = true)]
     Upstream {
@@ -214,6 +231,25 @@ async fn run(cli: Cli, started: Instant) -> Result<()> {
         Cmd::Recovery(a) => {
             println!("{}", report::machine_markdown());
             run_recovery(&a.common, a.sagas, a.sled_cache_mb).await
+        }
+        Cmd::Pg {
+            url,
+            concurrency,
+            secs,
+            reps,
+        } => {
+            if concurrency == 0 || secs <= 0.0 {
+                return Err(anyhow!("--concurrency and --secs must be positive"));
+            }
+            println!("{}", report::machine_markdown());
+            pg::run(&pg::PgOpts {
+                url,
+                concurrency,
+                secs,
+                warmup_secs: 1.0,
+                reps,
+            })
+            .await
         }
         Cmd::All(a) => {
             println!("{}", report::machine_markdown());

@@ -193,7 +193,7 @@ async fn single_writer(mode: JournalMode, secs: f64, base: &Option<PathBuf>) -> 
     Ok(s)
 }
 
-fn bench_limits() -> Limits {
+pub(crate) fn bench_limits() -> Limits {
     Limits {
         in_flight_max: 4096,
         attempts_max: 20,
