@@ -64,7 +64,10 @@ async fn run_workers(
         let exec = Arc::new(PostExecutor::new(client.clone(), url.to_owned()));
         let engine = engine_on(j.journal.clone(), exec);
         let per = (o.concurrency / n).max(1);
-        let (warm, win) = (Duration::from_secs_f64(o.warmup_secs), Duration::from_secs_f64(o.secs));
+        let (warm, win) = (
+            Duration::from_secs_f64(o.warmup_secs),
+            Duration::from_secs_f64(o.secs),
+        );
         runs.push(tokio::spawn(async move {
             let r = closed_loop(&engine, &j, per, warm, win, inputs(w)).await;
             engine.kill();
@@ -115,7 +118,10 @@ pub async fn run(o: &PgOpts) -> Result<()> {
         .map_err(|e| anyhow!("cannot build the HTTP client: {e}"))?;
     let up = crate::procs::start_upstream().await?;
     let url = format!("{}/step", up.url);
-    println!("\n### PostgreSQL: generic two-step saga, {} sagas in flight\n", o.concurrency);
+    println!(
+        "\n### PostgreSQL: generic two-step saga, {} sagas in flight\n",
+        o.concurrency
+    );
     println!("| workers | journal | sagas/s (median) | runs | p50 ms | p99 ms | failed |");
     println!("|---|---|---:|---|---:|---:|---:|");
     let stamp = std::process::id();
@@ -140,11 +146,18 @@ pub async fn run(o: &PgOpts) -> Result<()> {
             .iter()
             .min_by(|a, b| (a.per_sec - med).abs().total_cmp(&(b.per_sec - med).abs()))
             .ok_or_else(|| anyhow!("no runs"))?;
-        let label = if kind == "sled" { "sled group commit, power-loss" } else { "PostgreSQL (leases, group commit)" };
+        let label = if kind == "sled" {
+            "sled group commit, power-loss"
+        } else {
+            "PostgreSQL (leases, group commit)"
+        };
         println!(
             "| {workers} | {label} | {:.0} | {} | {:.1} | {:.1} | {} |",
             med,
-            per.iter().map(|p| format!("{p:.0}")).collect::<Vec<_>>().join(" / "),
+            per.iter()
+                .map(|p| format!("{p:.0}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
             pick.p50_us as f64 / 1000.0,
             pick.p99_us as f64 / 1000.0,
             runs.iter().map(|r| r.failed).sum::<usize>()
