@@ -122,20 +122,7 @@ impl OrderLookup for PandaponTaobao {
             .client
             .taobao_order_detail(order.order_id.as_str())
             .await?;
-        check_echo(
-            "taobao order detail",
-            order.order_id.as_str(),
-            d.order_id.as_deref(),
-        )?;
-        let refund = d
-            .refund_id
-            .as_deref()
-            .map(|id| (id, d.refund_status.as_deref()));
-        let state = order_state(Platform::Taobao, &d.status, refund)?;
-        Ok(OrderStatus {
-            state,
-            upstream: d.status,
-        })
+        detail_status("taobao order detail", order, d, Platform::Taobao)
     }
 
     async fn refund_status(
@@ -186,20 +173,7 @@ impl OrderLookup for Pandapon1688 {
             .client
             .alibaba_order_detail(order.order_id.as_str())
             .await?;
-        check_echo(
-            "1688 order detail",
-            order.order_id.as_str(),
-            d.order_id.as_deref(),
-        )?;
-        let refund = d
-            .refund_id
-            .as_deref()
-            .map(|id| (id, d.refund_status.as_deref()));
-        let state = order_state(Platform::Alibaba, &d.status, refund)?;
-        Ok(OrderStatus {
-            state,
-            upstream: d.status,
-        })
+        detail_status("1688 order detail", order, d, Platform::Alibaba)
     }
 
     async fn refund_status(
@@ -227,4 +201,24 @@ impl OrderLookup for Pandapon1688 {
             upstream: r.status,
         })
     }
+}
+
+/// An order detail answer as an [`OrderStatus`]: the echoed id must be the one
+/// asked for, and the status (with the refund, if any) maps through the table.
+fn detail_status(
+    what: &str,
+    order: &OrderRef,
+    d: crate::client::OrderDetail,
+    platform: Platform,
+) -> Result<OrderStatus, ChannelError> {
+    check_echo(what, order.order_id.as_str(), d.order_id.as_deref())?;
+    let refund = d
+        .refund_id
+        .as_deref()
+        .map(|id| (id, d.refund_status.as_deref()));
+    let state = order_state(platform, &d.status, refund)?;
+    Ok(OrderStatus {
+        state,
+        upstream: d.status,
+    })
 }
