@@ -968,16 +968,10 @@ impl Engine {
         Ok(())
     }
 
-    async fn acquire(&self) -> OwnedSemaphorePermit {
-        // The semaphore is never closed, so this cannot fail; fall back to a
-        // fresh permit rather than panic if it ever were.
-        match self.inner.permits.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => Arc::new(Semaphore::new(1))
-                .acquire_owned()
-                .await
-                .unwrap_or_else(|_| unreachable!()),
-        }
+    /// An in-flight slot. The semaphore is never closed; if it ever were,
+    /// the saga runs without a slot rather than panic.
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.permits.clone().acquire_owned().await.ok()
     }
 
     async fn drive(
@@ -990,7 +984,7 @@ impl Engine {
         // A saga woken from a park goes straight back to its wait: no slot.
         let mut permit = match wait {
             Some(_) => None,
-            None => Some(self.acquire().await),
+            None => self.acquire().await,
         };
         let mut pending = Vec::new();
         loop {
@@ -1124,7 +1118,7 @@ impl Engine {
                         progress,
                     }));
                 }
-                *permit = Some(self.acquire().await);
+                *permit = self.acquire().await;
             }
         }
         Ok(None)
