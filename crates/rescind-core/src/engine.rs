@@ -259,6 +259,10 @@ struct Inner {
 pub struct Protections {
     /// Re-issue in-doubt steps without looking them up first.
     pub skip_in_doubt_lookup: bool,
+    /// End a saga `failed` on a permanent error even when an irreversible
+    /// step already took effect and work is still owed (release the stock
+    /// lock, wait for the refund), instead of parking it as stuck.
+    pub fail_with_work_owed: bool,
 }
 
 /// Builds an [`Engine`]. Defaults: system clock, random ids, an RNG seeded
