@@ -72,10 +72,10 @@ impl SagaDefinition for CancelThenNotify {
     fn decide(&self, s: &SagaState) -> Decision {
         let order_id = s.input.order.order_id.as_str();
         match (s.steps.len(), s.last_outcome()) {
-            (0, _) => Decision::Act(Action::Custom {
+            (0, _) => Decision::Act(Action::Custom(rescind::core::action::Custom {
                 name: "tbc_cancel".into(),
                 payload: json!({ "order_id": order_id }),
-            }),
+            })),
             (_, Some(StepOutcome::Failed { error })) => Decision::Finish(SagaOutcome::Failed {
                 reason: error.to_string(),
             }),
@@ -84,7 +84,7 @@ impl SagaDefinition for CancelThenNotify {
                     reason: message.clone(),
                 })
             }
-            (1, _) => Decision::Act(Action::Custom {
+            (1, _) => Decision::Act(Action::Custom(rescind::core::action::Custom {
                 name: "notify".into(),
                 // The payload is journaled with the intent: `resolve` sees the same key.
                 payload: json!({
@@ -93,7 +93,7 @@ impl SagaDefinition for CancelThenNotify {
                     "order_id": order_id,
                     "event": "cancelled",
                 }),
-            }),
+            })),
             _ => Decision::Finish(SagaOutcome::Completed {
                 order: OrderState::Cancelled,
                 note: Some("cancelled; backend notified".into()),

@@ -147,7 +147,29 @@ pub fn describe(r: &Record) -> String {
                 .map(|l| format!(", stock lock {}:{}", l.channel, l.lock_id))
                 .unwrap_or_default()
         ),
-        Record::Intent { step, action } => format!("intent  step {step}: {}", action.name()),
+        Record::Intent { step, action } => format!(
+            "intent  step {step}: {}{}",
+            action.name(),
+            if action.irreversible() {
+                " (irreversible)"
+            } else {
+                ""
+            }
+        ),
+        Record::Resolved {
+            step,
+            outcome,
+            operator,
+            reason,
+        } => match outcome {
+            Some(o) => format!(
+                "resolved step {step} by operator {operator}: applied, {} ({reason})",
+                serde_json::to_string(o).unwrap_or_default()
+            ),
+            None => format!(
+                "resolved step {step} by operator {operator}: not applied, to be re-issued ({reason})"
+            ),
+        },
         Record::Outcome {
             step,
             outcome,

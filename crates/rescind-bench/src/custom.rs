@@ -33,10 +33,10 @@ impl SagaDefinition for TwoPosts {
             });
         }
         if done < 2 {
-            Decision::Act(Action::Custom {
+            Decision::Act(Action::Custom(rescind_core::action::Custom {
                 name: EXECUTOR.into(),
                 payload: json!({ "n": done }),
-            })
+            }))
         } else {
             Decision::Finish(SagaOutcome::Completed {
                 order: s.order.clone(),

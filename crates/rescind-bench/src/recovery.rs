@@ -53,10 +53,10 @@ impl SagaDefinition for ParkSaga {
         SagaKind(PARK_KIND.into())
     }
     fn decide(&self, _: &SagaState) -> Decision {
-        Decision::Act(Action::Custom {
+        Decision::Act(Action::Custom(rescind_core::action::Custom {
             name: PARK_EXEC.into(),
             payload: json!({"n": 0}),
-        })
+        }))
     }
 }
 
@@ -97,10 +97,10 @@ fn records(mode: ParkMode, i: u64, now_ms: u64) -> Vec<Entry> {
                     1,
                     Record::Intent {
                         step: 0,
-                        action: Action::Custom {
+                        action: Action::Custom(rescind_core::action::Custom {
                             name: PARK_EXEC.into(),
                             payload: json!({"n": 0}),
-                        },
+                        }),
                     },
                 ),
             ]
@@ -118,7 +118,7 @@ fn records(mode: ParkMode, i: u64, now_ms: u64) -> Vec<Entry> {
                     1,
                     Record::Intent {
                         step: 0,
-                        action: Action::CancelPaid { order },
+                        action: Action::CancelPaid(rescind_core::action::CancelPaid { order }),
                     },
                 ),
                 e(

@@ -164,10 +164,10 @@ async fn single_writer(mode: JournalMode, secs: f64, base: &Option<PathBuf>) -> 
             },
             Record::Intent {
                 step: 0,
-                action: Action::Custom {
+                action: Action::Custom(rescind_core::action::Custom {
                     name: custom::EXECUTOR.into(),
                     payload: json!({"n": 0}),
-                },
+                }),
             },
             Record::Outcome {
                 step: 0,

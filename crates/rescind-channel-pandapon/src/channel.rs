@@ -164,6 +164,10 @@ impl CancelOrder for Pandapon1688 {
             "cancel after payment (1688 refunds are opened by the buyer through after-sales)",
         ))
     }
+    /// 1688 order ids are sent as exact JSON integers: unsigned 64-bit decimal.
+    fn check_order_id(&self, order_id: &str) -> Result<(), String> {
+        rescind_core::channel::check_decimal_u64(order_id)
+    }
 }
 
 #[async_trait]

@@ -405,15 +405,16 @@ pub fn alibaba_cancel_body(
     reason: Option<&str>,
     remark: Option<&str>,
 ) -> std::result::Result<serde_json::Value, ChannelError> {
-    let id: u64 = order_id.trim().parse().map_err(|_| {
+    let invalid = |why: String| {
         ChannelError::permanent(
             PermanentReason::InvalidRequest,
-            format!(
-                "1688 order id {:?} is not a decimal integer",
-                crate::json::clip(order_id)
-            ),
+            format!("1688 order id {:?} {why}", crate::json::clip(order_id)),
         )
-    })?;
+    };
+    rescind_core::channel::check_decimal_u64(order_id).map_err(invalid)?;
+    let id: u64 = order_id
+        .parse()
+        .map_err(|_| invalid("is not a decimal integer".into()))?;
     let mut body = serde_json::Map::new();
     body.insert("webSite".into(), "1688".into());
     body.insert(

@@ -229,7 +229,8 @@ async fn an_invalid_session_is_reported_as_needing_reauthorisation() {
         "session leaked: {e}"
     );
     assert!(h.sim.effects().is_empty(), "{}", h.effects());
-    // Through the engine it is a permanent failure, not a retry loop.
+    // Through the engine it parks the saga for new credentials: not a retry
+    // loop, and not a terminal failure.
     let tbc = with_session("an-expired-session");
     let engine = h.engine(
         Channels::new()
@@ -241,8 +242,11 @@ async fn an_invalid_session_is_reported_as_needing_reauthorisation() {
         .await
         .unwrap();
     match exit {
-        SagaExit::Finished(SagaOutcome::Failed { reason }) => {
-            assert!(reason.contains("27"), "{reason}")
+        SagaExit::Stuck { reason } => {
+            assert!(
+                reason.starts_with("credentials:") && reason.contains("27"),
+                "{reason}"
+            )
         }
         other => panic!("{other:?}"),
     }

@@ -268,6 +268,65 @@ pub trait CancelOrder: Send + Sync {
     async fn cancel_unpaid(&self, req: &CancelRequest) -> Result<CancelOutcome, ChannelError>;
     /// Cancel a paid order, which opens a refund.
     async fn cancel_paid(&self, req: &CancelRequest) -> Result<RefundOpened, ChannelError>;
+    /// Can this channel represent `order_id`? Checked before a saga is
+    /// journaled. The error says what is wrong ("out of range", "has leading
+    /// zeros"), not only that it is wrong. Default: any non-blank id.
+    fn check_order_id(&self, order_id: &str) -> Result<(), String> {
+        check_not_blank(order_id)
+    }
+}
+
+/// The default id check: not empty, no surrounding blanks, no control characters.
+pub fn check_not_blank(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("is empty".into());
+    }
+    if id.trim() != id {
+        return Err("has leading or trailing blanks".into());
+    }
+    if id.chars().any(char::is_control) {
+        return Err("contains control characters".into());
+    }
+    Ok(())
+}
+
+/// The check for channels whose ids are unsigned 64-bit decimal integers.
+pub fn check_decimal_u64(id: &str) -> Result<(), String> {
+    check_not_blank(id)?;
+    if !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("is not a decimal number (digits 0-9 only)".into());
+    }
+    if id.len() > 1 && id.starts_with('0') {
+        return Err("has leading zeros".into());
+    }
+    if id.parse::<u64>().is_err() {
+        return Err(format!("is out of range (the largest id is {})", u64::MAX));
+    }
+    Ok(())
+}
+
+/// Input refused before anything was journaled: names the field, the value
+/// and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{field} `{value}` {reason}")]
+pub struct InputError {
+    /// The input field at fault (`channel`, `stock_lock.channel`, `order_id`...).
+    pub field: String,
+    /// The value given (control characters escaped).
+    pub value: String,
+    /// What is wrong, e.g. "is not configured; configured: damai, tmall-tbc".
+    pub reason: String,
+}
+
+impl InputError {
+    /// An input error for `field` = `value`.
+    pub fn new(field: impl Into<String>, value: &str, reason: impl Into<String>) -> Self {
+        InputError {
+            field: field.into(),
+            value: value.escape_debug().to_string(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Withdraw (refund-cancel) an open refund.
@@ -275,6 +334,14 @@ pub trait CancelOrder: Send + Sync {
 pub trait CancelRefund: Send + Sync {
     /// Withdraw the refund. `AlreadyDone` when already withdrawn.
     async fn withdraw_refund(&self, req: &WithdrawRequest) -> Result<(), ChannelError>;
+    /// Can this channel represent `order_id`? See [`CancelOrder::check_order_id`].
+    fn check_order_id(&self, order_id: &str) -> Result<(), String> {
+        check_not_blank(order_id)
+    }
+    /// Can this channel represent `refund_id`? Default: any non-blank id.
+    fn check_refund_id(&self, refund_id: &str) -> Result<(), String> {
+        check_not_blank(refund_id)
+    }
 }
 
 /// Release a stock lock (Damai ticket stock) after a cancel.
@@ -282,6 +349,10 @@ pub trait CancelRefund: Send + Sync {
 pub trait ReleaseStock: Send + Sync {
     /// Release the lock. `AlreadyDone` when already released.
     async fn release_stock(&self, lock: &StockLockRef) -> Result<(), ChannelError>;
+    /// Can this channel represent `lock_id`? Default: any non-blank id.
+    fn check_lock_id(&self, lock_id: &str) -> Result<(), String> {
+        check_not_blank(lock_id)
+    }
 }
 
 /// Look up order and refund status: reconciliation and in-doubt resolution.
@@ -295,6 +366,34 @@ pub trait OrderLookup: Send + Sync {
         order: &OrderRef,
         refund_id: &RefundId,
     ) -> Result<RefundStatus, ChannelError>;
+}
+
+fn require<'a, T: ?Sized>(
+    map: &'a HashMap<ChannelName, Arc<T>>,
+    field: &str,
+    name: &ChannelName,
+    op: &str,
+) -> Result<&'a Arc<T>, InputError> {
+    if let Some(c) = map.get(name) {
+        return Ok(c);
+    }
+    let mut have: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+    have.sort_unstable();
+    let configured = if have.is_empty() {
+        "none".to_owned()
+    } else {
+        have.join(", ")
+    };
+    let what = if name.as_str().is_empty() {
+        "is empty".to_owned()
+    } else {
+        format!("is not configured for {op}")
+    };
+    Err(InputError::new(
+        field,
+        name.as_str(),
+        format!("{what}; configured: {configured}"),
+    ))
 }
 
 /// The channels an engine can reach, by name and capability.
@@ -371,6 +470,31 @@ impl Channels {
     /// The lookup capability of `name`, if registered.
     pub fn lookup(&self, name: &ChannelName) -> Option<&Arc<dyn OrderLookup>> {
         self.lookup.get(name)
+    }
+    /// The cancel capability of `name`, or an [`InputError`] on `field`
+    /// naming the channels that have it.
+    pub fn require_cancel(
+        &self,
+        field: &str,
+        name: &ChannelName,
+    ) -> Result<&Arc<dyn CancelOrder>, InputError> {
+        require(&self.cancel, field, name, "order cancel")
+    }
+    /// The refund-withdraw capability of `name`, or an [`InputError`].
+    pub fn require_refund(
+        &self,
+        field: &str,
+        name: &ChannelName,
+    ) -> Result<&Arc<dyn CancelRefund>, InputError> {
+        require(&self.refund, field, name, "refund withdraw")
+    }
+    /// The stock-release capability of `name`, or an [`InputError`].
+    pub fn require_stock(
+        &self,
+        field: &str,
+        name: &ChannelName,
+    ) -> Result<&Arc<dyn ReleaseStock>, InputError> {
+        require(&self.stock, field, name, "stock release")
     }
     /// All channel names with any capability, sorted.
     pub fn names(&self) -> Vec<ChannelName> {

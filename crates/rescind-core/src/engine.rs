@@ -8,99 +8,23 @@
 //! saga moves on. [`Engine::recover`] replays every unfinished saga from the
 //! journal and continues it the same way.
 
-use crate::channel::{
-    Applied, CancelRequest, ChannelError, Channels, Conflict, ErrorClass, WithdrawRequest,
-};
+use crate::action::{Ctx, Lookup, OperatorApplied};
+pub use crate::action::{Resolved, StepExecutor};
+use crate::channel::{ChannelError, Channels, InputError};
 use crate::ids::{OrderRef, RefundId, SagaId, SagaKind};
 use crate::journal::{Journal, JournalError};
-use crate::machine::{OrderState, RefundState};
+pub use crate::limits::{LimitError, Limits};
 use crate::metrics::{EngineStats, StatsSnapshot};
 use crate::record::{Action, Entry, Observation, Record, SagaInput, SagaOutcome, StepOutcome, Via};
 use crate::runtime::{Clock, IdGen, RandomIds, Rng, SplitMix64, TokioClock};
 use crate::saga::{Decision, FoldError, SagaDefinition, SagaState};
-use async_trait::async_trait;
+use crate::step::{StepEffect, StepEvent, StepMachine, StepSpec};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
-
-/// Every limit the engine enforces. Each has a default; all are in the config file.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    /// Sagas actively driving steps at once; more wait for a slot. Sagas
-    /// waiting for a refund do not hold a slot.
-    pub in_flight_max: usize,
-    /// Calls (first try plus retries) one step may take before the saga is stuck.
-    pub attempts_max: u32,
-    /// First back-off after a retryable failure.
-    pub backoff_initial_ms: u64,
-    /// Back-off ceiling.
-    pub backoff_max_ms: u64,
-    /// Jitter added to each back-off, as a percentage of it (0–100).
-    pub jitter_pct: u64,
-    /// Longest a single call may take before it counts as timed out (in doubt).
-    pub attempt_timeout_ms: u64,
-    /// Longest one step may take across all its retries before the saga is stuck.
-    pub step_deadline_ms: u64,
-    /// Longest wait the engine honours when a channel asks for one (rate-limit bans).
-    pub channel_wait_max_ms: u64,
-    /// First poll of an open refund, after this long.
-    pub refund_poll_initial_ms: u64,
-    /// Poll interval ceiling while waiting for a refund.
-    pub refund_poll_max_ms: u64,
-    /// Longest a saga waits for its refund to complete before it is stuck.
-    pub refund_wait_max_ms: u64,
-    /// A waiting saga whose next poll is at least this far away gives up its
-    /// task and is parked: kept as a few hundred bytes until its timer, a
-    /// callback or an abort wakes it, then re-read from the journal.
-    pub park_after_ms: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            in_flight_max: 1024,
-            attempts_max: 12,
-            backoff_initial_ms: 100,
-            backoff_max_ms: 30_000,
-            jitter_pct: 20,
-            attempt_timeout_ms: 10_000,
-            step_deadline_ms: 15 * 60_000,
-            channel_wait_max_ms: 10 * 60_000,
-            refund_poll_initial_ms: 2_000,
-            refund_poll_max_ms: 5 * 60_000,
-            refund_wait_max_ms: 14 * 24 * 3_600_000,
-            park_after_ms: 1_000,
-        }
-    }
-}
-
-/// What an in-doubt custom step turned out to be.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Resolved {
-    /// It took effect; this is its result.
-    Applied(serde_json::Value),
-    /// It did not take effect; re-issue it.
-    NotApplied,
-    /// Cannot tell; re-issue it (the step must then be idempotent).
-    Unknown,
-}
-
-/// Runs the steps of user-defined sagas ([`Action::Custom`]), by name.
-#[async_trait]
-pub trait StepExecutor: Send + Sync + 'static {
-    /// Perform the step. Classify failures like a channel does.
-    async fn execute(&self, payload: &serde_json::Value)
-        -> Result<serde_json::Value, ChannelError>;
-    /// Find out whether an in-doubt step took effect. Default: cannot tell.
-    async fn resolve(&self, payload: &serde_json::Value) -> Result<Resolved, ChannelError> {
-        let _ = payload;
-        Ok(Resolved::Unknown)
-    }
-}
 
 /// Sagas read from the journal in one batch during [`Engine::recover`].
 pub const RECOVER_BATCH_SAGAS: usize = 1024;
@@ -147,6 +71,65 @@ pub enum Error {
         /// The saga.
         saga: SagaId,
     },
+    /// The input was refused before anything was journaled (a channel that
+    /// is not configured, an id the channel cannot represent...).
+    #[error(transparent)]
+    Rejected(#[from] InputError),
+    /// An idempotency key reused with a different input: the key names an
+    /// existing saga that does something else.
+    #[error(
+        "idempotency key {key:?} already names saga {saga} with a different {}; use a new key for a different request",
+        fields.join(", ")
+    )]
+    KeyConflict {
+        /// The key.
+        key: String,
+        /// The saga it names.
+        saga: SagaId,
+        /// The input fields that differ (`order_id`, `kind`, `stock_lock`...).
+        fields: Vec<&'static str>,
+    },
+    /// An operator resolution that does not fit the saga (the step is not in
+    /// doubt, the saga is running here, "applied" needs a refund id...).
+    #[error("saga {saga}: cannot resolve: {reason}")]
+    NotResolvable {
+        /// The saga.
+        saga: SagaId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An operator's resolution of an in-doubt step (`journal resolve`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    /// The in-doubt step.
+    pub step: u32,
+    /// `Some`: it took effect (with what the action's outcome needs, e.g. the
+    /// refund a paid cancel opened); `None`: it did not, re-issue it.
+    pub applied: Option<OperatorApplied>,
+    /// Who resolved it.
+    pub operator: String,
+    /// What they verified.
+    pub reason: String,
+}
+
+/// The input fields in which two saga inputs differ.
+pub fn input_differences(a: &SagaInput, b: &SagaInput) -> Vec<&'static str> {
+    let pairs = [
+        (a.kind != b.kind, "kind"),
+        (a.order.channel != b.order.channel, "channel"),
+        (a.order.order_id != b.order.order_id, "order_id"),
+        (a.order_state != b.order_state, "order_state"),
+        (a.stock_lock != b.stock_lock, "stock_lock"),
+        (a.reason != b.reason, "reason"),
+        (a.params != b.params, "params"),
+    ];
+    pairs
+        .into_iter()
+        .filter(|(d, _)| *d)
+        .map(|(_, f)| f)
+        .collect()
 }
 
 /// Result alias for the engine.
@@ -380,13 +363,6 @@ impl From<JournalError> for DriveStop {
     }
 }
 
-enum Resolution {
-    Applied(StepOutcome),
-    Moved(StepOutcome),
-    NotApplied,
-    NoLookup,
-}
-
 impl Engine {
     /// Start building an engine on `journal`, with the built-in sagas registered.
     pub fn builder(journal: Arc<dyn Journal>) -> EngineBuilder {
@@ -456,29 +432,48 @@ impl Engine {
     /// running here, it is resumed.
     pub async fn start_keyed(&self, key: &str, input: SagaInput) -> Result<(SagaId, bool)> {
         let id = SagaId::from_key(key);
-        match self.start_as(id, input).await {
-            Ok(id) => Ok((id, true)),
-            Err(Error::AlreadyRunning { .. }) => Ok((id, false)),
-            Err(Error::Journal(JournalError::SequenceConflict { .. })) => {
-                let state = self.load(id).await?;
-                if state.outcome.is_none() && !self.is_running(id) {
-                    let _ = self.resume(id).await;
-                }
-                Ok((id, false))
-            }
-            Err(e) => Err(e),
+        let existing = match self.start_as(id, input.clone()).await {
+            Ok(id) => return Ok((id, true)),
+            Err(
+                Error::AlreadyRunning { .. }
+                | Error::Journal(JournalError::SequenceConflict { .. }),
+            ) => self.load(id).await?,
+            Err(e) => return Err(e),
+        };
+        // The key is bound to its input: the same key for another request
+        // is refused, never answered with the old saga.
+        let fields = input_differences(&existing.input, &input);
+        if !fields.is_empty() {
+            return Err(Error::KeyConflict {
+                key: key.to_owned(),
+                saga: id,
+                fields,
+            });
         }
+        if existing.outcome.is_none() && !self.is_running(id) {
+            let _ = self.resume(id).await;
+        }
+        Ok((id, false))
+    }
+
+    /// Check an input as [`Engine::start`] would, journaling nothing: the
+    /// kind is registered, its definition accepts the input, and every
+    /// channel it would act on is configured and can name its ids.
+    pub fn check(&self, input: &SagaInput) -> Result<Arc<dyn SagaDefinition>> {
+        let def = self.definition(&input.kind, None)?;
+        def.validate(input).map_err(|reason| Error::InvalidInput {
+            kind: input.kind.clone(),
+            reason,
+        })?;
+        def.check(input, &self.inner.channels)?;
+        Ok(def)
     }
 
     async fn start_as(&self, id: SagaId, input: SagaInput) -> Result<SagaId> {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        let def = self.definition(&input.kind, None)?;
-        def.validate(&input).map_err(|reason| Error::InvalidInput {
-            kind: input.kind.clone(),
-            reason,
-        })?;
+        let def = self.check(&input)?;
         // Take the saga's slot before its first record exists, so a recovery
         // running meanwhile (which lists the journal) cannot start it twice.
         let slot = self
@@ -681,6 +676,65 @@ impl Engine {
         Ok(())
     }
 
+    /// Record an operator's resolution of a saga's in-doubt step (who, when,
+    /// why) as its own journal record, then resume the saga as if a lookup
+    /// had answered: applied → the step's outcome is folded and the saga
+    /// moves on; not applied → the step is re-issued without a lookup.
+    /// Refused when the step is not the saga's in-doubt step, when the saga
+    /// has finished, or while it runs in this engine (it is then resolving
+    /// the step itself; wait until it is stuck).
+    pub async fn resolve(&self, id: SagaId, resolution: Resolution) -> Result<()> {
+        let not = |reason: String| Error::NotResolvable { saga: id, reason };
+        if self.is_running(id) {
+            return Err(not(
+                "it is running in this process; resolve it once it is stuck".into(),
+            ));
+        }
+        let state = self.load(id).await?;
+        if let Some(o) = &state.outcome {
+            return Err(Error::AlreadyFinished {
+                saga: id,
+                outcome: o.label().into(),
+            });
+        }
+        let step = match state.in_doubt() {
+            Some(s) if s.step == resolution.step => s,
+            Some(s) => {
+                return Err(not(format!(
+                    "step {} is not in doubt; the step in doubt is step {} ({})",
+                    resolution.step,
+                    s.step,
+                    s.action.name()
+                )))
+            }
+            None => {
+                return Err(not(format!(
+                    "step {} is not in doubt; no step of this saga is",
+                    resolution.step
+                )))
+            }
+        };
+        let outcome = match &resolution.applied {
+            Some(by) => Some(step.action.kind().applied(by).map_err(not)?),
+            None => None,
+        };
+        let entry = Entry {
+            seq: state.last_seq + 1,
+            at_ms: self.inner.clock.now_ms(),
+            record: Record::Resolved {
+                step: resolution.step,
+                outcome,
+                operator: resolution.operator,
+                reason: resolution.reason,
+            },
+        };
+        let mut check = state.clone();
+        check.apply(&entry)?;
+        self.inner.journal.append(id, &entry).await?;
+        self.resume(id).await?;
+        Ok(())
+    }
+
     /// Deliver news about an order or refund (a channel callback) to the
     /// sagas running on that order. Returns how many received it. Order of
     /// delivery does not matter and duplicates are harmless: a saga only acts
@@ -723,9 +777,10 @@ impl Engine {
                 }));
             }
         }
-        let deadline = tokio::time::Instant::now() + grace;
-        while !lock(&self.inner.running).is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let clock = &self.inner.clock;
+        let deadline = clock.now_ms().saturating_add(grace.as_millis() as u64);
+        while !lock(&self.inner.running).is_empty() && clock.now_ms() < deadline {
+            clock.sleep(Duration::from_millis(10)).await;
         }
         self.kill();
     }
@@ -972,10 +1027,13 @@ impl Engine {
         Ok(())
     }
 
-    /// An in-flight slot. The semaphore is never closed; if it ever were,
-    /// the saga runs without a slot rather than panic.
-    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
-        self.inner.permits.clone().acquire_owned().await.ok()
+    /// An in-flight slot. Invariant: the semaphore is never closed (nothing
+    /// calls `close`). Were it broken, the saga stops (it resumes on the next
+    /// recovery) rather than run without a slot or panic.
+    async fn acquire(&self) -> std::result::Result<OwnedSemaphorePermit, DriveStop> {
+        let permit = self.inner.permits.clone().acquire_owned().await;
+        debug_assert!(permit.is_ok(), "the in-flight semaphore is never closed");
+        permit.map_err(|_| DriveStop::Stopped("the in-flight semaphore was closed".into()))
     }
 
     async fn drive(
@@ -988,7 +1046,12 @@ impl Engine {
         // A saga woken from a park goes straight back to its wait: no slot.
         let mut permit = match wait {
             Some(_) => None,
-            None => self.acquire().await,
+            None => match self.acquire().await {
+                Ok(p) => Some(p),
+                Err(DriveStop::Stopped(reason) | DriveStop::Stuck(reason)) => {
+                    return TaskEnd::Exit(SagaExit::Stopped { reason })
+                }
+            },
         };
         let mut pending = Vec::new();
         loop {
@@ -1059,8 +1122,9 @@ impl Engine {
         if let Some(step) = state.in_doubt().cloned() {
             self.inner.stats.in_doubt();
             self.flush(state, pending, false).await?;
-            let (outcome, via, attempts) =
-                self.perform(state, step.step, &step.action, true).await?;
+            let (outcome, via, attempts) = self
+                .perform(state, step.step, &step.action, true, me)
+                .await?;
             let record = Record::Outcome {
                 step: step.step,
                 outcome,
@@ -1081,7 +1145,8 @@ impl Engine {
                 // Write-ahead: the intent (with the previous outcome) is durable
                 // before the call.
                 self.flush(state, pending, false).await?;
-                let (outcome, via, attempts) = self.perform(state, step, &action, false).await?;
+                let (outcome, via, attempts) =
+                    self.perform(state, step, &action, false, me).await?;
                 let record = Record::Outcome {
                     step,
                     outcome,
@@ -1093,6 +1158,16 @@ impl Engine {
             Decision::Switch { to, reason } => {
                 tracing::info!(to = %to, %reason, "saga switches plan");
                 self.stage(state, pending, Record::Switched { to, reason })?;
+            }
+            Decision::Finish(SagaOutcome::Failed { reason })
+                if !self.inner.protections.fail_with_work_owed && !state.owed().is_empty() =>
+            {
+                // Never `failed` with work owed after an irreversible step.
+                let owed = state.owed_words().unwrap_or_default();
+                return Err(DriveStop::Stuck(format!(
+                    "{reason}; not ending failed: work is still owed ({owed}); \
+                     fix the cause and resume, or resolve or abort the saga"
+                )));
             }
             Decision::Finish(outcome) => {
                 let record = Record::Finished {
@@ -1122,138 +1197,117 @@ impl Engine {
                         progress,
                     }));
                 }
-                *permit = self.acquire().await;
+                *permit = Some(self.acquire().await?);
             }
         }
         Ok(None)
     }
 
-    fn backoff(&self, attempt: u32, asked_ms: Option<u64>) -> Duration {
-        let l = &self.inner.limits;
-        let exp = l
-            .backoff_initial_ms
-            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30))
-            .min(l.backoff_max_ms);
-        let jitter = self.inner.rng.below(exp * l.jitter_pct.min(100) / 100 + 1);
-        let base = exp + jitter;
-        let asked = asked_ms.map(|w| w.min(l.channel_wait_max_ms)).unwrap_or(0);
-        Duration::from_millis(base.max(asked))
-    }
-
+    /// Run one step through its [`StepMachine`]: the machine decides, this
+    /// executes its effects (call, lookup, sleep) and reports back.
     async fn perform(
         &self,
         state: &SagaState,
         step: u32,
         action: &Action,
-        starts_in_doubt: bool,
+        resumed_in_doubt: bool,
+        me: &Running,
     ) -> std::result::Result<(StepOutcome, Via, u32), DriveStop> {
-        let limits = &self.inner.limits;
-        let started = self.inner.clock.now_ms();
-        let mut in_doubt = starts_in_doubt;
-        let mut attempts = 0u32;
-        let mut tries = 0u32;
-        let mut last_error: Option<ChannelError> = None;
+        let inner = &self.inner;
+        // An operator who found the step not applied saves the lookup.
+        let operator_not_applied = state
+            .in_doubt()
+            .and_then(|s| s.resolution.as_ref())
+            .is_some_and(|n| !n.applied);
+        let owed = match inner.protections.fail_with_work_owed {
+            true => None,
+            false => state.owed_words(),
+        };
+        let spec = StepSpec {
+            label: format!("step {step} ({})", action.name()),
+            already_done: action.kind().already_done(),
+            owed,
+            in_doubt: resumed_in_doubt && !operator_not_applied,
+            look_up: !inner.protections.skip_in_doubt_lookup,
+            started_ms: inner.clock.now_ms(),
+        };
+        let mut machine = StepMachine::new(spec, &inner.limits);
+        let ctx = Ctx {
+            saga: state.id,
+            reason: state.input.reason.as_deref(),
+            channels: &inner.channels,
+            executors: &inner.executors,
+        };
+        let mut event = StepEvent::Begin;
         loop {
-            tries += 1;
-            let mut asked_wait = None;
-            if in_doubt && !self.inner.protections.skip_in_doubt_lookup {
-                let resolution = self
-                    .resolve(state, action)
-                    .instrument(tracing::info_span!("resolve", step, action = action.name()))
-                    .await;
-                match resolution {
-                    Ok(Resolution::Applied(o)) => {
-                        self.inner.stats.resolved_by_lookup();
-                        return Ok((o, Via::Lookup, attempts));
+            let effect = machine
+                .step(event, inner.clock.now_ms(), inner.rng.as_ref())
+                .map_err(|e| DriveStop::Stuck(e.to_string()))?;
+            event = match effect {
+                StepEffect::Call => StepEvent::Called(self.call(&ctx, action, step).await),
+                StepEffect::Lookup => StepEvent::LookedUp(self.look_up(&ctx, action, step).await),
+                StepEffect::Sleep { ms } => {
+                    if let Some(e) = machine.last_error() {
+                        *lock(&me.last_error) = Some(e.to_string());
                     }
-                    Ok(Resolution::Moved(o)) => return Ok((o, Via::Lookup, attempts)),
-                    Ok(Resolution::NotApplied) | Ok(Resolution::NoLookup) => in_doubt = false,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "in-doubt lookup failed");
-                        if let ErrorClass::Retryable { wait_ms, .. } = &e.class {
-                            asked_wait = *wait_ms;
-                        }
-                        last_error = Some(e);
+                    inner.clock.sleep(Duration::from_millis(ms)).await;
+                    if inner.stopping.load(Ordering::Acquire) {
+                        return Err(DriveStop::Stopped("engine stopping".into()));
                     }
+                    StepEvent::Woke
                 }
-            } else {
-                in_doubt = false;
-            }
-            if !in_doubt {
-                attempts += 1;
-                let t0 = self.inner.clock.now_ms();
-                let result = self
-                    .execute(state, action)
-                    .instrument(tracing::info_span!(
-                        "step",
-                        step,
-                        action = action.name(),
-                        attempt = attempts
-                    ))
-                    .await;
-                self.inner
-                    .stats
-                    .step_latency(self.inner.clock.now_ms().saturating_sub(t0));
-                match result {
-                    Ok(o) => return Ok((o, Via::Reply, attempts)),
-                    Err(e) => match &e.class {
-                        ErrorClass::AlreadyDone => match action {
-                            Action::CancelPaid { .. } => {
-                                // "Already cancelled" after payment: find the refund.
-                                in_doubt = true;
-                                last_error = Some(e);
-                            }
-                            _ => return Ok((already_done(action), Via::Reply, attempts)),
-                        },
-                        ErrorClass::Conflict(c) => {
-                            return Ok((
-                                StepOutcome::Conflict {
-                                    conflict: c.clone(),
-                                    message: e.message.clone(),
-                                },
-                                Via::Reply,
-                                attempts,
-                            ))
-                        }
-                        ErrorClass::Permanent(_) => {
-                            return Ok((StepOutcome::Failed { error: e }, Via::Reply, attempts))
-                        }
-                        ErrorClass::Retryable { wait_ms, applied } => {
-                            tracing::debug!(error = %e, "retryable failure");
-                            if let Some(r) = lock(&self.inner.running).get(&state.id) {
-                                *lock(&r.last_error) = Some(e.to_string());
-                            }
-                            self.inner.stats.retry();
-                            in_doubt = *applied == Applied::Maybe;
-                            asked_wait = *wait_ms;
-                            last_error = Some(e);
-                        }
-                    },
-                }
-            }
-            let elapsed = self.inner.clock.now_ms().saturating_sub(started);
-            if tries >= limits.attempts_max.max(1) || elapsed >= limits.step_deadline_ms {
-                let why = last_error
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "no error recorded".into());
-                return Err(DriveStop::Stuck(format!(
-                    "step {step} ({}) gave up after {tries} tries over {elapsed} ms{}: {why}",
-                    action.name(),
-                    if in_doubt {
-                        " and is still in doubt"
-                    } else {
-                        ""
-                    },
-                )));
-            }
-            self.inner
-                .clock
-                .sleep(self.backoff(tries, asked_wait))
-                .await;
-            if self.inner.stopping.load(Ordering::Acquire) {
-                return Err(DriveStop::Stopped("engine stopping".into()));
+                StepEffect::Done {
+                    outcome,
+                    via,
+                    attempts,
+                } => return Ok((outcome, via, attempts)),
+                StepEffect::Stuck { reason } => return Err(DriveStop::Stuck(reason)),
+            };
+        }
+    }
+
+    /// One call of the action, bounded by `attempt_timeout_ms`.
+    async fn call(
+        &self,
+        ctx: &Ctx<'_>,
+        action: &Action,
+        step: u32,
+    ) -> std::result::Result<StepOutcome, ChannelError> {
+        let t0 = self.inner.clock.now_ms();
+        let span = tracing::info_span!("call", step, action = action.name());
+        let result = self
+            .with_timeout(action.kind().call(ctx))
+            .instrument(span)
+            .await;
+        let stats = &self.inner.stats;
+        stats.step_latency(self.inner.clock.now_ms().saturating_sub(t0));
+        if let Err(e) = &result {
+            if e.is_retryable() {
+                tracing::debug!(error = %e, "retryable failure");
+                stats.retry();
             }
         }
+        result
+    }
+
+    /// One lookup of an in-doubt step, bounded by `attempt_timeout_ms`.
+    async fn look_up(
+        &self,
+        ctx: &Ctx<'_>,
+        action: &Action,
+        step: u32,
+    ) -> std::result::Result<Lookup, ChannelError> {
+        let span = tracing::info_span!("resolve", step, action = action.name());
+        let result = self
+            .with_timeout(action.kind().lookup(ctx))
+            .instrument(span)
+            .await;
+        match &result {
+            Ok(Lookup::Applied(_)) => self.inner.stats.resolved_by_lookup(),
+            Err(e) => tracing::debug!(error = %e, "in-doubt lookup failed"),
+            Ok(_) => {}
+        }
+        result
     }
 
     async fn with_timeout<T>(
@@ -1265,151 +1319,6 @@ impl Engine {
             biased;
             r = fut => r,
             _ = self.inner.clock.sleep(Duration::from_millis(ms)) => Err(ChannelError::in_doubt(format!("no answer within {ms} ms"))),
-        }
-    }
-
-    async fn execute(
-        &self,
-        state: &SagaState,
-        action: &Action,
-    ) -> std::result::Result<StepOutcome, ChannelError> {
-        let ch = &self.inner.channels;
-        let reason = state.input.reason.clone();
-        match action {
-            Action::CancelUnpaid { order } => {
-                let c = ch.cancel(&order.channel)?;
-                let req = CancelRequest {
-                    order: order.clone(),
-                    reason,
-                    remark: Some(format!("rescind saga {}", state.id)),
-                };
-                let out = self.with_timeout(c.cancel_unpaid(&req)).await?;
-                Ok(StepOutcome::Cancelled {
-                    already: out.already,
-                })
-            }
-            Action::CancelPaid { order } => {
-                let c = ch.cancel(&order.channel)?;
-                let req = CancelRequest {
-                    order: order.clone(),
-                    reason,
-                    remark: Some(format!("rescind saga {}", state.id)),
-                };
-                let out = self.with_timeout(c.cancel_paid(&req)).await?;
-                Ok(StepOutcome::RefundOpened {
-                    refund_id: out.refund_id,
-                })
-            }
-            Action::WithdrawRefund { order, refund_id } => {
-                let c = ch.refund(&order.channel)?;
-                let req = WithdrawRequest {
-                    order: order.clone(),
-                    refund_id: refund_id.clone(),
-                };
-                self.with_timeout(c.withdraw_refund(&req)).await?;
-                Ok(StepOutcome::RefundWithdrawn { already: false })
-            }
-            Action::ReleaseStock { lock } => {
-                let c = ch.stock(&lock.channel)?;
-                self.with_timeout(c.release_stock(lock)).await?;
-                Ok(StepOutcome::StockReleased { already: false })
-            }
-            Action::Custom { name, payload } => {
-                let exec = self.inner.executors.get(name).ok_or_else(|| {
-                    ChannelError::permanent(
-                        crate::channel::PermanentReason::Unsupported,
-                        format!("no executor registered for custom step {name:?}"),
-                    )
-                })?;
-                let value = self.with_timeout(exec.execute(payload)).await?;
-                Ok(StepOutcome::Custom { value })
-            }
-        }
-    }
-
-    async fn resolve(
-        &self,
-        state: &SagaState,
-        action: &Action,
-    ) -> std::result::Result<Resolution, ChannelError> {
-        let ch = &self.inner.channels;
-        let order_of = |a: &Action| match a {
-            Action::CancelUnpaid { order }
-            | Action::CancelPaid { order }
-            | Action::WithdrawRefund { order, .. } => Some(order.clone()),
-            _ => None,
-        };
-        let moved = |detail: String| {
-            Resolution::Moved(StepOutcome::Conflict {
-                conflict: Conflict::Other {
-                    detail: detail.clone(),
-                },
-                message: detail,
-            })
-        };
-        match action {
-            Action::CancelUnpaid { .. } | Action::CancelPaid { .. } => {
-                let order = order_of(action).unwrap_or_else(|| state.input.order.clone());
-                let Some(lookup) = ch.lookup(&order.channel) else {
-                    return Ok(Resolution::NoLookup);
-                };
-                let status = self.with_timeout(lookup.order_status(&order)).await?;
-                let paid_cancel = matches!(action, Action::CancelPaid { .. });
-                Ok(match (status.state, paid_cancel) {
-                    (OrderState::PendingPay, false) | (OrderState::Paid, true) => {
-                        Resolution::NotApplied
-                    }
-                    (OrderState::Cancelled, false) => {
-                        Resolution::Applied(StepOutcome::Cancelled { already: false })
-                    }
-                    (OrderState::Paid, false) => Resolution::Moved(StepOutcome::Conflict {
-                        conflict: Conflict::PaidMeanwhile,
-                        message: format!("lookup shows the order {} ({})", status.upstream, "paid"),
-                    }),
-                    (
-                        OrderState::Refunding { refund_id } | OrderState::Refunded { refund_id },
-                        true,
-                    ) => Resolution::Applied(StepOutcome::RefundOpened { refund_id }),
-                    (other, _) => moved(format!(
-                        "lookup shows the order {other} (upstream {})",
-                        status.upstream
-                    )),
-                })
-            }
-            Action::WithdrawRefund { order, refund_id } => {
-                let Some(lookup) = ch.lookup(&order.channel) else {
-                    return Ok(Resolution::NoLookup);
-                };
-                let status = self
-                    .with_timeout(lookup.refund_status(order, refund_id))
-                    .await?;
-                Ok(match status.state {
-                    RefundState::Requested => Resolution::NotApplied,
-                    RefundState::Withdrawn => {
-                        Resolution::Applied(StepOutcome::RefundWithdrawn { already: false })
-                    }
-                    RefundState::Completed => Resolution::Moved(StepOutcome::Conflict {
-                        conflict: Conflict::RefundAlreadyCompleted,
-                        message: format!("lookup shows refund {refund_id} {}", status.upstream),
-                    }),
-                    RefundState::Refused { .. } => Resolution::Moved(StepOutcome::Conflict {
-                        conflict: Conflict::RefundClosed,
-                        message: format!("lookup shows refund {refund_id} {}", status.upstream),
-                    }),
-                })
-            }
-            // Releasing a lock twice answers "already released": re-issue.
-            Action::ReleaseStock { .. } => Ok(Resolution::NoLookup),
-            Action::Custom { name, payload } => {
-                let Some(exec) = self.inner.executors.get(name) else {
-                    return Ok(Resolution::NoLookup);
-                };
-                Ok(match self.with_timeout(exec.resolve(payload)).await? {
-                    Resolved::Applied(value) => Resolution::Applied(StepOutcome::Custom { value }),
-                    Resolved::NotApplied => Resolution::NotApplied,
-                    Resolved::Unknown => Resolution::NoLookup,
-                })
-            }
         }
     }
 
@@ -1509,18 +1418,5 @@ impl Engine {
                 }
             }
         }
-    }
-}
-
-fn already_done(action: &Action) -> StepOutcome {
-    match action {
-        Action::CancelUnpaid { .. } | Action::CancelPaid { .. } => {
-            StepOutcome::Cancelled { already: true }
-        }
-        Action::WithdrawRefund { .. } => StepOutcome::RefundWithdrawn { already: true },
-        Action::ReleaseStock { .. } => StepOutcome::StockReleased { already: true },
-        Action::Custom { .. } => StepOutcome::Custom {
-            value: serde_json::Value::Null,
-        },
     }
 }

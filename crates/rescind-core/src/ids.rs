@@ -140,3 +140,10 @@ impl StockLockRef {
         }
     }
 }
+
+/// Kind name of the unpaid-cancel saga.
+pub const CANCEL_UNPAID: &str = "cancel_unpaid";
+/// Kind name of the paid-cancel saga.
+pub const CANCEL_PAID: &str = "cancel_paid";
+/// Kind name of the refund-withdraw saga.
+pub const WITHDRAW_REFUND: &str = "withdraw_refund";

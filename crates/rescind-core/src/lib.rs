@@ -17,12 +17,13 @@
 //! let journal = Arc::new(MemoryJournal::new());
 //! let engine = Engine::builder(journal).build(); // no channels registered
 //! let order = OrderRef::new("tmall-tbc", "1231231");
-//! let (_id, exit) = engine.run(SagaInput::cancel_unpaid(order)).await.unwrap();
-//! // With no channel registered the cancel fails permanently, and says why:
-//! match exit {
-//!     SagaExit::Finished(SagaOutcome::Failed { reason }) => assert!(reason.contains("does not support")),
-//!     other => panic!("{other:?}"),
-//! }
+//! // With no channel registered the saga is refused before anything is
+//! // journaled, and the error says which field and what is configured:
+//! let err = engine.run(SagaInput::cancel_unpaid(order)).await.unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "channel `tmall-tbc` is not configured for order cancel; configured: none"
+//! );
 //! # }
 //! ```
 #![forbid(unsafe_code)]
@@ -31,38 +32,43 @@
 /// Re-exported so custom channels and step executors need no extra dependency.
 pub use async_trait::async_trait;
 
+pub mod action;
 pub mod channel;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod engine;
 pub mod ids;
 pub mod journal;
+pub mod limits;
 pub mod machine;
 pub mod metrics;
 pub mod record;
 pub mod runtime;
 pub mod saga;
 pub mod sagas;
+pub mod step;
 
+pub use action::{ActionKind, Lookup, OperatorApplied};
 pub use channel::{
     Applied, CancelOrder, CancelOutcome, CancelRefund, CancelRequest, ChannelError, Channels,
-    Conflict, ErrorClass, OrderLookup, OrderStatus, PermanentReason, RefundOpened, RefundStatus,
-    ReleaseStock, WithdrawRequest,
+    Conflict, ErrorClass, InputError, OrderLookup, OrderStatus, PermanentReason, RefundOpened,
+    RefundStatus, ReleaseStock, WithdrawRequest,
 };
 pub use engine::{
-    Engine, EngineBuilder, Error, Limits, RecoveryReport, Resolved, SagaExit, StepExecutor,
+    Engine, EngineBuilder, Error, RecoveryReport, Resolution, Resolved, SagaExit, StepExecutor,
 };
 pub use ids::{
     ChannelName, OrderId, OrderRef, RefundId, SagaId, SagaKind, StockLockId, StockLockRef,
 };
 pub use journal::{CrashPoint, Journal, JournalError, MemoryJournal, SagaSet};
+pub use limits::{LimitError, Limits};
 pub use machine::{
     order_transition, refund_transition, InvalidTransition, OrderEvent, OrderState, RefundEvent,
     RefundState,
 };
 pub use record::{Action, Entry, Observation, Record, SagaInput, SagaOutcome, StepOutcome, Via};
 pub use runtime::{Clock, IdGen, RandomIds, Rng, SeededIds, SplitMix64, TokioClock};
-pub use saga::{Decision, FoldError, SagaDefinition, SagaState, StepView};
+pub use saga::{Decision, FoldError, OperatorNote, Owed, SagaDefinition, SagaState, StepView};
 
 /// One import for embedders: `use rescind_core::prelude::*;`.
 pub mod prelude {

@@ -5,7 +5,8 @@
 //! the format version `v`, and [`decode`] refuses a newer version with a typed
 //! error naming the saga and sequence instead of guessing.
 
-use crate::channel::{ChannelError, Conflict, OrderStatus, RefundStatus};
+pub use crate::action::{Action, StepOutcome, Via};
+use crate::channel::{OrderStatus, RefundStatus};
 use crate::ids::{OrderRef, RefundId, SagaId, SagaKind, StockLockRef};
 use crate::journal::JournalError;
 use crate::machine::OrderState;
@@ -48,16 +49,16 @@ impl SagaInput {
     }
     /// Cancel an unpaid order (switches to a paid cancel if the buyer pays meanwhile).
     pub fn cancel_unpaid(order: OrderRef) -> Self {
-        Self::new(crate::sagas::CANCEL_UNPAID, order, OrderState::PendingPay)
+        Self::new(crate::ids::CANCEL_UNPAID, order, OrderState::PendingPay)
     }
     /// Cancel a paid order: open a refund and wait for it to complete.
     pub fn cancel_paid(order: OrderRef) -> Self {
-        Self::new(crate::sagas::CANCEL_PAID, order, OrderState::Paid)
+        Self::new(crate::ids::CANCEL_PAID, order, OrderState::Paid)
     }
     /// Withdraw an open refund, returning the order to Paid.
     pub fn withdraw_refund(order: OrderRef, refund_id: RefundId) -> Self {
         Self::new(
-            crate::sagas::WITHDRAW_REFUND,
+            crate::ids::WITHDRAW_REFUND,
             order,
             OrderState::Refunding { refund_id },
         )
@@ -84,112 +85,6 @@ impl SagaInput {
         self.order_state = state;
         self
     }
-}
-
-/// One externally visible action a saga asks the engine to perform.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum Action {
-    /// Cancel an unpaid order upstream.
-    CancelUnpaid {
-        /// The order.
-        order: OrderRef,
-    },
-    /// Cancel a paid order upstream (opens a refund).
-    CancelPaid {
-        /// The order.
-        order: OrderRef,
-    },
-    /// Withdraw a refund upstream.
-    WithdrawRefund {
-        /// The order.
-        order: OrderRef,
-        /// The refund.
-        refund_id: RefundId,
-    },
-    /// Release a stock lock.
-    ReleaseStock {
-        /// The lock.
-        lock: StockLockRef,
-    },
-    /// A step of a user-defined saga, run by the executor registered under `name`.
-    Custom {
-        /// The executor's name.
-        name: String,
-        /// What the executor needs.
-        payload: serde_json::Value,
-    },
-}
-
-impl Action {
-    /// A short name for logs and metrics.
-    pub fn name(&self) -> &str {
-        match self {
-            Action::CancelUnpaid { .. } => "cancel_unpaid",
-            Action::CancelPaid { .. } => "cancel_paid",
-            Action::WithdrawRefund { .. } => "withdraw_refund",
-            Action::ReleaseStock { .. } => "release_stock",
-            Action::Custom { name, .. } => name,
-        }
-    }
-}
-
-/// How an outcome became known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Via {
-    /// The call's own reply.
-    #[default]
-    Reply,
-    /// A status lookup that resolved an in-doubt step.
-    Lookup,
-    /// A poll while waiting.
-    Poll,
-    /// A channel callback delivered to the saga.
-    Callback,
-}
-
-/// What a step achieved.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum StepOutcome {
-    /// The order is cancelled (`already`: it was before we asked).
-    Cancelled {
-        /// The channel said "already cancelled".
-        already: bool,
-    },
-    /// The paid cancel opened this refund.
-    RefundOpened {
-        /// The refund opened.
-        refund_id: RefundId,
-    },
-    /// The refund is withdrawn.
-    RefundWithdrawn {
-        /// The channel said "already withdrawn".
-        already: bool,
-    },
-    /// The stock lock is released.
-    StockReleased {
-        /// The channel said "already released".
-        already: bool,
-    },
-    /// The state moved upstream; the saga re-plans.
-    Conflict {
-        /// What moved.
-        conflict: Conflict,
-        /// The channel's words.
-        message: String,
-    },
-    /// The step failed for good.
-    Failed {
-        /// The classified error.
-        error: ChannelError,
-    },
-    /// A custom executor's result.
-    Custom {
-        /// Whatever the executor returned.
-        value: serde_json::Value,
-    },
 }
 
 /// Something observed about the order or refund outside a step's own reply.
@@ -299,6 +194,21 @@ pub enum Record {
         /// The operator's reason.
         reason: String,
     },
+    /// An operator resolved the in-doubt step `step` by hand (`journal
+    /// resolve`): with `outcome`, it took effect (folded like an
+    /// [`Record::Outcome`] via [`Via::Operator`]); without, it did not, and
+    /// the engine re-issues it without a lookup.
+    Resolved {
+        /// The in-doubt step.
+        step: u32,
+        /// What it achieved, when the operator says it was applied.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<StepOutcome>,
+        /// Who resolved it.
+        operator: String,
+        /// Why: what they verified.
+        reason: String,
+    },
     /// The saga cannot progress without help; it stays unfinished.
     Stuck {
         /// Why, for operators.
@@ -321,6 +231,7 @@ impl Record {
             Record::Observed { .. } => "observed",
             Record::Switched { .. } => "switched",
             Record::AbortRequested { .. } => "abort_requested",
+            Record::Resolved { .. } => "resolved",
             Record::Stuck { .. } => "stuck",
             Record::Finished { .. } => "finished",
         }
@@ -417,14 +328,14 @@ mod tests {
             },
             Record::Intent {
                 step: 0,
-                action: Action::CancelUnpaid {
+                action: Action::CancelUnpaid(crate::action::CancelUnpaid {
                     order: order.clone(),
-                },
+                }),
             },
             Record::Outcome {
                 step: 0,
                 outcome: StepOutcome::Conflict {
-                    conflict: Conflict::PaidMeanwhile,
+                    conflict: crate::channel::Conflict::PaidMeanwhile,
                     message: "paid".into(),
                 },
                 via: Via::Lookup,
@@ -436,6 +347,12 @@ mod tests {
             },
             Record::AbortRequested {
                 reason: "ops".into(),
+            },
+            Record::Resolved {
+                step: 0,
+                outcome: Some(StepOutcome::Cancelled { already: false }),
+                operator: "ops".into(),
+                reason: "checked in the seller console".into(),
             },
             Record::Stuck { reason: "x".into() },
             Record::Finished {

@@ -5,11 +5,13 @@
 //! decision function from that state to the next [`Decision`]; the engine
 //! performs it and journals intent and outcome.
 
-use crate::channel::Conflict;
-use crate::ids::{RefundId, SagaId, SagaKind};
+use crate::action::Change;
+use crate::channel::{Channels, InputError};
+use crate::ids::{RefundId, SagaId, SagaKind, StockLockRef};
 use crate::machine::{order_transition, OrderEvent, OrderState, RefundState};
 use crate::record::{Action, Entry, Observation, Record, SagaInput, SagaOutcome, StepOutcome, Via};
 use serde::Serialize;
+use std::fmt;
 
 /// One step as the fold sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -24,6 +26,49 @@ pub struct StepView {
     pub via: Option<Via>,
     /// Attempts the step took.
     pub attempts: u32,
+    /// How an operator resolved it, if one did (`journal resolve`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<OperatorNote>,
+}
+
+/// An operator's resolution of an in-doubt step, as folded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OperatorNote {
+    /// Whether they found it applied.
+    pub applied: bool,
+    /// Who.
+    pub operator: String,
+    /// What they verified.
+    pub reason: String,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+}
+
+/// Work a saga owes because an irreversible step took effect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "owed", rename_all = "snake_case")]
+pub enum Owed {
+    /// The order is cancelled or refunded upstream; its stock lock is still held.
+    ReleaseStock {
+        /// The lock.
+        lock: StockLockRef,
+    },
+    /// The saga opened this refund and it is still open.
+    AwaitRefund {
+        /// The refund.
+        refund_id: RefundId,
+    },
+}
+
+impl fmt::Display for Owed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owed::ReleaseStock { lock } => {
+                write!(f, "release stock lock {}:{}", lock.channel, lock.lock_id)
+            }
+            Owed::AwaitRefund { refund_id } => write!(f, "see refund {refund_id} to its end"),
+        }
+    }
 }
 
 /// A saga's state: the fold of its records.
@@ -142,6 +187,37 @@ impl SagaState {
         self.outcome.is_some()
     }
 
+    /// Work still owed because an irreversible step took effect: the stock
+    /// lock of an order cancelled or refunded upstream, the refund this saga
+    /// opened while it is open. A saga that owes work never ends `failed`.
+    pub fn owed(&self) -> Vec<Owed> {
+        let mut owed = Vec::new();
+        if let OrderState::Refunding { refund_id } = &self.order {
+            if self.opened_refund.as_ref() == Some(refund_id) {
+                owed.push(Owed::AwaitRefund {
+                    refund_id: refund_id.clone(),
+                });
+            }
+        }
+        if let (OrderState::Cancelled | OrderState::Refunded { .. }, Some(lock), false) =
+            (&self.order, &self.input.stock_lock, self.stock_released)
+        {
+            owed.push(Owed::ReleaseStock { lock: lock.clone() });
+        }
+        owed
+    }
+
+    /// The owed work in words ("release stock lock damai:L1, ..."), or `None`.
+    pub fn owed_words(&self) -> Option<String> {
+        let owed = self.owed();
+        (!owed.is_empty()).then(|| {
+            owed.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+
     /// The last step's outcome, if it has one.
     pub fn last_outcome(&self) -> Option<&StepOutcome> {
         self.steps.last().and_then(|s| s.outcome.as_ref())
@@ -203,6 +279,7 @@ impl SagaState {
                     outcome: None,
                     via: None,
                     attempts: 0,
+                    resolution: None,
                 });
                 self.stuck = None;
             }
@@ -212,26 +289,33 @@ impl SagaState {
                 via,
                 attempts,
             } => {
-                let seq = e.seq;
-                let action = match self.steps.last() {
-                    Some(s) if s.step == *step && s.outcome.is_none() => s.action.clone(),
-                    _ => {
-                        return Err(self.err(
-                            seq,
-                            format!("outcome for step {step} without an open intent"),
-                        ))
-                    }
-                };
-                self.fold_outcome(seq, &action, outcome)?;
-                if *via == Via::Lookup {
-                    self.resolved_by_lookup += 1;
-                }
+                self.fold_step_outcome(e.seq, *step, outcome, *via)?;
                 if let Some(last) = self.steps.last_mut() {
-                    last.outcome = Some(outcome.clone());
-                    last.via = Some(*via);
                     last.attempts = *attempts;
                 }
+            }
+            Record::Resolved {
+                step,
+                outcome,
+                operator,
+                reason,
+            } => {
+                let note = OperatorNote {
+                    applied: outcome.is_some(),
+                    operator: operator.clone(),
+                    reason: reason.clone(),
+                    at_ms: e.at_ms,
+                };
+                match outcome {
+                    Some(o) => self.fold_step_outcome(e.seq, *step, o, Via::Operator)?,
+                    None => {
+                        self.open_step(e.seq, *step)?;
+                    }
+                }
                 self.stuck = None;
+                if let Some(last) = self.steps.last_mut() {
+                    last.resolution = Some(note);
+                }
             }
             Record::Observed { observation, .. } => self.fold_observation(e.seq, observation)?,
             Record::Switched { to, .. } => self.plan = to.clone(),
@@ -248,86 +332,46 @@ impl SagaState {
         Ok(())
     }
 
-    fn fold_outcome(
-        &mut self,
-        seq: u64,
-        action: &Action,
-        outcome: &StepOutcome,
-    ) -> Result<(), FoldError> {
-        match (action, outcome) {
-            (
-                Action::CancelUnpaid { .. } | Action::CancelPaid { .. },
-                StepOutcome::Cancelled { .. },
-            ) => {
-                if self.order != OrderState::Cancelled {
-                    self.order_event(seq, OrderEvent::CancelledUpstream)?;
-                }
-            }
-            (Action::CancelPaid { .. }, StepOutcome::RefundOpened { refund_id }) => {
-                self.order_event(
-                    seq,
-                    OrderEvent::RefundOpened {
-                        refund_id: refund_id.clone(),
-                    },
-                )?;
-                self.opened_refund = Some(refund_id.clone());
-                self.refund = Some(RefundState::Requested);
-            }
-            (Action::WithdrawRefund { refund_id, .. }, StepOutcome::RefundWithdrawn { .. }) => {
-                self.order_event(
-                    seq,
-                    OrderEvent::RefundWithdrawn {
-                        refund_id: refund_id.clone(),
-                    },
-                )?;
-                self.refund = Some(RefundState::Withdrawn);
-            }
-            (Action::ReleaseStock { .. }, StepOutcome::StockReleased { .. }) => {
-                self.stock_released = true
-            }
-            (_, StepOutcome::Conflict { conflict, .. }) => {
-                self.fold_conflict(seq, action, conflict)?
-            }
-            (_, StepOutcome::Failed { .. })
-            | (Action::Custom { .. }, StepOutcome::Custom { .. }) => {}
-            (a, o) => {
-                return Err(self.err(
-                    seq,
-                    format!("outcome {o:?} does not answer action {}", a.name()),
-                ));
-            }
+    /// The open (in-doubt) step `step`'s action, or an error.
+    fn open_step(&self, seq: u64, step: u32) -> Result<Action, FoldError> {
+        match self.steps.last() {
+            Some(s) if s.step == step && s.outcome.is_none() => Ok(s.action.clone()),
+            _ => Err(self.err(
+                seq,
+                format!("outcome for step {step} without an open intent"),
+            )),
         }
-        Ok(())
     }
 
-    fn fold_conflict(
+    fn fold_step_outcome(
         &mut self,
         seq: u64,
-        action: &Action,
-        conflict: &Conflict,
+        step: u32,
+        outcome: &StepOutcome,
+        via: Via,
     ) -> Result<(), FoldError> {
-        match (conflict, &self.order) {
-            (Conflict::PaidMeanwhile, OrderState::PendingPay) => {
-                self.order_event(seq, OrderEvent::PaymentConfirmed)
+        let action = self.open_step(seq, step)?;
+        let changes = action
+            .kind()
+            .fold(&self.order, outcome)
+            .map_err(|detail| self.err(seq, detail))?;
+        for change in changes {
+            match change {
+                Change::Order(event) => self.order_event(seq, event)?,
+                Change::OpenedRefund(r) => self.opened_refund = Some(r),
+                Change::Refund(state) => self.refund = Some(state),
+                Change::StockReleased => self.stock_released = true,
             }
-            (Conflict::RefundAlreadyCompleted, OrderState::Refunding { refund_id }) => {
-                let refund_id = refund_id.clone();
-                self.refund = Some(RefundState::Completed);
-                self.order_event(seq, OrderEvent::RefundCompleted { refund_id })
-            }
-            (Conflict::RefundClosed, OrderState::Refunding { refund_id }) => {
-                let refund_id = refund_id.clone();
-                self.refund = Some(RefundState::Refused { reason: None });
-                if matches!(action, Action::WithdrawRefund { .. }) {
-                    self.order_event(seq, OrderEvent::RefundRefused { refund_id })
-                } else {
-                    Ok(())
-                }
-            }
-            // Shipped, or anything else: the state is recorded on the step;
-            // the definition decides (usually: fail with the reason).
-            _ => Ok(()),
         }
+        if via == Via::Lookup {
+            self.resolved_by_lookup += 1;
+        }
+        if let Some(last) = self.steps.last_mut() {
+            last.outcome = Some(outcome.clone());
+            last.via = Some(via);
+        }
+        self.stuck = None;
+        Ok(())
     }
 
     fn fold_observation(&mut self, seq: u64, obs: &Observation) -> Result<(), FoldError> {
@@ -397,6 +441,13 @@ pub trait SagaDefinition: Send + Sync + 'static {
     /// Check a new saga's input before it is journaled.
     fn validate(&self, input: &SagaInput) -> Result<(), String> {
         let _ = input;
+        Ok(())
+    }
+    /// Check that the channels this saga would act on are configured and can
+    /// name its ids, before it is journaled. Default: nothing to check. The
+    /// built-in sagas check every action they may take ([`crate::action::ActionKind::check`]).
+    fn check(&self, input: &SagaInput, channels: &Channels) -> Result<(), InputError> {
+        let _ = (input, channels);
         Ok(())
     }
     /// The next decision. Never called while a step is in doubt.

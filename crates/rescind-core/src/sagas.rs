@@ -5,18 +5,15 @@
 //! unpaid cancel that finds the order paid continue as a paid cancel
 //! (journaled as a `Switched` record) instead of failing.
 
+use crate::action::{self, ActionKind};
 use crate::channel::Conflict;
+use crate::channel::{Channels, InputError};
 use crate::ids::SagaKind;
 use crate::machine::{OrderState, RefundState};
 use crate::record::{Action, SagaInput, SagaOutcome, StepOutcome};
 use crate::saga::{Decision, SagaDefinition, SagaState};
 
-/// Kind name of the unpaid-cancel saga.
-pub const CANCEL_UNPAID: &str = "cancel_unpaid";
-/// Kind name of the paid-cancel saga.
-pub const CANCEL_PAID: &str = "cancel_paid";
-/// Kind name of the refund-withdraw saga.
-pub const WITHDRAW_REFUND: &str = "withdraw_refund";
+pub use crate::ids::{CANCEL_PAID, CANCEL_UNPAID, WITHDRAW_REFUND};
 
 /// Every built-in definition, for registering on an engine.
 pub fn builtin() -> Vec<Box<dyn SagaDefinition>> {
@@ -55,7 +52,9 @@ fn last_step_failure(s: &SagaState) -> Option<Decision> {
 fn release_or_finish(s: &SagaState, note: Option<String>) -> Decision {
     match &s.input.stock_lock {
         Some(lock) if !s.stock_released => {
-            Decision::Act(Action::ReleaseStock { lock: lock.clone() })
+            Decision::Act(Action::ReleaseStock(action::ReleaseStock {
+                lock: lock.clone(),
+            }))
         }
         _ => Decision::Finish(SagaOutcome::Completed {
             order: s.order.clone(),
@@ -74,10 +73,10 @@ fn decide_cancel(s: &SagaState) -> Decision {
         match &s.order {
             OrderState::Refunding { refund_id } if s.opened_refund.as_ref() == Some(refund_id) => {
                 // Compensation: withdraw the refund this saga opened.
-                return Decision::Act(Action::WithdrawRefund {
+                return Decision::Act(Action::WithdrawRefund(action::WithdrawRefund {
                     order: order.clone(),
                     refund_id: refund_id.clone(),
-                });
+                }));
             }
             OrderState::PendingPay | OrderState::Paid | OrderState::Refunding { .. } => {
                 return Decision::Finish(SagaOutcome::Aborted {
@@ -98,9 +97,9 @@ fn decide_cancel(s: &SagaState) -> Decision {
         }
     }
     match &s.order {
-        OrderState::PendingPay => Decision::Act(Action::CancelUnpaid {
+        OrderState::PendingPay => Decision::Act(Action::CancelUnpaid(action::CancelUnpaid {
             order: order.clone(),
-        }),
+        })),
         OrderState::Paid => {
             if let (Some(refund_id), Some(state)) = (&s.opened_refund, &s.refund) {
                 return Decision::Finish(SagaOutcome::Failed {
@@ -113,9 +112,9 @@ fn decide_cancel(s: &SagaState) -> Decision {
                     reason: "the buyer paid meanwhile; continuing as a paid cancel".into(),
                 }
             } else {
-                Decision::Act(Action::CancelPaid {
+                Decision::Act(Action::CancelPaid(action::CancelPaid {
                     order: order.clone(),
-                })
+                }))
             }
         }
         OrderState::Refunding { refund_id } => Decision::AwaitRefund {
@@ -123,6 +122,21 @@ fn decide_cancel(s: &SagaState) -> Decision {
         },
         OrderState::Cancelled | OrderState::Refunded { .. } => release_or_finish(s, None),
     }
+}
+
+/// The checks of the cancel sagas: the order's channel cancels (a paid
+/// cancel may follow an unpaid one, and needs refund withdraw only for an
+/// abort's compensation, which is checked when it happens), and the stock
+/// lock's channel releases.
+fn check_cancel(input: &SagaInput, channels: &Channels) -> Result<(), InputError> {
+    action::CancelUnpaid {
+        order: input.order.clone(),
+    }
+    .check(channels)?;
+    if let Some(lock) = &input.stock_lock {
+        action::ReleaseStock { lock: lock.clone() }.check(channels)?;
+    }
+    Ok(())
 }
 
 fn require_state(input: &SagaInput, want: &str) -> Result<(), String> {
@@ -148,6 +162,9 @@ impl SagaDefinition for CancelUnpaid {
     fn validate(&self, input: &SagaInput) -> Result<(), String> {
         require_state(input, "PendingPay")
     }
+    fn check(&self, input: &SagaInput, channels: &Channels) -> Result<(), InputError> {
+        check_cancel(input, channels)
+    }
     fn decide(&self, state: &SagaState) -> Decision {
         decide_cancel(state)
     }
@@ -166,6 +183,9 @@ impl SagaDefinition for CancelPaid {
     fn validate(&self, input: &SagaInput) -> Result<(), String> {
         require_state(input, "Paid")
     }
+    fn check(&self, input: &SagaInput, channels: &Channels) -> Result<(), InputError> {
+        check_cancel(input, channels)
+    }
     fn decide(&self, state: &SagaState) -> Decision {
         decide_cancel(state)
     }
@@ -182,6 +202,23 @@ impl SagaDefinition for WithdrawRefund {
     fn validate(&self, input: &SagaInput) -> Result<(), String> {
         require_state(input, "Refunding")
     }
+    fn check(&self, input: &SagaInput, channels: &Channels) -> Result<(), InputError> {
+        if let OrderState::Refunding { refund_id } = &input.order_state {
+            action::WithdrawRefund {
+                order: input.order.clone(),
+                refund_id: refund_id.clone(),
+            }
+            .check(channels)?;
+        }
+        if let Some(lock) = &input.stock_lock {
+            return Err(InputError::new(
+                "stock_lock",
+                &format!("{}:{}", lock.channel, lock.lock_id),
+                "is not taken by withdraw_refund (the order stays paid; nothing is released)",
+            ));
+        }
+        Ok(())
+    }
     fn decide(&self, s: &SagaState) -> Decision {
         if let Some(d) = last_step_failure(s) {
             return d;
@@ -192,10 +229,10 @@ impl SagaDefinition for WithdrawRefund {
                     compensated: false,
                     reason: reason.clone(),
                 }),
-                None => Decision::Act(Action::WithdrawRefund {
+                None => Decision::Act(Action::WithdrawRefund(action::WithdrawRefund {
                     order: s.input.order.clone(),
                     refund_id: refund_id.clone(),
-                }),
+                })),
             },
             OrderState::Paid => Decision::Finish(SagaOutcome::Completed {
                 order: OrderState::Paid,

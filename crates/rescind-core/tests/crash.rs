@@ -224,6 +224,7 @@ async fn disabling_the_in_doubt_lookup_is_caught() {
         .limits(fast_limits())
         .protections(rescind_core::engine::Protections {
             skip_in_doubt_lookup: true,
+            ..Default::default()
         })
         .build();
     let (_, _exit) = e.run(SagaInput::cancel_paid(order("O1"))).await.unwrap();

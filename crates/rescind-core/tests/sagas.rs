@@ -411,10 +411,10 @@ impl SagaDefinition for TwoPosts {
     fn decide(&self, s: &SagaState) -> Decision {
         let done = s.steps.iter().filter(|st| st.outcome.is_some()).count();
         if done < 2 {
-            Decision::Act(Action::Custom {
+            Decision::Act(Action::Custom(rescind_core::action::Custom {
                 name: "post".into(),
                 payload: serde_json::json!({ "n": done }),
-            })
+            }))
         } else {
             Decision::Finish(SagaOutcome::Completed {
                 order: s.order.clone(),

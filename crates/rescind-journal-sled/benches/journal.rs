@@ -86,7 +86,7 @@ fn record(saga: SagaId, seq: u64) -> Entry {
         },
         s if s % 2 == 1 => Record::Intent {
             step: (s / 2) as u32,
-            action: Action::CancelUnpaid { order },
+            action: Action::CancelUnpaid(rescind_core::action::CancelUnpaid { order }),
         },
         s => Record::Outcome {
             step: (s / 2 - 1) as u32,

@@ -124,25 +124,29 @@ pub fn upstream_order_state(v: &OrderView) -> Result<OrderState, String> {
 
 /// The effect-log target of a step's action, as the simulator names it.
 fn effect_of(action: &Action, outcome: &StepOutcome) -> Option<(String, String)> {
+    use rescind_core::action as a;
     match (action, outcome) {
-        (Action::CancelUnpaid { order }, StepOutcome::Cancelled { .. }) => Some((
+        (Action::CancelUnpaid(a::CancelUnpaid { order }), StepOutcome::Cancelled { .. }) => Some((
             "cancel_unpaid".into(),
             format!("{}:{}", order.channel, order.order_id),
         )),
-        (Action::CancelPaid { order }, StepOutcome::RefundOpened { .. }) => Some((
+        (Action::CancelPaid(a::CancelPaid { order }), StepOutcome::RefundOpened { .. }) => Some((
             "cancel_paid".into(),
             format!("{}:{}", order.channel, order.order_id),
         )),
-        (Action::WithdrawRefund { order, refund_id }, StepOutcome::RefundWithdrawn { .. }) => {
+        (
+            Action::WithdrawRefund(a::WithdrawRefund { order, refund_id }),
+            StepOutcome::RefundWithdrawn { .. },
+        ) => Some((
+            "withdraw_refund".into(),
+            format!("{}:{}", order.channel, refund_id),
+        )),
+        (Action::ReleaseStock(a::ReleaseStock { lock }), StepOutcome::StockReleased { .. }) => {
             Some((
-                "withdraw_refund".into(),
-                format!("{}:{}", order.channel, refund_id),
+                "release_stock".into(),
+                format!("{}:{}", lock.channel, lock.lock_id),
             ))
         }
-        (Action::ReleaseStock { lock }, StepOutcome::StockReleased { .. }) => Some((
-            "release_stock".into(),
-            format!("{}:{}", lock.channel, lock.lock_id),
-        )),
         _ => None,
     }
 }

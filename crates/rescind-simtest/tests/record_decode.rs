@@ -23,9 +23,9 @@ fn samples() -> Vec<Vec<u8>> {
         },
         Record::Intent {
             step: 0,
-            action: Action::CancelPaid {
+            action: Action::CancelPaid(rescind_core::action::CancelPaid {
                 order: order.clone(),
-            },
+            }),
         },
         Record::Outcome {
             step: 0,

@@ -132,6 +132,7 @@ fn exhaustive_crash_points() {
 fn disabling_the_in_doubt_lookup_is_caught() {
     let broken = Protections {
         skip_in_doubt_lookup: true,
+        ..Protections::default()
     };
     let tbc_paid = SCENARIOS
         .iter()
@@ -170,6 +171,7 @@ fn crash_after_an_applied_effect_is_a_real_crash() {
         .expect("scenario exists");
     let broken = Protections {
         skip_in_doubt_lookup: true,
+        ..Protections::default()
     };
     let crash = crashpoints::Crash::AfterEffect(1);
     assert!(crashpoints::run(sc, crash, broken).is_err());
