@@ -2,7 +2,7 @@
 //! every journal write (before the append, after the write before the flush,
 //! after the flush before the caller goes on — for an `Intent` that is
 //! "before the call"), a second time at every write of the recovery, and
-//! right after the upstream applied each effect; recover; check I1–I5.
+//! right after the upstream applied each effect; recover; check I1–I4 and I6.
 
 use crate::invariants::{check_i2, check_i3, check_i4, dump, EndState, Invariant, Violation};
 use crate::plan::{SagaPlan, Story};
@@ -84,7 +84,7 @@ pub enum Crash {
     AfterEffect(usize),
 }
 
-/// How a run ended: what I5 compares.
+/// How a run ended: what I6 compares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunEnd {
     /// The saga's outcome.
@@ -228,7 +228,7 @@ pub fn exhaustive(s: &Scenario, protections: Protections) -> Result<usize, Viola
         } else {
             let mut v = Violation::new(
                 CRASH_SEED,
-                Invariant::I5CrashEquivalence,
+                Invariant::I6CrashEquivalence,
                 format!(
                     "[{} {crash:?}] ends as {:?} / {} / {:?}; without a crash: {:?} / {} / {:?}",
                     s.name,

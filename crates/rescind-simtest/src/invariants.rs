@@ -22,10 +22,10 @@ pub enum Invariant {
     I3Liveness,
     /// I4: journal and upstream agree.
     I4Agreement,
-    /// I5: a crash then recovery ends like no crash.
-    I5CrashEquivalence,
-    /// I6: the same seed gives the same trace.
-    I6Determinism,
+    /// I6: a crash then recovery ends like no crash.
+    I6CrashEquivalence,
+    /// I7: the same seed gives the same trace.
+    I7Determinism,
     /// The harness itself could not run the seed (a bug in the harness or a
     /// setup the code refuses).
     Harness,
@@ -38,8 +38,8 @@ impl fmt::Display for Invariant {
             Invariant::I2AppliedOnce => "I2 no effect applied twice",
             Invariant::I3Liveness => "I3 liveness once faults stop",
             Invariant::I4Agreement => "I4 journal and upstream agree",
-            Invariant::I5CrashEquivalence => "I5 crash + recovery ends like no crash",
-            Invariant::I6Determinism => "I6 same seed, same trace",
+            Invariant::I6CrashEquivalence => "I6 crash + recovery ends like no crash",
+            Invariant::I7Determinism => "I7 same seed, same trace",
             Invariant::Harness => "harness error",
         })
     }

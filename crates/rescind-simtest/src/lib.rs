@@ -18,8 +18,8 @@
 //!   the faults and checks the invariants (I1–I4, see [`invariants`]).
 //! - [`crashpoints::exhaustive`]: every journal write of every built-in saga
 //!   on every channel, at every crash point, twice; and right after each
-//!   upstream effect (I5).
-//! - [`trace`]: the trace hash a seed must reproduce (I6).
+//!   upstream effect (I6).
+//! - [`trace`]: the trace hash a seed must reproduce (I7).
 //!
 //! ```no_run
 //! use rescind_simtest::swarm::{run_seed, SwarmConfig};

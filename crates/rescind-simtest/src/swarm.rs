@@ -91,7 +91,7 @@ pub struct SeedReport {
     pub virtual_ms: u64,
     /// Virtual time from faults stopping to the last saga finishing, ms.
     pub settle_ms: u64,
-    /// The trace hash (I6).
+    /// The trace hash (I7).
     pub trace_hash: u64,
     /// The fault mix drawn.
     pub mix: FaultMix,

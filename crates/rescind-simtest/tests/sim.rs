@@ -1,6 +1,6 @@
 //! The whole-system simulation as CI runs it: ≥ 1,000 swarm seeds, the
 //! exhaustive crash points of every built-in saga on every channel, the
-//! committed regression seeds, determinism (I6), and the proof that the
+//! committed regression seeds, determinism (I7), and the proof that the
 //! harness fails when a protection is switched off.
 //!
 //! Replay one seed: `RESCIND_SEED=S cargo test -p rescind-simtest --test sim swarm_seeds`.
@@ -83,7 +83,7 @@ fn same_seed_same_trace() {
         assert_eq!(
             a.trace_hash,
             b.trace_hash,
-            "seed {seed}: I6 violated, two runs differ (replay: {})",
+            "seed {seed}: I7 violated, two runs differ (replay: {})",
             rescind_simtest::replay_command(seed)
         );
         assert_eq!((a.virtual_ms, a.effects), (b.virtual_ms, b.effects));
@@ -132,6 +132,7 @@ fn exhaustive_crash_points() {
 fn disabling_the_in_doubt_lookup_is_caught() {
     let broken = Protections {
         skip_in_doubt_lookup: true,
+        ..Protections::default()
     };
     let tbc_paid = SCENARIOS
         .iter()
@@ -170,6 +171,7 @@ fn crash_after_an_applied_effect_is_a_real_crash() {
         .expect("scenario exists");
     let broken = Protections {
         skip_in_doubt_lookup: true,
+        ..Protections::default()
     };
     let crash = crashpoints::Crash::AfterEffect(1);
     assert!(crashpoints::run(sc, crash, broken).is_err());
