@@ -579,7 +579,10 @@ async fn run_seed_async(seed: u64, cfg: &SwarmConfig) -> Result<SeedReport, Viol
             }
             match d.world.load(id).await {
                 Some(st) if st.outcome.is_some() => done[i] = true,
-                Some(_) if resumes[i] < OPERATOR_RESUMES_MAX => {
+                // Only sagas parked as stuck, with a reason: an unfinished
+                // saga that is neither running nor stuck is lost, and I3
+                // must report it rather than the operator revive it.
+                Some(st) if st.stuck.is_some() && resumes[i] < OPERATOR_RESUMES_MAX => {
                     resumes[i] += 1;
                     let _ = d.world.engine.resume(id).await;
                     waiting = true;
