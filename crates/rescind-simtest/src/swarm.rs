@@ -22,7 +22,8 @@ use std::time::Duration;
 /// credentials failure with work owed) needs exactly one resume once they
 /// stop; the second is slack for a saga that was resumed while a step of it
 /// was still settling. One stuck again after that, with no fault around, is
-/// a liveness violation (I3), not masked.
+/// a liveness violation (I3), not masked; for a saga parked with a
+/// `credentials…` reason the bound is one (a second resume is I3).
 pub const OPERATOR_RESUMES_MAX: u32 = 2;
 
 /// The endpoints of *later* steps — steps that come after an irreversible
@@ -568,6 +569,7 @@ async fn run_seed_async(seed: u64, cfg: &SwarmConfig) -> Result<SeedReport, Viol
     // stuck again with no fault around is a liveness violation, not masked.
     let settle_start = d.world.elapsed_ms();
     let mut resumes = vec![0u32; n];
+    let mut first_stuck: Vec<Option<String>> = vec![None; n];
     let mut done = vec![false; n];
     loop {
         let mut waiting = false;
@@ -583,6 +585,26 @@ async fn run_seed_async(seed: u64, cfg: &SwarmConfig) -> Result<SeedReport, Viol
                 // saga that is neither running nor stuck is lost, and I3
                 // must report it rather than the operator revive it.
                 Some(st) if st.stuck.is_some() && resumes[i] < OPERATOR_RESUMES_MAX => {
+                    // Parked for credentials: the fault is gone, so the one
+                    // resume the operator made must have been enough.
+                    if let Some(first) = first_stuck[i]
+                        .as_ref()
+                        .filter(|r| r.to_ascii_lowercase().starts_with("credentials"))
+                    {
+                        let v = Violation::new(
+                            seed,
+                            Invariant::I3Liveness,
+                            format!(
+                                "saga {} ({id}) was parked for credentials ({first:?}), resumed once the fault had stopped, and is stuck again: {:?}",
+                                d.plans[i].key, st.stuck
+                            ),
+                        );
+                        let end = EndState::read(&d.world, &d.plans).await;
+                        return Err(with_ctx(v, &d, &end));
+                    }
+                    if first_stuck[i].is_none() {
+                        first_stuck[i] = st.stuck.clone();
+                    }
                     resumes[i] += 1;
                     let _ = d.world.engine.resume(id).await;
                     waiting = true;
