@@ -1,10 +1,19 @@
-//! Fault injection: per-endpoint latency, error rates and lost responses.
+//! Fault injection: per-endpoint latency, error rates, permanent and
+//! authentication failures, and lost responses.
 //!
 //! A [`FaultProfile`] maps endpoint names (TOP method names, `pandapon.*`
 //! names, or `default`) to a [`FaultSpec`]. An endpoint's own entry replaces
 //! the `default` entry entirely (no merging). Every draw comes from the
 //! simulator's seeded [`rescind_core::SplitMix64`].
+//!
+//! Both gateways inject faults through one seam, [`guard`]: it draws the
+//! decision, sleeps the latency, answers a refusal (in the gateway's own
+//! envelope, through [`FaultReplies`]) or applies the request and loses its
+//! answer. Only the wording of a refusal is per gateway.
 
+use crate::http_util;
+use crate::Sim;
+use axum::response::Response;
 use rescind_core::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -96,11 +105,23 @@ pub enum FaultKind {
     RateLimit,
     /// Applied, then the response is lost.
     LostResponse,
+    /// A permanent, non-authentication refusal, not applied: TOP code 41
+    /// `isv.invalid-parameter` / PandaPon code 400 (clients classify it
+    /// `Permanent(InvalidRequest)`).
+    Permanent,
+    /// An authentication failure, not applied: TOP code 25 Invalid Signature /
+    /// PandaPon code 401 (clients classify it `Permanent(Auth)`).
+    Auth,
+    /// An expired or revoked session, not applied: TOP code 27 Invalid
+    /// Session / PandaPon code 401, which has no sessions (clients classify
+    /// it `Permanent(InvalidSession)` on TOP, `Permanent(Auth)` on PandaPon).
+    InvalidSession,
 }
 
 /// Faults of one endpoint. Probabilities are in `0.0..=1.0`; `http_5xx`,
-/// `isp` and `rate_limit` are drawn once together (their sum should not
-/// exceed 1), `lost_response` separately, only for requests that got through.
+/// `isp`, `rate_limit`, `permanent`, `auth` and `invalid_session` are drawn
+/// once together (their sum should not exceed 1), `lost_response`
+/// separately, only for requests that got through.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FaultSpec {
@@ -120,6 +141,12 @@ pub struct FaultSpec {
     pub lost_response: f64,
     /// How a lost response is lost.
     pub lost_response_mode: LostResponseMode,
+    /// Probability of a permanent non-auth refusal (not applied).
+    pub permanent: f64,
+    /// Probability of an authentication failure (not applied).
+    pub auth: f64,
+    /// Probability of an invalid-session answer (not applied).
+    pub invalid_session: f64,
     /// Faults for the next requests to this endpoint, in order, before any
     /// probability is drawn (deterministic tests: "lose the first response").
     pub script: Vec<FaultKind>,
@@ -135,6 +162,9 @@ impl FaultSpec {
             FaultKind::Isp => s.isp = 1.0,
             FaultKind::RateLimit => s.rate_limit = 1.0,
             FaultKind::LostResponse => s.lost_response = 1.0,
+            FaultKind::Permanent => s.permanent = 1.0,
+            FaultKind::Auth => s.auth = 1.0,
+            FaultKind::InvalidSession => s.invalid_session = 1.0,
         }
         s
     }
@@ -215,12 +245,21 @@ impl FaultState {
                 let t_5xx = spec.http_5xx;
                 let t_isp = t_5xx + spec.isp;
                 let t_rate = t_isp + spec.rate_limit;
+                let t_perm = t_rate + spec.permanent;
+                let t_auth = t_perm + spec.auth;
+                let t_session = t_auth + spec.invalid_session;
                 if u < t_5xx {
                     FaultKind::Http5xx
                 } else if u < t_isp {
                     FaultKind::Isp
                 } else if u < t_rate {
                     FaultKind::RateLimit
+                } else if u < t_perm {
+                    FaultKind::Permanent
+                } else if u < t_auth {
+                    FaultKind::Auth
+                } else if u < t_session {
+                    FaultKind::InvalidSession
                 } else if spec.lost_response > 0.0 && unit(rng) < spec.lost_response {
                     FaultKind::LostResponse
                 } else {
@@ -234,6 +273,58 @@ impl FaultState {
             k => d.before = Some(k),
         }
         d
+    }
+}
+
+/// How one gateway words the injected faults that are answered instead of
+/// applying the request, in its own documented error envelope.
+pub(crate) trait FaultReplies {
+    /// The answer to `kind` (never `None`, `Http5xx` or `LostResponse`,
+    /// which [`guard`] answers the same way for every gateway).
+    fn refuse(&self, sim: &Sim, kind: FaultKind, d: &Decision) -> Response;
+}
+
+/// The one fault-injection seam of the simulator's handlers: decide the
+/// faults of `endpoint`, add the latency, then either answer a refusal (HTTP
+/// 5xx, or `replies` in the gateway's envelope) **without calling `apply`**,
+/// or call `apply` (the effect happens) and, for a lost response, throw its
+/// answer away.
+///
+/// Why a function and not a tower `Layer` around the router: a layer sees the
+/// request before the handler has parsed it, but the fault decision needs
+/// what only the handler knows after parsing — the endpoint name (for TOP the
+/// signed `method` parameter, possibly in the form body; for PandaPon the
+/// matched route) — and faults must be decided *after* authentication (a
+/// badly signed request gets its own error and draws nothing), in the order
+/// the seeded draws have always been taken. A layer would have to parse and
+/// authenticate every request a second time. So both handlers call this one
+/// function at the point where they know the endpoint and the request is
+/// authenticated; only [`FaultReplies`] differs between them.
+pub(crate) async fn guard(
+    sim: &Sim,
+    endpoint: &str,
+    replies: &(impl FaultReplies + Sync),
+    apply: impl FnOnce() -> Response,
+) -> Response {
+    let Some(d) = sim.decide_faults(endpoint) else {
+        return apply();
+    };
+    if d.latency_ms > 0 {
+        sim.inner
+            .cfg
+            .clock
+            .sleep(std::time::Duration::from_millis(d.latency_ms))
+            .await;
+    }
+    match d.before {
+        None | Some(FaultKind::None) | Some(FaultKind::LostResponse) => {}
+        Some(FaultKind::Http5xx) => return http_util::gateway_5xx(d.status_5xx),
+        Some(kind) => return replies.refuse(sim, kind, &d),
+    }
+    let resp = apply();
+    match d.lost {
+        Some(mode) => http_util::lost(mode),
+        None => resp,
     }
 }
 
@@ -292,5 +383,46 @@ mod tests {
         assert!((800..1200).contains(&counts[0]), "{counts:?}");
         assert!((1700..2300).contains(&counts[1]), "{counts:?}");
         assert!((2600..3400).contains(&counts[2]), "{counts:?}");
+    }
+
+    #[test]
+    fn permanent_and_auth_kinds_are_drawn_after_the_others() {
+        let rng = SplitMix64::new(3);
+        let spec = FaultSpec {
+            permanent: 0.2,
+            auth: 0.3,
+            invalid_session: 0.1,
+            ..FaultSpec::default()
+        };
+        let mut st = FaultState::new(FaultProfile::everywhere(spec));
+        let mut counts = BTreeMap::new();
+        for _ in 0..10_000 {
+            *counts
+                .entry(format!("{:?}", st.decide("e", &rng).before))
+                .or_insert(0u32) += 1;
+        }
+        let n = |k: &str| counts.get(k).copied().unwrap_or(0);
+        assert!((1700..2300).contains(&n("Some(Permanent)")), "{counts:?}");
+        assert!((2600..3400).contains(&n("Some(Auth)")), "{counts:?}");
+        assert!(
+            (800..1200).contains(&n("Some(InvalidSession)")),
+            "{counts:?}"
+        );
+        for k in [
+            FaultKind::Permanent,
+            FaultKind::Auth,
+            FaultKind::InvalidSession,
+        ] {
+            let mut st = FaultState::new(FaultProfile::everywhere(FaultSpec::always(k)));
+            assert_eq!(st.decide("e", &rng).before, Some(k));
+        }
+        let json = r#"{"pandapon.taobao.refund.cancel":{"auth":1.0,"script":["permanent","invalid_session"]}}"#;
+        let p = FaultProfile::from_json(json).unwrap();
+        let spec = p.spec_for("pandapon.taobao.refund.cancel").unwrap();
+        assert_eq!(spec.auth, 1.0);
+        assert_eq!(
+            spec.script,
+            vec![FaultKind::Permanent, FaultKind::InvalidSession]
+        );
     }
 }

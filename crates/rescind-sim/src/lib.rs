@@ -4,7 +4,8 @@
 //! Platform gateway (`/router/rest`: Tmall TBC and Damai) and the PandaPon
 //! OpenAPI (Taobao and 1688), with an order book, signature and timestamp
 //! checks, the channels' own envelopes and error codes, seeded fault
-//! injection (latency, 5xx, `isp.*`, rate limits, lost responses), PandaPon
+//! injection (latency, 5xx, `isp.*`, rate limits, permanent and auth
+//! failures, lost responses), PandaPon
 //! style callbacks, and an admin API (`/_admin/...`) that exposes the state
 //! and the log of every applied effect, so tests can assert "applied exactly
 //! once".

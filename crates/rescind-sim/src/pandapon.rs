@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 use crate::book::{order_id_json, Refusal, RequestSummary, PANDAPON_1688, PANDAPON_TAOBAO};
-use crate::faults::{endpoints, FaultKind};
+use crate::faults::{self, endpoints, Decision, FaultKind, FaultReplies};
 use crate::http_util::{self, BodyError};
 use crate::Sim;
 
@@ -201,38 +201,6 @@ async fn run(sim: Sim, op: Op, req: Request) -> Response {
         None
     };
     let endpoint = op.endpoint();
-    let mut lost = None;
-    if let Some(d) = sim.decide_faults(endpoint) {
-        if d.latency_ms > 0 {
-            sim.inner
-                .cfg
-                .clock
-                .sleep(std::time::Duration::from_millis(d.latency_ms))
-                .await;
-        }
-        match d.before {
-            Some(FaultKind::Http5xx) => return http_util::gateway_5xx(d.status_5xx),
-            Some(FaultKind::Isp) => {
-                return envelope(
-                    &sim,
-                    &request_id,
-                    Err(err(500, "upstream service error, please retry")),
-                )
-            }
-            Some(FaultKind::RateLimit) => {
-                return envelope(
-                    &sim,
-                    &request_id,
-                    Err(err(
-                        429,
-                        format!("rate limited, retry after {} seconds", d.ban_secs),
-                    )),
-                )
-            }
-            _ => {}
-        }
-        lost = d.lost;
-    }
     let summary = |params: BTreeMap<String, String>| RequestSummary {
         endpoint: endpoint.to_owned(),
         http_method: parts.method.to_string(),
@@ -240,11 +208,39 @@ async fn run(sim: Sim, op: Op, req: Request) -> Response {
         request_id: request_id.clone(),
         params,
     };
-    let result = execute(&sim, op, body.as_ref(), summary);
-    if let Some(mode) = lost {
-        return http_util::lost(mode);
+    let replies = PandaponFaultReplies {
+        request_id: &request_id,
+    };
+    faults::guard(&sim, endpoint, &replies, || {
+        let result = execute(&sim, op, body.as_ref(), summary);
+        envelope(&sim, &request_id, result)
+    })
+    .await
+}
+
+/// Injected refusals in the PandaPon envelope.
+struct PandaponFaultReplies<'a> {
+    request_id: &'a str,
+}
+
+impl FaultReplies for PandaponFaultReplies<'_> {
+    fn refuse(&self, sim: &Sim, kind: FaultKind, d: &Decision) -> Response {
+        let e = match kind {
+            FaultKind::RateLimit => err(
+                429,
+                format!("rate limited, retry after {} seconds", d.ban_secs),
+            ),
+            FaultKind::Permanent => err(400, "invalid request (injected fault)"),
+            FaultKind::Auth => err(401, "signature mismatch"),
+            // PandaPon has no sessions: a revoked key is its only auth failure.
+            FaultKind::InvalidSession => err(401, "access-key disabled or expired"),
+            // Isp; the others are answered by `faults::guard` itself.
+            FaultKind::Isp | FaultKind::None | FaultKind::Http5xx | FaultKind::LostResponse => {
+                err(500, "upstream service error, please retry")
+            }
+        };
+        envelope(sim, self.request_id, Err(e))
     }
-    envelope(&sim, &request_id, result)
 }
 
 /// An order id from a JSON body: a string, or an integer kept exact (1688 ids

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use crate::book::{Refusal, RequestSummary, TMALL_TBC};
 use crate::defaults::{CANCEL_METHOD, DAMAI_CANCEL_METHOD};
-use crate::faults::FaultKind;
+use crate::faults::{self, Decision, FaultKind, FaultReplies};
 use crate::http_util::{self, BodyError};
 use crate::Sim;
 
@@ -210,18 +210,30 @@ pub async fn handle(State(sim): State<Sim>, req: Request) -> Response {
     }
     let method = params.get("method").cloned().unwrap_or_default();
 
-    if let Some(d) = sim.decide_faults(&method) {
-        if d.latency_ms > 0 {
-            sim.inner
-                .cfg
-                .clock
-                .sleep(std::time::Duration::from_millis(d.latency_ms))
-                .await;
-        }
-        match d.before {
-            Some(FaultKind::Http5xx) => return http_util::gateway_5xx(d.status_5xx),
-            Some(FaultKind::Isp) => {
-                let e = if sim.inner.rng_below(2) == 0 {
+    let replies = TopFaultReplies { reply: &reply };
+    faults::guard(&sim, &method, &replies, || {
+        dispatch(
+            &sim,
+            &method,
+            &params,
+            &reply,
+            parts.method.as_str(),
+            parts.uri.path(),
+        )
+    })
+    .await
+}
+
+/// Injected refusals in the TOP `error_response` envelope.
+struct TopFaultReplies<'a> {
+    reply: &'a Reply,
+}
+
+impl FaultReplies for TopFaultReplies<'_> {
+    fn refuse(&self, sim: &Sim, kind: FaultKind, d: &Decision) -> Response {
+        let e = match kind {
+            FaultKind::Isp => {
+                if sim.inner.rng_below(2) == 0 {
                     TopError::new(
                         15,
                         "Remote service error",
@@ -235,40 +247,34 @@ pub async fn handle(State(sim): State<Sim>, req: Request) -> Response {
                         "isp.top-remote-service-unavailable",
                         "remote service unavailable",
                     )
-                };
-                return reply.error(e);
+                }
             }
-            Some(FaultKind::RateLimit) => {
-                return reply.error(TopError::new(
-                    7,
-                    "App Call Limited",
-                    "accesscontrol.limited-by-app-access-count",
-                    format!("This ban will last for {} more seconds", d.ban_secs),
-                ))
+            FaultKind::RateLimit => TopError::new(
+                7,
+                "App Call Limited",
+                "accesscontrol.limited-by-app-access-count",
+                format!("This ban will last for {} more seconds", d.ban_secs),
+            ),
+            FaultKind::Permanent => TopError::new(
+                41,
+                "Invalid Arguments",
+                "isv.invalid-parameter",
+                "injected fault: the API rejected a parameter",
+            ),
+            FaultKind::Auth => TopError::new(25, "Invalid Signature", "", ""),
+            FaultKind::InvalidSession => TopError::new(
+                27,
+                "Invalid Session",
+                "isv.invalid-session",
+                "the session is invalid or expired; authorise the app again",
+            ),
+            // Answered by `faults::guard` itself; never asked here.
+            FaultKind::None | FaultKind::Http5xx | FaultKind::LostResponse => {
+                TopError::new(15, "Remote service error", "isp.unexpected-fault", "")
             }
-            _ => {}
-        }
-        let resp = dispatch(
-            &sim,
-            &method,
-            &params,
-            &reply,
-            parts.method.as_str(),
-            parts.uri.path(),
-        );
-        if let Some(mode) = d.lost {
-            return http_util::lost(mode);
-        }
-        return resp;
+        };
+        self.reply.error(e)
     }
-    dispatch(
-        &sim,
-        &method,
-        &params,
-        &reply,
-        parts.method.as_str(),
-        parts.uri.path(),
-    )
 }
 
 impl crate::Inner {

@@ -601,3 +601,52 @@ async fn slow_receivers_are_re_pushed_up_to_the_limit() {
     assert_eq!(p.len(), 3, "{p:?}");
     assert!(p.iter().all(|x| !x.delivered && x.error.is_some()), "{p:?}");
 }
+
+/// Permanent and authentication faults on the refund cancel, set on the
+/// in-process handle: codes 400 and 401 in the PandaPon envelope, only on
+/// that endpoint, never applied; once the fault stops the withdraw applies.
+#[tokio::test]
+async fn permanent_and_auth_faults_are_not_applied() {
+    let h = Harness::new().await;
+    let ch = "pandapon-taobao";
+    h.sim.add_order(order_with_refund(
+        ch,
+        "7",
+        "WAIT_SELLER_SEND_GOODS",
+        "RF7",
+        "WAIT_SELLER_AGREE",
+    ));
+    let ep = "pandapon.taobao.refund.cancel";
+    for (kind, code) in [
+        (FaultKind::Permanent, 400),
+        (FaultKind::Auth, 401),
+        (FaultKind::InvalidSession, 401),
+    ] {
+        h.sim
+            .set_faults(FaultProfile::none().with(ep, FaultSpec::always(kind)));
+        let v = h.pp_get("/v2/taobao/order/refund/cancel/RF7").await;
+        assert_eq!(v["code"], code, "{kind:?}: {v}");
+        assert!(v["data"].is_null(), "{v}");
+        assert_eq!(h.pp_get("/v2/taobao/order/detail/7").await["code"], 200);
+    }
+    let (s, _) = h
+        .admin_post("/_admin/faults", &json!({ ep: {"script": ["auth"]} }))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        h.pp_get("/v2/taobao/order/refund/cancel/RF7").await["code"],
+        401
+    );
+    assert!(h.sim.effects().is_empty(), "{}", h.context());
+    assert_eq!(h.sim.refund(ch, "RF7").unwrap().status, "WAIT_SELLER_AGREE");
+    // The script is used up: the next call applies.
+    assert_eq!(
+        h.pp_get("/v2/taobao/order/refund/cancel/RF7").await["code"],
+        200
+    );
+    assert_eq!(
+        h.effect_count("withdraw_refund", "pandapon-taobao:RF7")
+            .await,
+        1
+    );
+}

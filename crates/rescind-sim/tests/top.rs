@@ -736,3 +736,64 @@ async fn scheduled_payment_races_the_cancel() {
         "TRADE_CLOSED"
     );
 }
+
+/// Permanent and authentication faults, set through the admin API: each is
+/// answered in the TOP `error_response` envelope with the code the TOP
+/// client classifies (41 invalid parameter, 25 invalid signature, 27 invalid
+/// session), on the chosen endpoint only, and nothing is applied.
+#[tokio::test]
+async fn permanent_and_auth_faults_are_not_applied() {
+    let h = Harness::new().await;
+    h.sim.add_order(order("tmall-tbc", "P1", "WAIT_BUYER_PAY"));
+    h.sim.add_order(rescind_sim::OrderSeed {
+        stock_lock: Some("D9".into()),
+        ..order("damai", "D9", "WAIT_PAY")
+    });
+    let damai_p = damai_param("D9", defaults::SUPPLIER_SECRET, None);
+    let damai_api = [("param_cancel_stock_lock_request", damai_p.as_str())];
+    for (kind, code, sub) in [
+        ("permanent", 41, Some("isv.invalid-parameter")),
+        ("auth", 25, None),
+        ("invalid_session", 27, Some("isv.invalid-session")),
+    ] {
+        let (s, _) = h
+            .admin_post("/_admin/faults", &json!({ DAMAI: { kind: 1.0 } }))
+            .await;
+        assert_eq!(s, 200);
+        let v = h.top(DAMAI, &damai_api).await;
+        let e = &v["error_response"];
+        assert_eq!(e["code"], code, "{kind}: {v}");
+        assert_eq!(e["sub_code"].as_str(), sub, "{kind}: {v}");
+        // Only the chosen endpoint.
+        let v = h
+            .top(GET, &[("out_order_no", "P1"), ("source_site", "X")])
+            .await;
+        assert_eq!(result(&v, GET)["success"], true, "{v}");
+    }
+    // A script works too, and is consumed.
+    h.sim.set_faults(FaultProfile::none().with(
+        CANCEL,
+        FaultSpec::scripted([FaultKind::Auth, FaultKind::Permanent]),
+    ));
+    for code in [25, 41] {
+        let v = h
+            .top(CANCEL, &[("out_order_no", "P1"), ("source_site", "X")])
+            .await;
+        assert_eq!(v["error_response"]["code"], code, "{v}");
+    }
+    assert!(h.sim.effects().is_empty(), "{}", h.context());
+    assert_eq!(
+        h.sim.order("damai", "D9").unwrap().stock_lock_held,
+        Some(true)
+    );
+    // The fault stops: the same calls apply, once.
+    h.admin_post("/_admin/faults", &json!({})).await;
+    let v = h.top(DAMAI, &damai_api).await;
+    assert_eq!(result(&v, DAMAI)["head"]["return_code"], "0", "{v}");
+    let v = h
+        .top(CANCEL, &[("out_order_no", "P1"), ("source_site", "X")])
+        .await;
+    assert_eq!(result(&v, CANCEL)["success"], true, "{v}");
+    assert_eq!(h.effect_count("release_stock", "damai:D9").await, 1);
+    assert_eq!(h.effect_count("cancel_unpaid", "tmall-tbc:P1").await, 1);
+}

@@ -2,9 +2,11 @@
 //! every journal write (before the append, after the write before the flush,
 //! after the flush before the caller goes on — for an `Intent` that is
 //! "before the call"), a second time at every write of the recovery, and
-//! right after the upstream applied each effect; recover; check I1–I5.
+//! right after the upstream applied each effect; recover; check I1–I5 and I6.
 
-use crate::invariants::{check_i2, check_i3, check_i4, dump, EndState, Invariant, Violation};
+use crate::invariants::{
+    check_i2, check_i3, check_i4, check_i5, dump, EndState, Invariant, Violation,
+};
 use crate::plan::{SagaPlan, Story};
 use crate::world::World;
 use rescind_core::engine::Protections;
@@ -84,7 +86,7 @@ pub enum Crash {
     AfterEffect(usize),
 }
 
-/// How a run ended: what I5 compares.
+/// How a run ended: what I6 compares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunEnd {
     /// The saga's outcome.
@@ -106,7 +108,7 @@ fn replay(s: &Scenario, crash: Crash) -> String {
     )
 }
 
-/// Run one scenario with one crash schedule and check I1–I4.
+/// Run one scenario with one crash schedule and check I1–I5.
 pub fn run(s: &Scenario, crash: Crash, protections: Protections) -> Result<RunEnd, Violation> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -197,6 +199,7 @@ async fn run_async(
     }
     let end = EndState::read(&world, &plans).await;
     let ctx = |v: Violation| v.with_context(dump(&world, &end));
+    check_i5(seed, &world, &end).map_err(ctx)?;
     check_i3(seed, &world, &end, deadline_ms).map_err(ctx)?;
     check_i2(seed, &end).map_err(ctx)?;
     check_i4(seed, &world, &end).map_err(ctx)?;
@@ -228,7 +231,7 @@ pub fn exhaustive(s: &Scenario, protections: Protections) -> Result<usize, Viola
         } else {
             let mut v = Violation::new(
                 CRASH_SEED,
-                Invariant::I5CrashEquivalence,
+                Invariant::I6CrashEquivalence,
                 format!(
                     "[{} {crash:?}] ends as {:?} / {} / {:?}; without a crash: {:?} / {} / {:?}",
                     s.name,

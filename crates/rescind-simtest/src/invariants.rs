@@ -7,7 +7,7 @@ use rescind_channel_pandapon::status::{order_state, Platform};
 use rescind_channel_pandapon::{ALIBABA_CHANNEL, TAOBAO_CHANNEL};
 use rescind_channel_top::map_tbc_order_status;
 use rescind_core::{Action, OrderState, SagaId, SagaOutcome, SagaState, StepOutcome};
-use rescind_sim::OrderView;
+use rescind_sim::{EventAction, OrderView};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -22,10 +22,13 @@ pub enum Invariant {
     I3Liveness,
     /// I4: journal and upstream agree.
     I4Agreement,
-    /// I5: a crash then recovery ends like no crash.
-    I5CrashEquivalence,
-    /// I6: the same seed gives the same trace.
-    I6Determinism,
+    /// I5: no saga ends `failed` while upstream shows an irreversible
+    /// effect of it whose follow-up is not done (a half-cancel).
+    I5NoHalfCancel,
+    /// I6: a crash then recovery ends like no crash.
+    I6CrashEquivalence,
+    /// I7: the same seed gives the same trace.
+    I7Determinism,
     /// The harness itself could not run the seed (a bug in the harness or a
     /// setup the code refuses).
     Harness,
@@ -38,8 +41,9 @@ impl fmt::Display for Invariant {
             Invariant::I2AppliedOnce => "I2 no effect applied twice",
             Invariant::I3Liveness => "I3 liveness once faults stop",
             Invariant::I4Agreement => "I4 journal and upstream agree",
-            Invariant::I5CrashEquivalence => "I5 crash + recovery ends like no crash",
-            Invariant::I6Determinism => "I6 same seed, same trace",
+            Invariant::I5NoHalfCancel => "I5 no half-cancel: nothing failed with work owed",
+            Invariant::I6CrashEquivalence => "I6 crash + recovery ends like no crash",
+            Invariant::I7Determinism => "I7 same seed, same trace",
             Invariant::Harness => "harness error",
         })
     }
@@ -336,6 +340,115 @@ pub fn check_i4(seed: u64, world: &World, end: &EndState) -> Result<(), Violatio
         ));
     }
     Ok(())
+}
+
+/// I5, judged from the simulator's state, effect log and applied events —
+/// not from the engine's own account of what it still owes. A saga that
+/// ended `failed` is a violation when upstream shows an irreversible effect
+/// of it whose follow-up was not done:
+///
+/// - (a) half-cancel: the effect log has the saga's cancel of its order
+///   (`cancel_unpaid` or `cancel_paid` on `<channel>:<order>`) and the
+///   saga's Damai stock lock is still held upstream at the end;
+/// - (b) refund left open: the effect log has the saga's `cancel_paid`, and
+///   the refund it opened is still open upstream at the end (the order maps
+///   to `Refunding` through the channel crate's status table), or was still
+///   open when the saga finished (a scheduled completion or refusal closed
+///   it only afterwards).
+///
+/// Aborted and completed sagas are judged by I4; a saga failing before any
+/// irreversible effect (a conflict, an unsupported cancel) owes nothing.
+pub fn check_i5(seed: u64, world: &World, end: &EndState) -> Result<(), Violation> {
+    let mut found = Vec::new();
+    let history = world.sim.event_history();
+    for (p, id, st) in &end.sagas {
+        let Some(st) = st else { continue };
+        let Some(SagaOutcome::Failed { reason }) = &st.outcome else {
+            continue;
+        };
+        let order_target = format!("{}:{}", p.channel, p.order_id);
+        let applied = |op: &str| {
+            end.effects
+                .get(&(op.to_owned(), order_target.clone()))
+                .copied()
+                .unwrap_or(0)
+                > 0
+        };
+        let cancelled_unpaid = applied("cancel_unpaid");
+        let cancelled_paid = applied("cancel_paid");
+        if !cancelled_unpaid && !cancelled_paid {
+            continue;
+        }
+        let effect = if cancelled_paid {
+            "cancel_paid"
+        } else {
+            "cancel_unpaid"
+        };
+        for lock in p.seeds.iter().filter_map(|s| s.stock_lock.as_ref()) {
+            let held = world
+                .sim
+                .order("damai", lock)
+                .and_then(|v| v.stock_lock_held);
+            if held == Some(true) {
+                found.push(format!(
+                    "saga {} ({id}) ended failed ({reason:?}) after upstream applied its {effect} on {order_target}, but its stock lock damai:{lock} is still held upstream: a half-cancel",
+                    p.key
+                ));
+            }
+        }
+        if !cancelled_paid {
+            continue;
+        }
+        let Some(view) = world.sim.order(&p.channel, &p.order_id) else {
+            continue;
+        };
+        let rid = view.refund_id.clone().unwrap_or_default();
+        match upstream_order_state(&view) {
+            Ok(OrderState::Refunding { .. }) => found.push(format!(
+                "saga {} ({id}) ended failed ({reason:?}) with the refund {rid} it opened on {order_target} still open upstream ({} / {:?})",
+                p.key, view.status, view.refund_status
+            )),
+            Ok(_) => {
+                // Closed by now; but was it closed only after the saga gave up?
+                let closed_later = history.iter().find(|e| {
+                    e.applied
+                        && e.event.channel == p.channel
+                        && e.event.order_id == p.order_id
+                        && matches!(
+                            e.event.action,
+                            EventAction::CompleteRefund | EventAction::RefuseRefund
+                        )
+                        && e.at_ms > st.updated_at_ms
+                });
+                if let Some(e) = closed_later {
+                    found.push(format!(
+                        "saga {} ({id}) ended failed ({reason:?}) at +{} ms while the refund {rid} it opened on {order_target} was still open upstream (closed by {:?} only at +{} ms)",
+                        p.key,
+                        st.updated_at_ms.saturating_sub(crate::world::EPOCH_MS),
+                        e.event.action,
+                        e.at_ms.saturating_sub(crate::world::EPOCH_MS)
+                    ));
+                }
+            }
+            Err(e) => found.push(format!(
+                "saga {} ({id}): upstream order {order_target} unmappable: {e}",
+                p.key
+            )),
+        }
+    }
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(Violation::new(
+            seed,
+            Invariant::I5NoHalfCancel,
+            format!(
+                "{} saga(s) failed with work owed: {}",
+                found.len(),
+                found.join("; ")
+            ),
+        ))
+    }
 }
 
 /// A readable dump of the journal of every saga and the effect log, for a

@@ -15,11 +15,14 @@
 //!   journal writes — recovery included —, duplicate and reordered
 //!   callbacks, the buyer paying meanwhile, refunds completing late) over a
 //!   workload of concurrent sagas of every kind on every channel, then stops
-//!   the faults and checks the invariants (I1–I4, see [`invariants`]).
+//!   the faults and checks the invariants (I1–I5, see [`invariants`]). In
+//!   the later-step-failures mode ([`SwarmConfig::later_step_failures`]),
+//!   seeds also draw permanent and credentials failures on the steps that
+//!   follow an irreversible one (I5: nothing left half-cancelled).
 //! - [`crashpoints::exhaustive`]: every journal write of every built-in saga
 //!   on every channel, at every crash point, twice; and right after each
-//!   upstream effect (I5).
-//! - [`trace`]: the trace hash a seed must reproduce (I6).
+//!   upstream effect (I6).
+//! - [`trace`]: the trace hash a seed must reproduce (I7).
 //!
 //! ```no_run
 //! use rescind_simtest::swarm::{run_seed, SwarmConfig};
@@ -48,6 +51,17 @@ pub const CI_SEEDS: u64 = 1_000;
 /// The one-line command that replays `seed`.
 pub fn replay_command(seed: u64) -> String {
     format!("RESCIND_SEED={seed} cargo test -p rescind-simtest --test sim swarm_seeds")
+}
+
+/// Seeds CI runs in the later-step-failures mode (and in its protection-off
+/// self-test); `RESCIND_SEEDS` overrides.
+pub const LATER_STEP_SEEDS: u64 = 200;
+
+/// The one-line command that replays `seed` in the later-step-failures mode.
+pub fn replay_command_later_steps(seed: u64) -> String {
+    format!(
+        "RESCIND_SEED={seed} cargo test -p rescind-simtest --test sim later_step_failures_seeds"
+    )
 }
 
 /// Which seeds to run: `RESCIND_SEED=S` alone, else `RESCIND_SEEDS=N` seeds

@@ -3,7 +3,7 @@
 //! off, and checks the invariants.
 
 use crate::invariants::{
-    check_i1, check_i2, check_i3, check_i4, dump, EndState, Invariant, Violation,
+    check_i1, check_i2, check_i3, check_i4, check_i5, dump, EndState, Invariant, Violation,
 };
 use crate::plan::{SagaPlan, Story};
 use crate::trace::trace_hash;
@@ -18,7 +18,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// How often the simulated operator resumes one stuck saga once faults stop.
+/// A saga parked stuck by the faults (retries ran out, or a permanent or
+/// credentials failure with work owed) needs exactly one resume once they
+/// stop; the second is slack for a saga that was resumed while a step of it
+/// was still settling. One stuck again after that, with no fault around, is
+/// a liveness violation (I3), not masked; for a saga parked with a
+/// `credentials…` reason the bound is one (a second resume is I3).
 pub const OPERATOR_RESUMES_MAX: u32 = 2;
+
+/// The endpoints of *later* steps — steps that come after an irreversible
+/// one: the Damai stock release, the PandaPon refund withdraw, and the TOP
+/// order lookup (how TBC refunds and in-doubt TBC cancels are looked up).
+pub const LATER_STEP_ENDPOINTS: [&str; 3] = [
+    "alibaba.damai.yuntoc.order.cancellockstock",
+    "pandapon.taobao.refund.cancel",
+    "tmall.tbc.order.get",
+];
 
 /// What every seed of a swarm run shares.
 #[derive(Clone, Debug)]
@@ -31,8 +46,13 @@ pub struct SwarmConfig {
     pub crashes_max: u32,
     /// I3's bound: once faults stop, every saga must finish within this, ms.
     pub settle_window_ms: u64,
-    /// Protections; all on except in the harness's own self-test.
+    /// Protections; all on except in the harness's own self-tests.
     pub protections: Protections,
+    /// The "later-step failures" mode: some seeds also draw permanent and
+    /// credentials failures on [`LATER_STEP_ENDPOINTS`] during the fault
+    /// phase (see [`draw_later_step_faults`]). Off by default, so the plain
+    /// swarm's seeds replay as before.
+    pub later_step_failures: bool,
 }
 
 impl Default for SwarmConfig {
@@ -43,6 +63,17 @@ impl Default for SwarmConfig {
             crashes_max: 3,
             settle_window_ms: 30 * 60_000,
             protections: Protections::default(),
+            later_step_failures: false,
+        }
+    }
+}
+
+impl SwarmConfig {
+    /// The later-step-failures mode, everything else default.
+    pub fn later_step_failures() -> Self {
+        SwarmConfig {
+            later_step_failures: true,
+            ..SwarmConfig::default()
         }
     }
 }
@@ -72,6 +103,23 @@ pub struct FaultMix {
     pub transport_timeout_ms: u64,
     /// Length of the fault phase, ms.
     pub fault_phase_ms: u64,
+    /// Later-step mode only: permanent and credentials failure rates per
+    /// endpoint of a later step, during the fault phase (empty: none drawn).
+    pub later_steps: Vec<LaterStepFaults>,
+}
+
+/// Permanent and credentials failures one later-step endpoint answers during
+/// the fault phase (on top of that endpoint's other faults).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaterStepFaults {
+    /// The endpoint (one of [`LATER_STEP_ENDPOINTS`]).
+    pub endpoint: &'static str,
+    /// Probability of a permanent non-credentials refusal (invalid parameter).
+    pub permanent: f64,
+    /// Probability of an authentication failure (bad signature / key).
+    pub auth: f64,
+    /// Probability of an invalid-session answer.
+    pub invalid_session: f64,
 }
 
 /// What a passing seed did.
@@ -91,10 +139,12 @@ pub struct SeedReport {
     pub virtual_ms: u64,
     /// Virtual time from faults stopping to the last saga finishing, ms.
     pub settle_ms: u64,
-    /// The trace hash (I6).
+    /// The trace hash (I7).
     pub trace_hash: u64,
     /// The fault mix drawn.
     pub mix: FaultMix,
+    /// Resumes the simulated operator made once faults stopped.
+    pub operator_resumes: u32,
 }
 
 fn on(rng: &SplitMix64, pct: u64) -> bool {
@@ -178,7 +228,97 @@ pub fn draw_mix(rng: &SplitMix64) -> FaultMix {
         refund_late_ms_max: pick(rng, &[5_000, 60_000, 180_000]),
         transport_timeout_ms: pick(rng, &[3_000, 8_000]),
         fault_phase_ms: 30_000 + rng.below(150_000),
+        later_steps: Vec::new(),
     }
+}
+
+/// Draw the later-step failures of a seed (later-step mode), from its own
+/// stream so the rest of the seed's mix and workload is the plain swarm's.
+/// Two seeds in three get some; each later-step endpoint then fails with
+/// probability 2/3, from an occasional refusal up to a hard outage for the
+/// whole fault phase (an expired credential), mixing permanent refusals,
+/// auth failures and invalid sessions.
+pub fn draw_later_step_faults(rng: &SplitMix64) -> Vec<LaterStepFaults> {
+    if !on(rng, 67) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for endpoint in LATER_STEP_ENDPOINTS {
+        if !on(rng, 67) {
+            continue;
+        }
+        let f = match rng.below(4) {
+            // Credentials broken for the whole fault phase.
+            0 => LaterStepFaults {
+                endpoint,
+                permanent: 0.0,
+                auth: 1.0,
+                invalid_session: 0.0,
+            },
+            1 => LaterStepFaults {
+                endpoint,
+                permanent: 0.0,
+                auth: 0.0,
+                invalid_session: 1.0,
+            },
+            // A permanent refusal, now and then or always.
+            2 => LaterStepFaults {
+                endpoint,
+                permanent: pick(rng, &[0.2, 0.5, 1.0]),
+                auth: 0.0,
+                invalid_session: 0.0,
+            },
+            // A bit of everything.
+            _ => LaterStepFaults {
+                endpoint,
+                permanent: pick(rng, &[0.1, 0.3]),
+                auth: pick(rng, &[0.1, 0.3]),
+                invalid_session: pick(rng, &[0.0, 0.1]),
+            },
+        };
+        if f.permanent + f.auth + f.invalid_session > 0.0 {
+            out.push(f);
+        }
+    }
+    out
+}
+
+/// The fault profile of a seed's fault phase: its mix everywhere, the hot
+/// endpoint's spec, and on each later-step endpoint the permanent and
+/// credentials failures added to that endpoint's spec (all refusal rates
+/// scaled down together if they would exceed 1).
+pub fn fault_profile(mix: &FaultMix) -> FaultProfile {
+    let mut profile = FaultProfile::everywhere(mix.everywhere.clone());
+    if let Some((ep, spec)) = &mix.hot_endpoint {
+        profile = profile.with(ep.clone(), spec.clone());
+    }
+    for f in &mix.later_steps {
+        let mut spec = profile.spec_for(f.endpoint).cloned().unwrap_or_default();
+        spec.permanent = f.permanent;
+        spec.auth = f.auth;
+        spec.invalid_session = f.invalid_session;
+        let total = spec.http_5xx
+            + spec.isp
+            + spec.rate_limit
+            + spec.permanent
+            + spec.auth
+            + spec.invalid_session;
+        if total > 1.0 {
+            let k = 1.0 / total;
+            for p in [
+                &mut spec.http_5xx,
+                &mut spec.isp,
+                &mut spec.rate_limit,
+                &mut spec.permanent,
+                &mut spec.auth,
+                &mut spec.invalid_session,
+            ] {
+                *p *= k;
+            }
+        }
+        profile = profile.with(f.endpoint, spec);
+    }
+    profile
 }
 
 /// Draw the workload of a seed.
@@ -353,19 +493,23 @@ pub fn run_seed(seed: u64, cfg: &SwarmConfig) -> Result<SeedReport, Violation> {
         .start_paused(true)
         .build()
         .map_err(|e| Violation::new(seed, Invariant::Harness, format!("runtime: {e}")))?;
-    rt.block_on(run_seed_async(seed, cfg))
+    rt.block_on(run_seed_async(seed, cfg)).map_err(|mut v| {
+        if cfg.later_step_failures {
+            v.replay = crate::replay_command_later_steps(seed);
+        }
+        v
+    })
 }
 
 async fn run_seed_async(seed: u64, cfg: &SwarmConfig) -> Result<SeedReport, Violation> {
     let rng = SplitMix64::new(sub_seed(seed, 0));
-    let mix = draw_mix(&rng);
+    let mut mix = draw_mix(&rng);
     let plans = draw_workload(seed, &rng, cfg);
-    let mut profile = FaultProfile::everywhere(mix.everywhere.clone());
-    if let Some((ep, spec)) = &mix.hot_endpoint {
-        profile = profile.with(ep.clone(), spec.clone());
+    if cfg.later_step_failures {
+        mix.later_steps = draw_later_step_faults(&SplitMix64::new(sub_seed(seed, 2)));
     }
     let sim_cfg = SimConfig {
-        faults: profile,
+        faults: fault_profile(&mix),
         callbacks: mix.callbacks.clone(),
         ..SimConfig::default()
     };
@@ -425,6 +569,7 @@ async fn run_seed_async(seed: u64, cfg: &SwarmConfig) -> Result<SeedReport, Viol
     // stuck again with no fault around is a liveness violation, not masked.
     let settle_start = d.world.elapsed_ms();
     let mut resumes = vec![0u32; n];
+    let mut first_stuck: Vec<Option<String>> = vec![None; n];
     let mut done = vec![false; n];
     loop {
         let mut waiting = false;
@@ -436,7 +581,30 @@ async fn run_seed_async(seed: u64, cfg: &SwarmConfig) -> Result<SeedReport, Viol
             }
             match d.world.load(id).await {
                 Some(st) if st.outcome.is_some() => done[i] = true,
-                Some(_) if resumes[i] < OPERATOR_RESUMES_MAX => {
+                // Only sagas parked as stuck, with a reason: an unfinished
+                // saga that is neither running nor stuck is lost, and I3
+                // must report it rather than the operator revive it.
+                Some(st) if st.stuck.is_some() && resumes[i] < OPERATOR_RESUMES_MAX => {
+                    // Parked for credentials: the fault is gone, so the one
+                    // resume the operator made must have been enough.
+                    if let Some(first) = first_stuck[i]
+                        .as_ref()
+                        .filter(|r| r.to_ascii_lowercase().starts_with("credentials"))
+                    {
+                        let v = Violation::new(
+                            seed,
+                            Invariant::I3Liveness,
+                            format!(
+                                "saga {} ({id}) was parked for credentials ({first:?}), resumed once the fault had stopped, and is stuck again: {:?}",
+                                d.plans[i].key, st.stuck
+                            ),
+                        );
+                        let end = EndState::read(&d.world, &d.plans).await;
+                        return Err(with_ctx(v, &d, &end));
+                    }
+                    if first_stuck[i].is_none() {
+                        first_stuck[i] = st.stuck.clone();
+                    }
                     resumes[i] += 1;
                     let _ = d.world.engine.resume(id).await;
                     waiting = true;
@@ -452,6 +620,9 @@ async fn run_seed_async(seed: u64, cfg: &SwarmConfig) -> Result<SeedReport, Viol
     }
     let settle_ms = d.world.elapsed_ms() - settle_start;
     let end = EndState::read(&d.world, &d.plans).await;
+    // I5 first: a saga that gave up with work owed is finished, so I3 holds,
+    // and its effects are journaled, so I4 holds; only I5 sees it.
+    check_i5(seed, &d.world, &end).map_err(|v| with_ctx(v, &d, &end))?;
     check_i3(seed, &d.world, &end, cfg.settle_window_ms).map_err(|v| with_ctx(v, &d, &end))?;
     check_i2(seed, &end).map_err(|v| with_ctx(v, &d, &end))?;
     check_i4(seed, &d.world, &end).map_err(|v| with_ctx(v, &d, &end))?;
@@ -471,5 +642,6 @@ async fn run_seed_async(seed: u64, cfg: &SwarmConfig) -> Result<SeedReport, Viol
         settle_ms,
         trace_hash: trace_hash(&d.world, &d.plans).await,
         mix,
+        operator_resumes: resumes.iter().sum(),
     })
 }

@@ -1,4 +1,4 @@
-//! The trace hash of a run (I6): every journal record of every saga in id
+//! The trace hash of a run (I7): every journal record of every saga in id
 //! order, the simulator's effect log and its applied scheduled events.
 
 use crate::plan::SagaPlan;

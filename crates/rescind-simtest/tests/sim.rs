@@ -1,7 +1,8 @@
 //! The whole-system simulation as CI runs it: ≥ 1,000 swarm seeds, the
 //! exhaustive crash points of every built-in saga on every channel, the
-//! committed regression seeds, determinism (I6), and the proof that the
-//! harness fails when a protection is switched off.
+//! committed regression seeds, determinism (I7), the later-step-failures
+//! mode (I5: no half-cancel), and the proof that the harness fails when a
+//! protection is switched off.
 //!
 //! Replay one seed: `RESCIND_SEED=S cargo test -p rescind-simtest --test sim swarm_seeds`.
 //! More seeds: `RESCIND_SEEDS=N` (and `RESCIND_SEED_START=S`); for long runs
@@ -9,7 +10,10 @@
 
 use rescind_core::engine::Protections;
 use rescind_simtest::crashpoints::{self, SCENARIOS};
-use rescind_simtest::{default_threads, run_many, run_seed, seeds_from_env, SwarmConfig, CI_SEEDS};
+use rescind_simtest::{
+    default_threads, run_many, run_seed, seeds_from_env, Invariant, SwarmConfig, CI_SEEDS,
+    LATER_STEP_SEEDS,
+};
 
 fn fail_with(violations: &[rescind_simtest::Violation]) -> ! {
     for v in violations.iter().take(5) {
@@ -83,7 +87,7 @@ fn same_seed_same_trace() {
         assert_eq!(
             a.trace_hash,
             b.trace_hash,
-            "seed {seed}: I6 violated, two runs differ (replay: {})",
+            "seed {seed}: I7 violated, two runs differ (replay: {})",
             rescind_simtest::replay_command(seed)
         );
         assert_eq!((a.virtual_ms, a.effects), (b.virtual_ms, b.effects));
@@ -181,4 +185,86 @@ fn crash_after_an_applied_effect_is_a_real_crash() {
     assert_eq!(end.upstream, reference.upstream);
     // Without the crash the broken build passes: the failure above is the crash's.
     assert!(crashpoints::run(sc, crashpoints::Crash::None, broken).is_ok());
+}
+
+/// The later-step-failures mode: permanent and credentials failures on the
+/// steps after an irreversible one (Damai release, PandaPon refund withdraw,
+/// TOP lookups) during the fault phase; the simulated operator resumes what
+/// they parked once they stop. No saga may end failed with work owed (I5),
+/// and every other invariant holds.
+///
+/// Replay one seed: `RESCIND_SEED=S cargo test -p rescind-simtest --test sim later_step_failures_seeds`.
+#[test]
+fn later_step_failures_seeds() {
+    let seeds = seeds_from_env(LATER_STEP_SEEDS).unwrap_or_else(|e| panic!("{e}"));
+    let t0 = std::time::Instant::now();
+    let (ok, bad) = run_many(
+        &seeds,
+        &SwarmConfig::later_step_failures(),
+        default_threads(),
+    );
+    if !bad.is_empty() {
+        let i5 = bad
+            .iter()
+            .filter(|v| v.invariant == Invariant::I5NoHalfCancel)
+            .count();
+        eprintln!(
+            "later-step failures: {} of {} seeds violate invariants, {i5} of them I5 ({:.1} s)",
+            bad.len(),
+            seeds.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        fail_with(&bad);
+    }
+    let with_faults = ok.iter().filter(|r| !r.mix.later_steps.is_empty()).count();
+    let resumes: u32 = ok.iter().map(|r| r.operator_resumes).sum();
+    eprintln!(
+        "later-step failures: {} seeds ({with_faults} with later-step faults), {resumes} operator resumes, no violation ({:.1} s)",
+        ok.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    if seeds.len() >= 100 {
+        // The mode must exercise what it claims: seeds with later-step
+        // faults, and sagas parked by them that the operator resumed.
+        assert!(
+            with_faults > seeds.len() / 3,
+            "too few seeds drew later-step faults: {with_faults}"
+        );
+        assert!(resumes > 0, "no saga was parked by a later-step failure");
+    }
+}
+
+/// Proof that I5 can fail: with `fail_with_work_owed` the engine ends a saga
+/// `failed` on a permanent error after an irreversible step (the old
+/// behaviour), and the later-step-failures mode must catch a half-cancel
+/// within `LATER_STEP_SEEDS` seeds.
+#[test]
+fn failing_with_work_owed_is_caught() {
+    let cfg = SwarmConfig {
+        protections: Protections {
+            fail_with_work_owed: true,
+            ..Protections::default()
+        },
+        ..SwarmConfig::later_step_failures()
+    };
+    let t0 = std::time::Instant::now();
+    let seeds: Vec<u64> = (0..LATER_STEP_SEEDS).collect();
+    let (_, bad) = run_many(&seeds, &cfg, default_threads());
+    let i5: Vec<_> = bad
+        .iter()
+        .filter(|v| v.invariant == Invariant::I5NoHalfCancel)
+        .collect();
+    assert!(
+        !i5.is_empty(),
+        "{} seeds of later-step failures with fail_with_work_owed reported no I5 violation ({} other violations)",
+        seeds.len(),
+        bad.len()
+    );
+    eprintln!(
+        "I5 caught it on {} of {} seeds ({:.1} s), first:\n{}",
+        i5.len(),
+        seeds.len(),
+        t0.elapsed().as_secs_f64(),
+        i5[0]
+    );
 }

@@ -1,18 +1,26 @@
 //! Long mode: `rescind-simtest --seeds 100000 [--start S] [--threads T]` runs
 //! that many swarm seeds; `--seed S` replays one and prints its report.
+//! `--later-step-failures` runs the later-step-failures mode instead.
 //! Exits 1 on the first violations (each printed with its replay command).
 
 use rescind_simtest::{default_threads, run_many, run_seed, SwarmConfig};
 
 fn usage() -> ! {
-    eprintln!("usage: rescind-simtest [--seeds N] [--start S] [--threads T] | --seed S");
+    eprintln!(
+        "usage: rescind-simtest [--later-step-failures] [--seeds N] [--start S] [--threads T] | --seed S"
+    );
     std::process::exit(2)
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut seeds, mut start, mut threads, mut one) = (1_000u64, 0u64, default_threads(), None);
+    let mut cfg = SwarmConfig::default();
     while let Some(a) = args.next() {
+        if a == "--later-step-failures" {
+            cfg.later_step_failures = true;
+            continue;
+        }
         let mut val = || -> u64 {
             args.next()
                 .and_then(|v| v.parse().ok())
@@ -26,7 +34,6 @@ fn main() {
             _ => usage(),
         }
     }
-    let cfg = SwarmConfig::default();
     if let Some(seed) = one {
         match run_seed(seed, &cfg) {
             Ok(r) => {
