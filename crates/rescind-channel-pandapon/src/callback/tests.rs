@@ -1,4 +1,5 @@
 use super::*;
+use std::io::Write;
 use tower::ServiceExt;
 
 #[derive(Default)]
@@ -335,11 +336,20 @@ async fn file_store_is_durable_dedups_across_reopen_and_answers_fast() {
     assert_eq!(store.load_all().await.unwrap().len(), 21);
     drop(store);
 
-    // Garbage in the middle is a clear error naming the line.
+    // Garbage in the middle is skipped with its line and offset reported;
+    // it never blocks the store from opening.
     let text = std::fs::read_to_string(&path).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
+    let offset: usize = lines[..4].iter().map(|l| l.len() + 1).sum();
     lines[4] = "garbage";
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    let e = FileCallbackStore::open(&path).unwrap_err().to_string();
-    assert!(e.contains("line 5") && e.contains("corrupt"), "{e}");
+    let store = FileCallbackStore::open(&path).unwrap();
+    let report = store.open_report();
+    assert_eq!(report.records, 20);
+    assert_eq!(report.skipped.len(), 1, "{report:?}");
+    assert_eq!(
+        (report.skipped[0].line, report.skipped[0].offset),
+        (5, offset as u64)
+    );
+    assert_eq!(store.load_all().await.unwrap().len(), 20);
 }
