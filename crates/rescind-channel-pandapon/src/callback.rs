@@ -12,11 +12,14 @@
 //!    platform, and the status fields of the body; not the timestamp, which a
 //!    re-push may change) and appends the message to a [`CallbackStore`]
 //!    durably (for [`FileCallbackStore`]: written and `fdatasync`ed) before
-//!    answering — a store failure answers 500 so that PandaPon re-pushes;
+//!    answering — a store failure answers 500 and a full store (at its size
+//!    bound) 503, so that PandaPon re-pushes; a failed append leaves nothing
+//!    behind (see [`FileCallbackStore`]);
 //! 3. answers 200 (a duplicate also gets 200, and is not processed again);
 //! 4. then processes the message on a task: refund and order status changes
 //!    become [`Observation`]s handed to a [`CallbackSink`] (the engine, which
-//!    wakes the sagas waiting on them). A status older than a final status
+//!    wakes the sagas waiting on them), on the channel names registered for
+//!    the message's platform ([`CallbackChannels`]). A status older than a final status
 //!    already seen for the same refund/order is recorded as stale and not
 //!    delivered. An unknown `messageType` (or an unknown status word) is
 //!    stored, counted in [`CallbackStats`], kept in [`CallbackReceiver::reported`]
@@ -25,7 +28,9 @@
 //! After a restart, call [`CallbackReceiver::replay`] once the engine has
 //! recovered its sagas: it processes every stored message again (the engine
 //! ignores news that does not move a saga, so replay is harmless), covering a
-//! crash between "stored" and "processed".
+//! crash between "stored" and "processed". Call [`CallbackReceiver::compact`]
+//! periodically to drop old messages no unfinished saga needs, and
+//! [`CallbackReceiver::probe`] from a health check.
 
 use crate::json::{clip, exact_opt, exact_req};
 use crate::status::{order_state, order_word, refund_state, OrderWord, Platform};
