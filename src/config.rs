@@ -74,13 +74,23 @@ pub struct WorkerConfig {
     /// File the callback receiver journals messages to (relative paths are
     /// relative to the configuration file).
     pub callback_store: PathBuf,
+    /// Size bound of the callback store, in MiB (at least 1). A callback
+    /// that would make the file larger is answered 503 and not stored
+    /// (PandaPon re-pushes it later); compaction frees room.
+    pub callback_store_max_mb: u64,
+    /// How long stored callbacks are kept once no unfinished saga is on
+    /// their order (unknown or unmappable messages: once this old). Dropped
+    /// by the worker's compaction, every `compact_interval_ms`. Keep it well
+    /// above PandaPon's re-push window (5 re-pushes, 30 minutes apart).
+    pub callback_retention_ms: u64,
     /// How often the worker claims and resumes unfinished sagas (takeover of
     /// sagas whose worker died, on a shared journal).
     pub recover_interval_ms: u64,
     /// On SIGTERM, how long running sagas get to reach a safe point.
     pub shutdown_grace_ms: u64,
     /// How often the worker compacts finished sagas past the sled journal's
-    /// retention (`0`: never; a PostgreSQL journal is not compacted here).
+    /// retention (a PostgreSQL journal is not compacted here) and the
+    /// callback store past `callback_retention_ms` (`0`: never).
     pub compact_interval_ms: u64,
 }
 
@@ -90,6 +100,8 @@ impl Default for WorkerConfig {
             listen: "127.0.0.1:7878".into(),
             callback_path: "/callbacks/pandapon".into(),
             callback_store: PathBuf::from("rescind-callbacks.jsonl"),
+            callback_store_max_mb: 64,
+            callback_retention_ms: 7 * 24 * 3_600_000,
             recover_interval_ms: 5_000,
             shutdown_grace_ms: 5_000,
             compact_interval_ms: 3_600_000,
@@ -305,6 +317,12 @@ impl Config {
             ));
         }
         worker.callback_store = base_dir.join(&worker.callback_store);
+        if worker.callback_store_max_mb == 0 || worker.callback_store_max_mb > 1 << 20 {
+            return Err(bad(
+                "worker.callback_store_max_mb",
+                "must be between 1 and 1048576 (MiB)",
+            ));
+        }
         let mut channels = BTreeMap::new();
         match root.remove("channels") {
             None => {}
@@ -441,6 +459,7 @@ user_id = "u"
             ("[engine]\nin_flight_maxx = 3", "engine", "in_flight_maxx"),
             ("[engine]\njitter_pct = 300", "engine.jitter_pct", "between"),
             ("[worker]\nlisten = \"nowhere\"", "worker.listen", "not an address"),
+            ("[worker]\ncallback_store_max_mb = 0", "worker.callback_store_max_mb", "between 1"),
             ("[journal]\npostgres_url = \"mysql://x\"", "journal.postgres_url", "postgres://"),
             ("[journal]\npath = \"j\"\nlease_ttl_ms = 500", "journal", "postgres_url journal only"),
             ("[journal]\npostgres_url = \"postgres://h/d\"\nlease_ttl_ms = 5", "journal.lease_ttl_ms", "at least 100"),

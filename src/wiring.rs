@@ -2,6 +2,8 @@
 //! layers) and the journal.
 
 use crate::config::{ChannelConfig, Config, ConfigError, JournalConfig};
+use rescind_channel_pandapon::callback::CallbackChannels;
+use rescind_channel_pandapon::status::Platform;
 use rescind_channel_pandapon::{Pandapon1688, PandaponClient, PandaponTaobao};
 use rescind_channel_top::{DamaiChannel, TbcChannel};
 use rescind_core::{Channels, Journal, JournalError};
@@ -48,6 +50,22 @@ pub fn build_channels(config: &Config) -> Result<Channels, ConfigError> {
         };
     }
     Ok(channels)
+}
+
+/// The names the PandaPon channels are registered under (the config's
+/// `[channels.NAME]` tables), per platform, for the callback receiver: a
+/// callback is delivered to the sagas on orders of these channels. A
+/// platform with no channel configured gets none (its callbacks are stored,
+/// not delivered).
+pub fn callback_channels(config: &Config) -> CallbackChannels {
+    config
+        .channels
+        .iter()
+        .fold(CallbackChannels::none(), |names, (name, cfg)| match cfg {
+            ChannelConfig::PandaponTaobao(_) => names.with(Platform::Taobao, name.as_str()),
+            ChannelConfig::Pandapon1688(_) => names.with(Platform::Alibaba, name.as_str()),
+            ChannelConfig::TmallTbc(_) | ChannelConfig::Damai(_) => names,
+        })
 }
 
 /// An opened journal, with its concrete type where a caller needs more than
@@ -118,4 +136,75 @@ async fn open_postgres(
         "this build of rescind has no PostgreSQL support (feature `postgres`); cannot open {}",
         crate::config::redact_url(url)
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rescind_channel_pandapon::callback::{CallbackReceiver, CallbackSink, MemoryCallbackStore};
+    use rescind_core::{ChannelName, Observation, OrderRef};
+    use std::sync::Mutex;
+
+    const PP: &str = r#"
+[channels.pp-tb]
+type = "pandapon-taobao"
+base_url = "http://127.0.0.1:9"
+access_key = "ak"
+secret_env = "PP_SECRET"
+user_id = "u"
+
+[channels.pp-1688]
+type = "pandapon-1688"
+base_url = "http://127.0.0.1:9"
+access_key = "ak"
+secret_env = "PP_SECRET"
+user_id = "u"
+"#;
+
+    #[derive(Default)]
+    struct Sink(Mutex<Vec<OrderRef>>);
+    impl CallbackSink for Sink {
+        fn deliver(&self, obs: Observation) -> usize {
+            let order = match obs {
+                Observation::Order { order, .. } | Observation::Refund { order, .. } => order,
+            };
+            self.0.lock().unwrap().push(order);
+            1
+        }
+    }
+
+    /// Channels configured under non-default names still get their callbacks.
+    #[tokio::test]
+    async fn callbacks_follow_the_configured_channel_names() {
+        let env = |v: &str| (v == "PP_SECRET").then(|| "x".to_owned());
+        let config = Config::from_toml_str(PP, std::path::Path::new("."), &env).unwrap();
+        let names = callback_channels(&config);
+        assert_eq!(names.names(Platform::Taobao), [ChannelName::from("pp-tb")]);
+        assert_eq!(
+            names.names(Platform::Alibaba),
+            [ChannelName::from("pp-1688")]
+        );
+        // The channels are registered under the same names.
+        let channels = build_channels(&config).unwrap();
+        assert!(channels.lookup(&"pp-tb".into()).is_some());
+        let sink = std::sync::Arc::new(Sink::default());
+        let rx = CallbackReceiver::new(
+            std::sync::Arc::new(MemoryCallbackStore::new()),
+            sink.clone(),
+        )
+        .with_channels(names);
+        for body in [
+            r#"{"messageType":"REFUND_STATUS_CHANGE","messagePlatform":0,"messageBody":{"orderId":"T1","refundId":"R1","refundStatus":"SUCCESS"}}"#,
+            r#"{"messageType":"REFUND_STATUS_CHANGE","messagePlatform":1,"messageBody":{"orderId":"A1","refundId":"R2","refundStatus":"refundsuccess"}}"#,
+        ] {
+            assert_eq!(rx.receive(body.as_bytes()).await.0, 200);
+        }
+        rx.settled().await;
+        let mut got = sink.0.lock().unwrap().clone();
+        got.sort_by(|a, b| a.channel.as_str().cmp(b.channel.as_str()));
+        assert_eq!(
+            got,
+            [OrderRef::new("pp-1688", "A1"), OrderRef::new("pp-tb", "T1")]
+        );
+    }
 }

@@ -402,14 +402,23 @@ pub async fn start_worker(
         .channels(channels)
         .limits(config.engine.clone())
         .build();
-    let store =
-        rescind_channel_pandapon::callback::FileCallbackStore::open(&config.worker.callback_store)
-            .map_err(|e| format!("cannot open the callback store: {e}"))?;
+    // A torn last line or a corrupt line is logged (warn) by open, never fatal.
+    let store = rescind_channel_pandapon::callback::FileCallbackStore::open_with(
+        &config.worker.callback_store,
+        rescind_channel_pandapon::callback::FileStoreOptions {
+            max_bytes: config
+                .worker
+                .callback_store_max_mb
+                .saturating_mul(1024 * 1024),
+        },
+    )
+    .map_err(|e| format!("cannot open the callback store: {e}"))?;
     let callbacks = rescind_channel_pandapon::callback::CallbackReceiver::new(
         Arc::new(store),
         Arc::new(engine.clone()),
     )
-    .with_path(config.worker.callback_path.clone());
+    .with_path(config.worker.callback_path.clone())
+    .with_channels(crate::wiring::callback_channels(config));
     let recovered = engine
         .recover()
         .await
@@ -482,6 +491,40 @@ pub async fn start_worker(
             }
         });
     }
+    // Retention of the callback store: old messages no unfinished saga needs.
+    if config.worker.compact_interval_ms > 0 {
+        let (rx, e4) = (callbacks.clone(), engine.clone());
+        let retention_ms = config.worker.callback_retention_ms;
+        let mut stopped4 = stop.subscribe();
+        let every = std::time::Duration::from_millis(config.worker.compact_interval_ms.max(1_000));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped4.wait_for(|s| *s) => return,
+                }
+                let live = match live_orders(e4.journal()).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "callback compaction skipped: unfinished sagas unreadable");
+                        continue;
+                    }
+                };
+                let now = e4.clock().now_ms();
+                match rx.compact(now, retention_ms, &|o| live.contains(o)).await {
+                    Ok(r) if r.dropped + r.unreadable_dropped > 0 => tracing::info!(
+                        dropped = r.dropped,
+                        unreadable = r.unreadable_dropped,
+                        kept = r.kept,
+                        bytes = r.bytes_after,
+                        "compacted the callback store"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "callback compaction failed"),
+                }
+            }
+        });
+    }
     Ok(RunningWorker {
         addr,
         engine,
@@ -492,6 +535,26 @@ pub async fn start_worker(
         server,
         grace: std::time::Duration::from_millis(config.worker.shutdown_grace_ms),
     })
+}
+
+/// The orders unfinished sagas run on: stored callbacks about them are kept.
+async fn live_orders(
+    journal: &Arc<dyn Journal>,
+) -> Result<std::collections::HashSet<OrderRef>, String> {
+    let ids = journal
+        .list(SagaSet::Unfinished)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = std::collections::HashSet::new();
+    for chunk in ids.chunks(256) {
+        for (id, entries) in chunk.iter().zip(journal.read_many(chunk).await) {
+            let entries = entries.map_err(|e| format!("saga {id}: {e}"))?;
+            let state = rescind_core::SagaState::fold(*id, &entries)
+                .map_err(|e| format!("saga {id}: {e}"))?;
+            out.insert(state.input.order);
+        }
+    }
+    Ok(out)
 }
 
 impl RunningWorker {

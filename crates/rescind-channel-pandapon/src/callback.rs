@@ -12,11 +12,14 @@
 //!    platform, and the status fields of the body; not the timestamp, which a
 //!    re-push may change) and appends the message to a [`CallbackStore`]
 //!    durably (for [`FileCallbackStore`]: written and `fdatasync`ed) before
-//!    answering — a store failure answers 500 so that PandaPon re-pushes;
+//!    answering — a store failure answers 500 and a full store (at its size
+//!    bound) 503, so that PandaPon re-pushes; a failed append leaves nothing
+//!    behind (see [`FileCallbackStore`]);
 //! 3. answers 200 (a duplicate also gets 200, and is not processed again);
 //! 4. then processes the message on a task: refund and order status changes
 //!    become [`Observation`]s handed to a [`CallbackSink`] (the engine, which
-//!    wakes the sagas waiting on them). A status older than a final status
+//!    wakes the sagas waiting on them), on the channel names registered for
+//!    the message's platform ([`CallbackChannels`]). A status older than a final status
 //!    already seen for the same refund/order is recorded as stale and not
 //!    delivered. An unknown `messageType` (or an unknown status word) is
 //!    stored, counted in [`CallbackStats`], kept in [`CallbackReceiver::reported`]
@@ -25,7 +28,9 @@
 //! After a restart, call [`CallbackReceiver::replay`] once the engine has
 //! recovered its sagas: it processes every stored message again (the engine
 //! ignores news that does not move a saga, so replay is harmless), covering a
-//! crash between "stored" and "processed".
+//! crash between "stored" and "processed". Call [`CallbackReceiver::compact`]
+//! periodically to drop old messages no unfinished saga needs, and
+//! [`CallbackReceiver::probe`] from a health check.
 
 use crate::json::{clip, exact_opt, exact_req};
 use crate::status::{order_state, order_word, refund_state, OrderWord, Platform};
@@ -39,14 +44,12 @@ use axum::Router;
 use bytes::Bytes;
 use md5::{Digest, Md5};
 use rescind_core::{
-    Clock, Observation, OrderRef, OrderState, OrderStatus, RefundId, RefundState, RefundStatus,
-    TokioClock,
+    ChannelName, Clock, Observation, OrderRef, OrderState, OrderStatus, RefundId, RefundState,
+    RefundStatus, TokioClock,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{BufRead, Seek, Write};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -396,10 +399,45 @@ pub enum Appended {
 /// must be idempotent by key.
 #[async_trait]
 pub trait CallbackStore: Send + Sync + 'static {
-    /// Store `rec` unless its key is already stored.
+    /// Store `rec` unless its key is already stored. [`Error::StoreFull`]
+    /// means nothing was stored because the store is at its size bound (the
+    /// receiver answers 503); any other error, that the append failed and
+    /// left nothing behind (the receiver answers 500).
     async fn append(&self, rec: &StoredCallback) -> Result<Appended>;
     /// Every stored record, in the order stored.
     async fn load_all(&self) -> Result<Vec<StoredCallback>>;
+    /// Drop the records received before `cutoff_ms` (receiver's clock) for
+    /// which `keep` answers false; keep everything else, in order. A dropped
+    /// key is forgotten by the dedup index (a later re-push of it is stored
+    /// again, and is harmless). The default keeps everything.
+    async fn compact(
+        &self,
+        cutoff_ms: u64,
+        keep: &(dyn for<'r> Fn(&'r StoredCallback) -> bool + Send + Sync),
+    ) -> Result<CompactReport> {
+        let _ = (cutoff_ms, keep);
+        Ok(CompactReport::default())
+    }
+    /// Whether the store can take an append now; the error says why not.
+    /// Cheap, for health checks. The default is always healthy.
+    fn probe(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What a compaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CompactReport {
+    /// Records kept.
+    pub kept: usize,
+    /// Records dropped (old, and no longer needed).
+    pub dropped: usize,
+    /// Unreadable lines removed from the file.
+    pub unreadable_dropped: usize,
+    /// Store size before, in bytes.
+    pub bytes_before: u64,
+    /// Store size after, in bytes.
+    pub bytes_after: u64,
 }
 
 /// An in-memory store (tests; no durability).
@@ -428,154 +466,92 @@ impl CallbackStore for MemoryCallbackStore {
     async fn load_all(&self) -> Result<Vec<StoredCallback>> {
         Ok(lock(&self.inner).1.clone())
     }
+    async fn compact(
+        &self,
+        cutoff_ms: u64,
+        keep: &(dyn for<'r> Fn(&'r StoredCallback) -> bool + Send + Sync),
+    ) -> Result<CompactReport> {
+        let mut g = lock(&self.inner);
+        let before = g.1.len();
+        let (kept, dropped): (Vec<_>, Vec<_>) = std::mem::take(&mut g.1)
+            .into_iter()
+            .partition(|r| r.received_at_ms >= cutoff_ms || keep(r));
+        for r in &dropped {
+            g.0.remove(&r.key);
+        }
+        g.1 = kept;
+        Ok(CompactReport {
+            kept: g.1.len(),
+            dropped: before - g.1.len(),
+            ..CompactReport::default()
+        })
+    }
 }
 
-/// A durable store: an append-only file of JSON lines, one per message.
+mod file_store;
+pub use file_store::{
+    FileCallbackStore, FileStoreOptions, OpenReport, SkippedLine, DEFAULT_CALLBACK_STORE_MAX_BYTES,
+};
+
+/// The names the PandaPon channels are registered under, per platform: the
+/// receiver delivers a platform's news to the sagas on orders of these
+/// channels. The default is the crate's names ([`crate::TAOBAO_CHANNEL`],
+/// [`crate::ALIBABA_CHANNEL`]); a deployment that registers the channels
+/// under other names (`[channels.pp-tb]`) must say so, or those sagas never
+/// hear their callbacks.
 ///
-/// **Promise**: when `append` returns `Ok(New)`, the line is written and
-/// `fdatasync`ed (`File::sync_data`), so it survives a crash and a power loss
-/// (as far as the device honours flushes). Appends are serialised. On open,
-/// the dedup index is rebuilt from the file; a torn last line (an append that
-/// never returned, hence was never acknowledged) is cut off; a bad line
-/// anywhere else is a [`Error::StoreCorrupt`] naming file and line.
-#[derive(Debug)]
-pub struct FileCallbackStore {
-    path: PathBuf,
-    inner: Arc<Mutex<FileInner>>,
+/// ```
+/// use rescind_channel_pandapon::callback::CallbackChannels;
+/// use rescind_channel_pandapon::status::Platform;
+///
+/// let names = CallbackChannels::none()
+///     .with(Platform::Taobao, "pp-tb")
+///     .with(Platform::Alibaba, "pp-1688");
+/// assert_eq!(names.names(Platform::Taobao)[0].as_str(), "pp-tb");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallbackChannels {
+    taobao: Vec<ChannelName>,
+    alibaba: Vec<ChannelName>,
 }
 
-#[derive(Debug)]
-struct FileInner {
-    file: std::fs::File,
-    keys: HashSet<String>,
+impl Default for CallbackChannels {
+    fn default() -> Self {
+        CallbackChannels::none()
+            .with(Platform::Taobao, crate::TAOBAO_CHANNEL)
+            .with(Platform::Alibaba, crate::ALIBABA_CHANNEL)
+    }
 }
 
-impl FileCallbackStore {
-    /// Open (or create) the store at `path`.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let io = |e: std::io::Error| Error::Store {
-            path: path.clone(),
-            source: e,
+impl CallbackChannels {
+    /// No channel for either platform (news is stored, not delivered).
+    pub fn none() -> Self {
+        CallbackChannels {
+            taobao: Vec::new(),
+            alibaba: Vec::new(),
+        }
+    }
+
+    /// Also deliver `platform`'s news to orders on channel `name` (several
+    /// names per platform are allowed: each gets the news).
+    pub fn with(mut self, platform: Platform, name: impl Into<ChannelName>) -> Self {
+        let name = name.into();
+        let v = match platform {
+            Platform::Taobao => &mut self.taobao,
+            Platform::Alibaba => &mut self.alibaba,
         };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io)?;
-        let mut keys = HashSet::new();
-        let mut good_len: u64 = 0;
-        let mut reader = std::io::BufReader::new(&mut file);
-        let mut line_no = 0usize;
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            let n = reader.read_until(b'\n', &mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            line_no += 1;
-            if buf.last() != Some(&b'\n') {
-                // Torn tail: an unacknowledged append. Cut it off below.
-                tracing::warn!(path = %path.display(), line = line_no, "callback store: cutting off a torn last line");
-                break;
-            }
-            let rec: StoredCallback =
-                serde_json::from_slice(&buf[..buf.len() - 1]).map_err(|e| Error::StoreCorrupt {
-                    path: path.clone(),
-                    line: line_no,
-                    detail: e.to_string(),
-                })?;
-            if rec.v > CALLBACK_RECORD_VERSION {
-                return Err(Error::StoreCorrupt {
-                    path: path.clone(),
-                    line: line_no,
-                    detail: format!(
-                        "record version {} is newer than {CALLBACK_RECORD_VERSION}",
-                        rec.v
-                    ),
-                });
-            }
-            keys.insert(rec.key);
-            good_len += n as u64;
+        if !v.contains(&name) {
+            v.push(name);
         }
-        drop(reader);
-        if file.metadata().map_err(io)?.len() != good_len {
-            file.set_len(good_len).map_err(io)?;
-            file.sync_data().map_err(io)?;
-        }
-        file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
-        Ok(FileCallbackStore {
-            path,
-            inner: Arc::new(Mutex::new(FileInner { file, keys })),
-        })
+        self
     }
 
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-#[async_trait]
-impl CallbackStore for FileCallbackStore {
-    async fn append(&self, rec: &StoredCallback) -> Result<Appended> {
-        let mut line = serde_json::to_vec(rec).map_err(|e| Error::Store {
-            path: self.path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        line.push(b'\n');
-        let inner = self.inner.clone();
-        let key = rec.key.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut g = lock(&inner);
-            if g.keys.contains(&key) {
-                return Ok(Appended::Duplicate);
-            }
-            let io = |e: std::io::Error| Error::Store {
-                path: path.clone(),
-                source: e,
-            };
-            g.file.write_all(&line).map_err(io)?;
-            g.file.sync_data().map_err(io)?;
-            g.keys.insert(key);
-            Ok(Appended::New)
-        })
-        .await
-        .map_err(|e| Error::Store {
-            path: self.path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-    }
-
-    async fn load_all(&self) -> Result<Vec<StoredCallback>> {
-        let text = tokio::fs::read(&self.path)
-            .await
-            .map_err(|e| Error::Store {
-                path: self.path.clone(),
-                source: e,
-            })?;
-        let mut out = Vec::new();
-        for (i, line) in text.split(|b| *b == b'\n').enumerate() {
-            if line.is_empty() {
-                continue;
-            }
-            match serde_json::from_slice::<StoredCallback>(line) {
-                Ok(r) => out.push(r),
-                // A line being appended right now may be partial: stop there.
-                Err(_) if i + 1 == text.split(|b| *b == b'\n').count() => break,
-                Err(e) => {
-                    return Err(Error::StoreCorrupt {
-                        path: self.path.clone(),
-                        line: i + 1,
-                        detail: e.to_string(),
-                    })
-                }
-            }
+    /// The channel names registered for `platform`.
+    pub fn names(&self, platform: Platform) -> &[ChannelName] {
+        match platform {
+            Platform::Taobao => &self.taobao,
+            Platform::Alibaba => &self.alibaba,
         }
-        Ok(out)
     }
 }
 
@@ -605,6 +581,9 @@ pub struct CallbackStats {
     pub malformed: u64,
     /// Requests answered 500 because the store failed (PandaPon re-pushes).
     pub store_errors: u64,
+    /// Requests answered 503 because the store is at its size bound
+    /// (nothing stored; PandaPon re-pushes).
+    pub store_full: u64,
     /// Observations handed to the sink.
     pub delivered: u64,
     /// Sagas that received them (sum of the sink's answers).
@@ -637,6 +616,7 @@ struct Counters {
     duplicates: AtomicU64,
     malformed: AtomicU64,
     store_errors: AtomicU64,
+    store_full: AtomicU64,
     delivered: AtomicU64,
     saga_wakeups: AtomicU64,
     stale: AtomicU64,
@@ -654,6 +634,7 @@ struct Inner {
     sink: Arc<dyn CallbackSink>,
     clock: Arc<dyn Clock>,
     path: String,
+    channels: CallbackChannels,
     counters: Counters,
     reported: Mutex<VecDeque<Reported>>,
     /// Final states seen, per (channel, refund id) and (channel, order id).
@@ -699,6 +680,7 @@ impl CallbackReceiver {
                 sink,
                 clock: Arc::new(TokioClock::system()),
                 path: DEFAULT_CALLBACK_PATH.to_owned(),
+                channels: CallbackChannels::default(),
                 counters: Counters::default(),
                 reported: Mutex::new(VecDeque::new()),
                 final_refunds: Mutex::new(HashMap::new()),
@@ -731,6 +713,70 @@ impl CallbackReceiver {
     /// Stamp `received_at_ms` from `clock` (before cloning).
     pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
         self.rebuild(|i| i.clock = clock)
+    }
+
+    /// Deliver each platform's news to the channels registered under these
+    /// names instead of the default `pandapon-taobao` / `pandapon-1688`
+    /// (before cloning).
+    pub fn with_channels(self, channels: CallbackChannels) -> Self {
+        self.rebuild(|i| i.channels = channels)
+    }
+
+    /// The channel names news is delivered to.
+    pub fn channels(&self) -> &CallbackChannels {
+        &self.inner.channels
+    }
+
+    /// Whether the store can take a callback now (see
+    /// [`CallbackStore::probe`]): `Ok`, or a typed error saying why not —
+    /// [`Error::StoreWriteFailed`] (the last append failed; it was rolled
+    /// back), [`Error::StoreFull`] (at its size bound; callbacks get 503),
+    /// or [`Error::Store`] (the file is gone or unreadable). Cheap; meant
+    /// for the worker's `/healthz`.
+    pub fn probe(&self) -> Result<()> {
+        self.inner.store.probe()
+    }
+
+    /// The orders (under the registered channel names) a stored message is
+    /// news about; empty for messages about no order.
+    pub fn orders_of(&self, stored: &StoredCallback) -> Vec<OrderRef> {
+        let order = match stored.message.interpret() {
+            Ok(CallbackEvent::Refund { order, .. }) | Ok(CallbackEvent::Order { order, .. }) => {
+                order
+            }
+            _ => return Vec::new(),
+        };
+        match stored.message.platform.and_then(Platform::from_code) {
+            Some(p) => self
+                .inner
+                .channels
+                .names(p)
+                .iter()
+                .map(|name| OrderRef {
+                    channel: name.clone(),
+                    order_id: order.order_id.clone(),
+                })
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Compact the store: drop the messages received more than
+    /// `retention_ms` before `now_ms` that no unfinished saga can still
+    /// need, that is whose orders `live` does not know (it answers whether
+    /// an unfinished saga runs on the order; messages about no order —
+    /// unknown types, unmappable news — go once past retention). Safe while
+    /// callbacks arrive. Call it periodically (the worker does, every
+    /// `compact_interval_ms`).
+    pub async fn compact(
+        &self,
+        now_ms: u64,
+        retention_ms: u64,
+        live: &(dyn for<'r> Fn(&'r OrderRef) -> bool + Send + Sync),
+    ) -> Result<CompactReport> {
+        let cutoff = now_ms.saturating_sub(retention_ms);
+        let keep = |r: &StoredCallback| self.orders_of(r).iter().any(live);
+        self.inner.store.compact(cutoff, &keep).await
     }
 
     /// The path the router serves.
@@ -792,6 +838,14 @@ impl CallbackReceiver {
                     serde_json::json!({"code": 200, "msg": "success"}),
                 )
             }
+            Err(e @ Error::StoreFull { .. }) => {
+                bump(&c.store_full);
+                tracing::error!(error = %e, "pandapon callback store is full; answering 503 so it is re-pushed (compaction or a larger callback_store_max_mb frees room)");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"code": 503, "msg": "callback store full"}),
+                )
+            }
             Err(e) => {
                 bump(&c.store_errors);
                 tracing::error!(error = %e, "pandapon callback could not be stored; answering 500 so it is re-pushed");
@@ -842,15 +896,37 @@ impl CallbackReceiver {
         });
     }
 
-    fn deliver(&self, obs: Observation) {
+    /// Deliver `obs` (named with the crate's default channel) once per
+    /// channel registered for `platform`.
+    fn deliver(&self, platform: Option<Platform>, obs: Observation) {
         let c = &self.inner.counters;
-        let n = self.inner.sink.deliver(obs);
-        bump(&c.delivered);
-        c.saga_wakeups.fetch_add(n as u64, Ordering::Relaxed);
+        let names = platform
+            .map(|p| self.inner.channels.names(p))
+            .unwrap_or(&[]);
+        if names.is_empty() {
+            tracing::debug!(
+                ?platform,
+                "pandapon callback: no channel registered for its platform"
+            );
+            bump(&c.not_delivered);
+            return;
+        }
+        for name in names {
+            let mut obs = obs.clone();
+            match &mut obs {
+                Observation::Order { order, .. } | Observation::Refund { order, .. } => {
+                    order.channel = name.clone()
+                }
+            }
+            let n = self.inner.sink.deliver(obs);
+            bump(&c.delivered);
+            c.saga_wakeups.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     fn process(&self, stored: &StoredCallback) {
         let c = &self.inner.counters;
+        let platform = stored.message.platform.and_then(Platform::from_code);
         match stored.message.interpret() {
             Err(reason) => {
                 bump(&c.unmappable);
@@ -891,11 +967,14 @@ impl CallbackReceiver {
                         finals.insert(k, status.state.clone());
                     }
                 }
-                self.deliver(Observation::Refund {
-                    order,
-                    refund_id,
-                    status,
-                });
+                self.deliver(
+                    platform,
+                    Observation::Refund {
+                        order,
+                        refund_id,
+                        status,
+                    },
+                );
             }
             Ok(CallbackEvent::Order {
                 order,
@@ -913,7 +992,7 @@ impl CallbackReceiver {
                         finals.insert(k, status.state.clone());
                     }
                 }
-                self.deliver(Observation::Order { order, status });
+                self.deliver(platform, Observation::Order { order, status });
             }
         }
     }
@@ -928,6 +1007,7 @@ impl CallbackReceiver {
             duplicates: g(&c.duplicates),
             malformed: g(&c.malformed),
             store_errors: g(&c.store_errors),
+            store_full: g(&c.store_full),
             delivered: g(&c.delivered),
             saga_wakeups: g(&c.saga_wakeups),
             stale: g(&c.stale),

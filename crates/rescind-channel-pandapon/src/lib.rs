@@ -81,15 +81,45 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The callback store holds a record it cannot read.
-    #[error("callback store {} is corrupt at line {line}: {detail}", path.display())]
+    /// The callback store holds a record written by a newer rescind (a
+    /// downgrade): refusing is safer than skipping (and later compacting) it.
+    #[error("callback store {} holds a record rescind cannot read at line {line} (byte offset {offset}): {detail}", path.display())]
     StoreCorrupt {
         /// The store's file.
         path: PathBuf,
         /// The 1-based line.
         line: usize,
+        /// The byte offset where the line starts.
+        offset: u64,
         /// What is wrong.
         detail: String,
+    },
+    /// The callback store is at its size bound (`max_bytes`): nothing was
+    /// stored. The receiver answers 503 so that PandaPon re-pushes later.
+    #[error("callback store {} is full: {len} bytes stored, a {record} byte record would exceed the bound of {max} bytes", path.display())]
+    StoreFull {
+        /// The store's file.
+        path: PathBuf,
+        /// Bytes stored now.
+        len: u64,
+        /// Size of the record refused (0 when reported by a probe).
+        record: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// The last append to the callback store failed (and was rolled back to
+    /// `offset`, unless `rolled_back` is false, in which case the next append
+    /// first retries the rollback). Reported by the store's `probe`.
+    #[error("callback store {}: the last append at byte offset {offset} failed: {reason}{}", path.display(), if *rolled_back { "" } else { " (and could not be rolled back yet)" })]
+    StoreWriteFailed {
+        /// The store's file.
+        path: PathBuf,
+        /// The file's last good length, where the failed append started.
+        offset: u64,
+        /// Why it failed (the I/O error).
+        reason: String,
+        /// Whether the partial write was truncated away.
+        rolled_back: bool,
     },
 }
 

@@ -2,7 +2,8 @@
 //! sagas through the engine, callbacks pushed by the simulator into the
 //! receiver, lost responses, and the simulator's effect log.
 
-use rescind_channel_pandapon::callback::{CallbackReceiver, FileCallbackStore};
+use rescind_channel_pandapon::callback::{CallbackChannels, CallbackReceiver, FileCallbackStore};
+use rescind_channel_pandapon::status::Platform;
 use rescind_channel_pandapon::{
     Pandapon1688, PandaponClient, PandaponConfig, PandaponTaobao, ALIBABA_CHANNEL, TAOBAO_CHANNEL,
 };
@@ -56,6 +57,17 @@ fn client_for(cfg: PandaponConfig) -> Arc<PandaponClient> {
 /// channels, and the callback receiver served on loopback (its URL given to
 /// the simulator). Refund polls start after an hour: completion must come by callback.
 async fn fixture(callbacks: CallbackConfig, orders: Vec<OrderSeed>) -> Fixture {
+    fixture_named(callbacks, orders, TAOBAO_CHANNEL, ALIBABA_CHANNEL).await
+}
+
+/// [`fixture`] with the two channels registered under the given names (the
+/// receiver told so, as the worker's wiring does from the configuration).
+async fn fixture_named(
+    callbacks: CallbackConfig,
+    orders: Vec<OrderSeed>,
+    taobao_name: &str,
+    alibaba_name: &str,
+) -> Fixture {
     let sim = Sim::new(SimConfig {
         callbacks,
         ..SimConfig::default()
@@ -71,11 +83,11 @@ async fn fixture(callbacks: CallbackConfig, orders: Vec<OrderSeed>) -> Fixture {
     let engine = Engine::builder(journal.clone())
         .channels(
             Channels::new()
-                .with_cancel(TAOBAO_CHANNEL, taobao.clone())
-                .with_refund(TAOBAO_CHANNEL, taobao.clone())
-                .with_lookup(TAOBAO_CHANNEL, taobao)
-                .with_cancel(ALIBABA_CHANNEL, a1688.clone())
-                .with_lookup(ALIBABA_CHANNEL, a1688),
+                .with_cancel(taobao_name, taobao.clone())
+                .with_refund(taobao_name, taobao.clone())
+                .with_lookup(taobao_name, taobao)
+                .with_cancel(alibaba_name, a1688.clone())
+                .with_lookup(alibaba_name, a1688),
         )
         .limits(Limits {
             backoff_initial_ms: 10,
@@ -85,7 +97,11 @@ async fn fixture(callbacks: CallbackConfig, orders: Vec<OrderSeed>) -> Fixture {
         .build();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FileCallbackStore::open(dir.path().join("callbacks.jsonl")).unwrap());
-    let receiver = CallbackReceiver::new(store, Arc::new(engine.clone()));
+    let receiver = CallbackReceiver::new(store, Arc::new(engine.clone())).with_channels(
+        CallbackChannels::none()
+            .with(Platform::Taobao, taobao_name)
+            .with(Platform::Alibaba, alibaba_name),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = receiver.router();
@@ -388,6 +404,77 @@ async fn cancel_paid_completed_by_pushed_callbacks_with_duplicates_and_reorderin
         "SUCCESS"
     );
     f.assert_each_effect_once();
+    f.server.shutdown().await;
+}
+
+/// A Taobao channel registered as `pp-tb` (not `pandapon-taobao`): the
+/// simulator's pushed callback, over real HTTP, still completes the saga on
+/// `pp-tb` (polls start after an hour, so only the callback can).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_reach_sagas_on_channels_registered_under_other_names() {
+    let f = fixture_named(
+        CallbackConfig::default(),
+        vec![order(
+            TAOBAO_CHANNEL,
+            "T3003",
+            "WAIT_SELLER_SEND_GOODS",
+            None,
+        )],
+        "pp-tb",
+        "pp-1688",
+    )
+    .await;
+    let id = f
+        .engine
+        .start(SagaInput::cancel_paid(OrderRef::new("pp-tb", "T3003")))
+        .await
+        .unwrap();
+    let mut opened = false;
+    for _ in 0..200 {
+        if f.sim
+            .order(TAOBAO_CHANNEL, "T3003")
+            .and_then(|v| v.refund_id)
+            .is_some()
+        {
+            opened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(opened, "refund never opened\n{}", f.context());
+    f.sim.schedule(ScheduledEvent {
+        after_ms: 50,
+        channel: TAOBAO_CHANNEL.into(),
+        order_id: "T3003".into(),
+        action: EventAction::CompleteRefund,
+    });
+    let exit = tokio::time::timeout(Duration::from_secs(20), f.engine.wait(id))
+        .await
+        .unwrap_or_else(|_| panic!("saga on pp-tb not woken by its callback\n{}", f.context()))
+        .unwrap();
+    assert!(
+        matches!(
+            &exit,
+            SagaExit::Finished(SagaOutcome::Completed {
+                order: OrderState::Refunded { .. },
+                ..
+            })
+        ),
+        "{exit:?}\n{}",
+        f.context()
+    );
+    let entries = rescind_core::Journal::read(&*f.journal, id).await.unwrap();
+    assert!(
+        entries.iter().any(|e| matches!(
+            &e.record,
+            Record::Observed {
+                via: Via::Callback,
+                ..
+            }
+        )),
+        "{entries:#?}"
+    );
+    assert!(f.receiver.stats().saga_wakeups >= 1);
     f.server.shutdown().await;
 }
 
