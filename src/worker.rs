@@ -502,18 +502,27 @@ impl RunningWorker {
     /// worker holds ([`Journal::release_all`]), so that on a shared journal
     /// another worker takes its unfinished sagas over at its next claim
     /// rather than after `lease_ttl_ms`. Everything unfinished resumes there,
-    /// or on the next start. A release that fails is logged: the leases then
-    /// expire as after a crash.
+    /// or on the next start. A release that fails (or takes longer than the
+    /// grace period, at least 1 s) is logged: the leases then expire as after
+    /// a crash.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        // A claim in progress finishes first, so nothing is claimed after the release.
-        let _ = self.reclaimer.await;
+        let bound = self.grace.max(std::time::Duration::from_secs(1));
+        // A claim in progress finishes first, so nothing is claimed after the
+        // release (one stuck past the bound is abandoned: its claims expire).
+        let mut reclaimer = self.reclaimer;
+        if tokio::time::timeout(bound, &mut reclaimer).await.is_err() {
+            reclaimer.abort();
+        }
         self.engine.shutdown(self.grace).await;
-        match self.journal.journal().release_all().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(leases = n, "released this worker's leases"),
-            Err(e) => {
+        match tokio::time::timeout(bound, self.journal.journal().release_all()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(leases = n, "released this worker's leases"),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "could not release leases; they expire after lease_ttl_ms")
+            }
+            Err(_) => {
+                tracing::warn!("releasing leases took too long; they expire after lease_ttl_ms")
             }
         }
         let _ = self.server.await;
