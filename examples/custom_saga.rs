@@ -226,7 +226,7 @@ pub async fn run(args: Args) -> Result<Report> {
     );
     let tbc = Arc::new(TbcChannel::connect(TopConfig::new(gateway))?);
     let dir = tempfile::tempdir()?;
-    let journal = Arc::new(SledJournal::open(dir.path(), SledConfig::default())?);
+    let journal = Arc::new(SledJournal::open(dir.path(), SledConfig::default()).await?);
     let engine = Engine::builder(journal)
         .channels(
             Channels::new()

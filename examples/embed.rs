@@ -99,7 +99,7 @@ struct Fulfillment {
 impl Fulfillment {
     /// At start: open the journal, build the engine, finish what the last process left.
     async fn start(journal_dir: &Path, channels: Channels) -> Result<(Fulfillment, usize)> {
-        let journal = Arc::new(SledJournal::open(journal_dir, SledConfig::default())?);
+        let journal = Arc::new(SledJournal::open(journal_dir, SledConfig::default()).await?);
         let limits = Limits {
             // Poll an open refund often: the simulator's merchant is quick.
             refund_poll_initial_ms: 200,

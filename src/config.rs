@@ -516,6 +516,15 @@ user_id = "u"
             types,
             ["damai", "pandapon-1688", "pandapon-taobao", "tmall-tbc"]
         );
+        // The transport tables show the shared defaults, in one vocabulary.
+        let defaults = rescind_wire::transport::TransportSettings::default();
+        match (&c.channels["tmall-tbc"], &c.channels["pandapon-taobao"]) {
+            (ChannelConfig::TmallTbc(t), ChannelConfig::PandaponTaobao(p)) => {
+                assert_eq!(t.gateway.transport, defaults);
+                assert_eq!(p.transport, defaults);
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             c.journal,
             JournalConfig::Sled {

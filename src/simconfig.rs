@@ -71,11 +71,12 @@ impl SimSecretsEnv<'_> {
 /// ([`simulator_channels_toml`] with `None`) each channel keeps its default.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SimRateLimits {
-    /// `gateway.transport.rate_per_sec` of both TOP channels (0 disables).
+    /// `gateway.transport.rate_per_s` of both TOP channels (0 disables).
     pub top_rate_per_sec: f64,
-    /// `gateway.transport.rate_burst` of both TOP channels.
+    /// `gateway.transport.burst` of both TOP channels.
     pub top_rate_burst: u32,
-    /// `rate_limit.requests_per_sec_max` of both PandaPon channels (0: no limit).
+    /// `transport.rate_per_s` and `transport.burst` of both PandaPon
+    /// channels (0: no limit).
     pub pandapon_requests_per_sec_max: u32,
 }
 
@@ -104,7 +105,7 @@ pub fn simulator_channels_toml(
         if let Some(r) = rates {
             let _ = write!(
                 out,
-                "[channels.{name}.gateway.transport]\nrate_per_sec = {}\nrate_burst = {}\n",
+                "[channels.{name}.gateway.transport]\nrate_per_s = {}\nburst = {}\n",
                 lit(r.top_rate_per_sec),
                 r.top_rate_burst,
             );
@@ -139,10 +140,12 @@ pub fn simulator_channels_toml(
             lit(defaults::PANDAPON_USER_ID),
         );
         if let Some(r) = rates {
+            let rps = r.pandapon_requests_per_sec_max;
             let _ = writeln!(
                 out,
-                "rate_limit = {{ requests_per_sec_max = {} }}",
-                r.pandapon_requests_per_sec_max
+                "transport = {{ rate_per_s = {}, burst = {} }}",
+                lit(f64::from(rps)),
+                rps.max(1)
             );
         }
     }
@@ -194,8 +197,8 @@ mod tests {
                 assert_eq!(t.gateway.url, "http://127.0.0.1:9/router/rest");
                 assert_eq!(t.gateway.app_key, defaults::APP_KEY);
                 assert_eq!(t.gateway.app_secret.expose(), defaults::APP_SECRET);
-                assert_eq!(t.gateway.transport.rate_per_sec, 2000.0);
-                assert_eq!(t.gateway.transport.rate_burst, 200);
+                assert_eq!(t.gateway.transport.rate_per_s, 2000.0);
+                assert_eq!(t.gateway.transport.burst, 200);
             }
             other => panic!("{other:?}"),
         }
@@ -204,7 +207,7 @@ mod tests {
                 assert_eq!(d.supplier_key, defaults::SUPPLIER_KEY);
                 assert_eq!(d.supplier_secret.expose(), defaults::SUPPLIER_SECRET);
                 assert_eq!(d.gateway.app_secret.expose(), defaults::APP_SECRET);
-                assert_eq!(d.gateway.transport.rate_burst, 200);
+                assert_eq!(d.gateway.transport.burst, 200);
             }
             other => panic!("{other:?}"),
         }
@@ -215,7 +218,7 @@ mod tests {
                     assert_eq!(p.access_key.expose(), defaults::PANDAPON_ACCESS_KEY);
                     assert_eq!(p.secret.expose(), defaults::PANDAPON_SECRET);
                     assert_eq!(p.user_id, defaults::PANDAPON_USER_ID);
-                    assert_eq!(p.rate_limit.requests_per_sec_max, 0);
+                    assert_eq!(p.transport.rate_per_s, 0.0);
                 }
                 other => panic!("{other:?}"),
             }

@@ -96,7 +96,8 @@ pub async fn open_journal(config: &JournalConfig) -> Result<OpenJournal, Journal
             let j = rescind_journal_sled::SledJournal::open(
                 path,
                 rescind_journal_sled::SledConfig::default(),
-            )?;
+            )
+            .await?;
             Ok(OpenJournal::Sled(Arc::new(j)))
         }
         JournalConfig::Postgres {

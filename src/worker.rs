@@ -375,6 +375,7 @@ pub struct RunningWorker {
     pub recovered: rescind_core::RecoveryReport,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
+    reclaimer: tokio::task::JoinHandle<()>,
     grace: std::time::Duration,
 }
 
@@ -453,7 +454,7 @@ pub async fn start_worker(
     // Claim and resume sagas whose worker died (shared journal), and stuck ones.
     let e2 = engine.clone();
     let every = std::time::Duration::from_millis(config.worker.recover_interval_ms.max(100));
-    tokio::spawn(async move {
+    let reclaimer = tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -533,6 +534,7 @@ pub async fn start_worker(
         recovered,
         stop,
         server,
+        reclaimer,
         grace: std::time::Duration::from_millis(config.worker.shutdown_grace_ms),
     })
 }
@@ -558,11 +560,34 @@ async fn live_orders(
 }
 
 impl RunningWorker {
-    /// Graceful stop: stop serving, let sagas reach a safe point (the grace
-    /// period), stop the rest. Everything unfinished resumes on the next start.
+    /// Graceful stop: stop serving and claiming, let sagas reach a safe
+    /// point (the grace period), stop the rest, then release the leases this
+    /// worker holds ([`Journal::release_all`]), so that on a shared journal
+    /// another worker takes its unfinished sagas over at its next claim
+    /// rather than after `lease_ttl_ms`. Everything unfinished resumes there,
+    /// or on the next start. A release that fails (or takes longer than the
+    /// grace period, at least 1 s) is logged: the leases then expire as after
+    /// a crash.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        let bound = self.grace.max(std::time::Duration::from_secs(1));
+        // A claim in progress finishes first, so nothing is claimed after the
+        // release (one stuck past the bound is abandoned: its claims expire).
+        let mut reclaimer = self.reclaimer;
+        if tokio::time::timeout(bound, &mut reclaimer).await.is_err() {
+            reclaimer.abort();
+        }
         self.engine.shutdown(self.grace).await;
+        match tokio::time::timeout(bound, self.journal.journal().release_all()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(leases = n, "released this worker's leases"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not release leases; they expire after lease_ttl_ms")
+            }
+            Err(_) => {
+                tracing::warn!("releasing leases took too long; they expire after lease_ttl_ms")
+            }
+        }
         let _ = self.server.await;
     }
 }

@@ -48,7 +48,7 @@ impl JournalMode {
         }
     }
     /// Open a fresh journal of this kind under `dir` (must be empty).
-    pub fn open(&self, dir: &Path) -> Result<OpenedJournal> {
+    pub async fn open(&self, dir: &Path) -> Result<OpenedJournal> {
         let cfg = |d: Durability| SledConfig::default().with_durability(d);
         let sled = match self {
             JournalMode::Memory => {
@@ -57,8 +57,10 @@ impl JournalMode {
                     sled: None,
                 })
             }
-            JournalMode::Group(d) => SledJournal::open(dir, cfg(*d)),
-            JournalMode::FlushPerAppend(d) => SledJournal::open(dir, cfg(*d).flush_per_append()),
+            JournalMode::Group(d) => SledJournal::open(dir, cfg(*d)).await,
+            JournalMode::FlushPerAppend(d) => {
+                SledJournal::open(dir, cfg(*d).flush_per_append()).await
+            }
         }
         .with_context(|| format!("cannot open a sled journal in {}", dir.display()))?;
         let sled = Arc::new(sled);

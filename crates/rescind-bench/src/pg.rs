@@ -131,7 +131,9 @@ pub async fn run(o: &PgOpts) -> Result<()> {
         for rep in 0..o.reps.max(1) {
             let run = if kind == "sled" {
                 let tmp = tempfile::tempdir()?;
-                let j = JournalMode::Group(Durability::PowerLoss).open(&tmp.path().join("j"))?;
+                let j = JournalMode::Group(Durability::PowerLoss)
+                    .open(&tmp.path().join("j"))
+                    .await?;
                 run_workers(vec![j], o, &client, &url).await?
             } else {
                 let schema = format!("bench_{stamp}_{workers}_{rep}");

@@ -141,6 +141,7 @@ fn records(mode: ParkMode, i: u64, now_ms: u64) -> Vec<Entry> {
 pub async fn write_unfinished(dir: &Path, mode: ParkMode, n: u64) -> Result<()> {
     let journal = Arc::new(
         SledJournal::open(dir, SledConfig::default())
+            .await
             .with_context(|| format!("cannot open a sled journal in {}", dir.display()))?,
     );
     let now_ms = std::time::SystemTime::now()
@@ -223,6 +224,7 @@ pub async fn child(
         cfg.cache_capacity_bytes = mb << 20;
     }
     let journal = SledJournal::open(dir, cfg)
+        .await
         .with_context(|| format!("cannot open the journal in {}", dir.display()))?;
     let t_open = Instant::now();
     let exec = Arc::new(ParkExec {

@@ -151,7 +151,7 @@ async fn raw_post(client: &reqwest::Client, url: &str, secs: f64) -> Result<Samp
 
 async fn single_writer(mode: JournalMode, secs: f64, base: &Option<PathBuf>) -> Result<Samples> {
     let tmp = tempdir(base)?;
-    let j = mode.open(&tmp.path().join("j"))?;
+    let j = mode.open(&tmp.path().join("j")).await?;
     let mut s = Samples::with_capacity(16 * 1024);
     let until = Instant::now() + Duration::from_secs_f64(secs);
     let mut i = 0u64;
@@ -213,7 +213,7 @@ async fn run_custom(
     url: &str,
 ) -> Result<RunSummary> {
     let tmp = tempdir(&o.dir)?;
-    let journal = mode.open(&tmp.path().join("j"))?;
+    let journal = mode.open(&tmp.path().join("j")).await?;
     let exec = Arc::new(PostExecutor::new(client.clone(), url.to_owned()));
     let engine = Engine::builder(journal.journal.clone())
         .saga(TwoPosts)
@@ -255,7 +255,9 @@ async fn run_builtin(
     let inputs = builtin::seed(admin, sim_url, w, row, pool).await?;
     let inputs = Arc::new(inputs);
     let tmp = tempdir(&o.dir)?;
-    let journal = JournalMode::Group(Durability::PowerLoss).open(&tmp.path().join("j"))?;
+    let journal = JournalMode::Group(Durability::PowerLoss)
+        .open(&tmp.path().join("j"))
+        .await?;
     let engine = Engine::builder(journal.journal.clone())
         .channels(builtin::channels(sim_url, admin.clone())?)
         .limits(bench_limits())

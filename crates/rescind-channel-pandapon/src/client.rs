@@ -8,10 +8,7 @@ use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rescind_core::{ChannelError, Clock, PermanentReason, Rng, SplitMix64, TokioClock};
 use rescind_wire::sign::{PandaponSigner, Secret, SortedMd5Signer};
-use rescind_wire::transport::{
-    HttpRequest, RateLimitSettings, ReqwestSettings, ReqwestTransport, RetrySettings, Transport,
-    TransportStack,
-};
+use rescind_wire::transport::{layered_transport, HttpRequest, Transport};
 use serde::Deserialize;
 use std::fmt;
 use std::sync::Arc;
@@ -75,30 +72,13 @@ impl PandaponClient {
     }
 
     /// A production client: reqwest with the configured timeouts, wrapped in
-    /// the timeout, rate-limit and retry(not sent) layers of `rescind_wire`,
-    /// on the system clock.
+    /// the timeout, rate-limit and retry(not sent) layers of `rescind_wire`
+    /// (`config.transport`), on the system clock.
     pub fn connect(config: PandaponConfig) -> Result<Self> {
         config.validate()?;
         let clock: Arc<dyn Clock> = Arc::new(TokioClock::system());
-        let inner = ReqwestTransport::new(ReqwestSettings {
-            connect_timeout_ms: config.timeouts.connect_timeout_ms,
-            request_timeout_ms: config.timeouts.request_timeout_ms,
-        })
-        .map_err(|e| crate::Error::Transport(e.to_string()))?;
-        let mut stack = TransportStack::new(Arc::new(inner))
-            .timeout(clock.clone(), config.timeouts.request_timeout_ms);
-        let rps = config.rate_limit.requests_per_sec_max;
-        if rps > 0 {
-            stack = stack.rate_limit(
-                clock.clone(),
-                RateLimitSettings {
-                    rate_per_sec: f64::from(rps),
-                    burst: rps,
-                    ..RateLimitSettings::default()
-                },
-            );
-        }
-        let transport = stack.retry(clock.clone(), RetrySettings::default()).build();
+        let transport = layered_transport(&config.transport, clock.clone())
+            .map_err(|e| crate::Error::Transport(e.to_string()))?;
         Self::new(config, transport, clock)
     }
 

@@ -2,6 +2,7 @@
 
 use crate::{Error, Result};
 use rescind_wire::sign::Secret;
+pub use rescind_wire::transport::TransportSettings;
 use serde::{Deserialize, Deserializer};
 
 /// How to reach PandaPon. Deserializable (the CLI reads it from TOML); the
@@ -25,12 +26,11 @@ pub struct PandaponConfig {
     /// required, a newer one omits it). Default: true.
     #[serde(default = "yes")]
     pub send_nonce: bool,
-    /// Time limits.
+    /// Timeouts, client-side rate limit (PandaPon answers 429 beyond its
+    /// own), retries of requests that were never sent: the `[transport]`
+    /// table, with the keys every channel shares ([`TransportSettings`]).
     #[serde(default)]
-    pub timeouts: Timeouts,
-    /// Client-side rate limit.
-    #[serde(default)]
-    pub rate_limit: RateLimit,
+    pub transport: TransportSettings,
     /// Request paths (several are assumed; see the docs).
     #[serde(default)]
     pub paths: PandaponPaths,
@@ -42,42 +42,6 @@ fn yes() -> bool {
 
 fn secret<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Secret, D::Error> {
     String::deserialize(d).map(Secret::new)
-}
-
-/// Time limits for one call.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Timeouts {
-    /// Longest wait for a TCP/TLS connection. Default 3 000 ms.
-    pub connect_timeout_ms: u64,
-    /// Longest wait for a whole request, reply included; beyond it the call
-    /// is in doubt (retryable, maybe applied). Default 10 000 ms.
-    pub request_timeout_ms: u64,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            connect_timeout_ms: 3_000,
-            request_timeout_ms: 10_000,
-        }
-    }
-}
-
-/// Client-side rate limit (PandaPon answers 429 beyond its own limit).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimit {
-    /// Requests per second this client sends at most; 0 = no limit. Default 20.
-    pub requests_per_sec_max: u32,
-}
-
-impl Default for RateLimit {
-    fn default() -> Self {
-        RateLimit {
-            requests_per_sec_max: 20,
-        }
-    }
 }
 
 /// Request paths. `{refundId}` / `{orderId}` are replaced by the
@@ -187,8 +151,7 @@ impl PandaponConfig {
             secret,
             user_id: user_id.into(),
             send_nonce: true,
-            timeouts: Timeouts::default(),
-            rate_limit: RateLimit::default(),
+            transport: TransportSettings::default(),
             paths: PandaponPaths::default(),
         }
     }
@@ -226,8 +189,8 @@ impl PandaponConfig {
         if self.user_id.trim().is_empty() {
             return Err(Error::config("user_id", "is empty"));
         }
-        if self.timeouts.request_timeout_ms == 0 || self.timeouts.connect_timeout_ms == 0 {
-            return Err(Error::config("timeouts", "must be positive"));
+        if let Err(e) = self.transport.validate() {
+            return Err(Error::config(&format!("transport.{}", e.key), e.reason));
         }
         self.paths.check()
     }
@@ -251,7 +214,7 @@ taobao_order_detail = "/x/{orderId}"
         )
         .unwrap();
         assert!(cfg.send_nonce);
-        assert_eq!(cfg.timeouts, Timeouts::default());
+        assert_eq!(cfg.transport, TransportSettings::default());
         assert_eq!(cfg.paths.taobao_order_detail, "/x/{orderId}");
         assert_eq!(cfg.paths.alibaba_order_cancel, "/v2/alibaba/order/cancel");
         cfg.validate().unwrap();
@@ -310,5 +273,39 @@ taobao_order_detail = "/x/{orderId}"
             "base_url='x'\naccess_key='a'\nuser_id='u'\nbogus=1"
         )
         .is_err());
+        let e = PandaponConfig {
+            transport: TransportSettings {
+                timeout_ms: 0,
+                ..Default::default()
+            },
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("transport.timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn transport_table_has_the_shared_keys() {
+        let base = "base_url = 'http://h'\naccess_key = 'a'\nsecret = 's'\nuser_id = 'u'\n";
+        let cfg: PandaponConfig = toml::from_str(&format!(
+            "{base}[transport]\ntimeout_ms = 4000\nrate_per_s = 0.0\nburst = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.transport.timeout_ms, 4_000);
+        assert_eq!(cfg.transport.rate_per_s, 0.0);
+        assert_eq!(cfg.transport.burst, 5);
+        assert_eq!(cfg.transport.connect_timeout_ms, 3_000);
+        // The tables of earlier releases are refused, naming the key.
+        for old in [
+            "timeouts = { request_timeout_ms = 1 }",
+            "rate_limit = { requests_per_sec_max = 1 }",
+        ] {
+            let e = toml::from_str::<PandaponConfig>(&format!("{base}{old}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("unknown field"), "{e}");
+        }
     }
 }

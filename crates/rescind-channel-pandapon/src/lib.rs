@@ -51,7 +51,7 @@ pub use client::{
     alibaba_cancel_body, AlibabaRefund, CancelRefundData, OrderDetail, PandaponClient, RefundOrder,
     RefundOrderAggregate,
 };
-pub use config::{PandaponConfig, PandaponPaths, RateLimit, Timeouts};
+pub use config::{PandaponConfig, PandaponPaths, TransportSettings};
 pub use envelope::{classify, Envelope};
 pub use json::ExactText;
 

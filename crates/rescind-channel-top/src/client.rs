@@ -6,7 +6,7 @@ use crate::Error;
 use bytes::Bytes;
 use rescind_core::{ChannelError, Clock, PermanentReason, TokioClock};
 use rescind_wire::sign::{top_sign, top_timestamp};
-use rescind_wire::transport::{HttpRequest, ReqwestTransport, Transport, TransportStack};
+use rescind_wire::transport::{HttpRequest, Transport};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -26,17 +26,13 @@ pub const SYSTEM_PARAMS: [&str; 11] = [
 ];
 
 /// The production transport for a gateway: reqwest (rustls) under the
-/// timeout, rate-limit and retry layers, on `clock`.
+/// timeout, rate-limit and retry layers, on `clock`
+/// ([`rescind_wire::transport::layered_transport`], as every channel builds it).
 pub fn layered_transport(
     settings: &TransportSettings,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn Transport>, Error> {
-    let inner = ReqwestTransport::new(settings.reqwest())?;
-    Ok(TransportStack::new(Arc::new(inner))
-        .timeout(clock.clone(), settings.request_timeout_ms)
-        .rate_limit(clock.clone(), settings.rate_limit())
-        .retry(clock, settings.retry())
-        .build())
+    Ok(rescind_wire::transport::layered_transport(settings, clock)?)
 }
 
 /// A client of one TOP application on one gateway. It signs and sends any

@@ -5,7 +5,7 @@
 //! `***` in `Debug`, and nothing in this crate logs them.
 
 use rescind_wire::sign::{DamaiHeadSigner, DamaiMd5HeadSigner, Secret, SignMethod};
-use rescind_wire::transport::{RateLimitSettings, ReqwestSettings, RetrySettings};
+pub use rescind_wire::transport::TransportSettings;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::sync::Arc;
@@ -24,74 +24,6 @@ fn bad(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         field,
         reason: reason.into(),
-    }
-}
-
-/// Limits of the transport under a channel: timeouts, client-side rate
-/// limit, retries of requests that were never sent.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TransportSettings {
-    /// Longest a connect may take. Default 3000.
-    pub connect_timeout_ms: u64,
-    /// Longest one request may take before it is in doubt. Default 10000.
-    pub request_timeout_ms: u64,
-    /// Requests per second this client sends at most (0 disables). Default 20.
-    pub rate_per_sec: f64,
-    /// Requests that may go at once after a quiet spell. Default 20.
-    pub rate_burst: u32,
-    /// Longest a request waits for the rate limiter before it is refused
-    /// locally (not sent). Default 30000.
-    pub rate_wait_max_ms: u64,
-    /// Sends per request when it could not be sent (connect refused). Default 3.
-    pub retry_attempts_max: u32,
-    /// First back-off between such sends. Default 50.
-    pub retry_backoff_initial_ms: u64,
-    /// Back-off ceiling. Default 1000.
-    pub retry_backoff_max_ms: u64,
-}
-
-impl Default for TransportSettings {
-    fn default() -> Self {
-        let r = ReqwestSettings::default();
-        let l = RateLimitSettings::default();
-        let t = RetrySettings::default();
-        TransportSettings {
-            connect_timeout_ms: r.connect_timeout_ms,
-            request_timeout_ms: r.request_timeout_ms,
-            rate_per_sec: l.rate_per_sec,
-            rate_burst: l.burst,
-            rate_wait_max_ms: l.wait_max_ms,
-            retry_attempts_max: t.attempts_max,
-            retry_backoff_initial_ms: t.backoff_initial_ms,
-            retry_backoff_max_ms: t.backoff_max_ms,
-        }
-    }
-}
-
-impl TransportSettings {
-    /// The reqwest timeouts.
-    pub fn reqwest(&self) -> ReqwestSettings {
-        ReqwestSettings {
-            connect_timeout_ms: self.connect_timeout_ms,
-            request_timeout_ms: self.request_timeout_ms,
-        }
-    }
-    /// The rate-limit layer's settings.
-    pub fn rate_limit(&self) -> RateLimitSettings {
-        RateLimitSettings {
-            rate_per_sec: self.rate_per_sec,
-            burst: self.rate_burst,
-            wait_max_ms: self.rate_wait_max_ms,
-        }
-    }
-    /// The retry layer's settings.
-    pub fn retry(&self) -> RetrySettings {
-        RetrySettings {
-            attempts_max: self.retry_attempts_max,
-            backoff_initial_ms: self.retry_backoff_initial_ms,
-            backoff_max_ms: self.retry_backoff_max_ms,
-        }
     }
 }
 
@@ -115,7 +47,8 @@ pub struct GatewayConfig {
     /// `partner_id`, sent when set.
     #[serde(default)]
     pub partner_id: Option<String>,
-    /// Timeouts, rate limit, retries.
+    /// Timeouts, rate limit, retries (`[...gateway.transport]`; the keys are
+    /// [`TransportSettings`], shared by every channel).
     #[serde(default)]
     pub transport: TransportSettings,
 }
@@ -146,8 +79,15 @@ impl GatewayConfig {
         if self.app_secret.is_empty() {
             return Err(bad("gateway.app_secret", "empty"));
         }
-        if self.transport.request_timeout_ms == 0 {
-            return Err(bad("gateway.transport.request_timeout_ms", "must be > 0"));
+        if let Err(e) = self.transport.validate() {
+            return Err(ConfigError {
+                field: match e.key {
+                    "connect_timeout_ms" => "gateway.transport.connect_timeout_ms",
+                    "timeout_ms" => "gateway.transport.timeout_ms",
+                    _ => "gateway.transport.rate_per_s",
+                },
+                reason: e.reason.to_owned(),
+            });
         }
         Ok(())
     }
@@ -335,14 +275,14 @@ mod tests {
 
         let v = serde_json::json!({
             "gateway": {"url": "https://x/router/rest", "app_key": "k", "app_secret": "s", "sign_method": "md5",
-                        "transport": {"request_timeout_ms": 500}},
+                        "transport": {"timeout_ms": 500}},
             "supplier_key": "sk", "supplier_secret": "s3cr3t-supplier",
         });
         let d: DamaiConfig = serde_json::from_value(v).unwrap();
         d.validate().unwrap();
         assert_eq!(d.gateway.sign_method, SignMethod::Md5);
-        assert_eq!(d.gateway.transport.request_timeout_ms, 500);
-        assert_eq!(d.gateway.transport.rate_burst, 20);
+        assert_eq!(d.gateway.transport.timeout_ms, 500);
+        assert_eq!(d.gateway.transport.burst, 20);
         assert!(!format!("{d:?}").contains("s3cr3t"));
     }
 

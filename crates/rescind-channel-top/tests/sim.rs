@@ -40,7 +40,7 @@ impl Harness {
     fn gateway(&self, secret: &str, method: SignMethod) -> GatewayConfig {
         let mut g = GatewayConfig::new(self.url(), defaults::APP_KEY, Secret::new(secret));
         g.sign_method = method;
-        g.transport.request_timeout_ms = 5_000;
+        g.transport.timeout_ms = 5_000;
         g
     }
 

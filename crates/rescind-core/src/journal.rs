@@ -146,6 +146,16 @@ pub trait Journal: Send + Sync + 'static {
         let _ = saga;
         Ok(())
     }
+    /// Give up every claim this process holds, as [`Journal::release`] would
+    /// one by one; returns how many were released. A worker calls it when it
+    /// stops gracefully (after its engine stopped driving sagas), so another
+    /// worker takes them over at once instead of after the lease expires. A
+    /// write this process still makes afterwards on one of those sagas is
+    /// fenced, as after any lost lease. Single-process journals hold nothing:
+    /// the default releases nothing and returns 0.
+    async fn release_all(&self) -> Result<usize, JournalError> {
+        Ok(0)
+    }
 }
 
 /// Where a scheduled [`MemoryJournal`] crash lands, relative to one append.

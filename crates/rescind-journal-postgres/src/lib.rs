@@ -193,7 +193,8 @@ impl Shared {
 ///
 /// Dropping it stops lease renewal and the committer (after it wrote what was
 /// queued); leases are not released, so other workers take the sagas over
-/// when they expire (call [`Journal::release`] first for an immediate hand-over).
+/// when they expire (call [`Journal::release_all`] or [`Journal::release`]
+/// first for an immediate hand-over, as a gracefully stopping worker does).
 pub struct PgJournal {
     shared: Arc<Shared>,
     tx: mpsc::Sender<AppendReq>,
@@ -536,5 +537,43 @@ impl Journal for PgJournal {
             leases.remove(&saga);
         }
         Ok(())
+    }
+
+    /// One statement for every lease held (lost ones are forgotten, not
+    /// released: they are another worker's now). Each is released only if
+    /// its row still names this worker and the token it holds, as in
+    /// [`Journal::release`].
+    async fn release_all(&self) -> Result<usize, JournalError> {
+        let held: Vec<(SagaId, i64)> = {
+            let mut leases = self.shared.leases();
+            leases.retain(|_, l| !l.lost);
+            leases.iter().map(|(id, l)| (*id, l.fence)).collect()
+        };
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<uuid::Uuid> = held.iter().map(|(id, _)| id.0).collect();
+        let fences: Vec<i64> = held.iter().map(|(_, f)| *f).collect();
+        let client = self.shared.client().await?;
+        let released = client
+            .execute(
+                "UPDATE sagas s SET worker_id = NULL, lease_expires_at = NULL
+                 FROM unnest($2::uuid[], $3::int8[]) AS h(saga_id, fence)
+                 WHERE s.saga_id = h.saga_id AND s.fence = h.fence AND s.worker_id = $1
+                   AND NOT s.finished",
+                &[&self.shared.cfg.worker_id, &ids, &fences],
+            )
+            .await
+            .map_err(|e| backend("releasing leases", &e))?;
+        {
+            let mut leases = self.shared.leases();
+            for (id, fence) in &held {
+                if leases.get(id).map(|l| l.fence) == Some(*fence) {
+                    leases.remove(id);
+                }
+            }
+        }
+        tracing::info!(worker = %self.shared.cfg.worker_id, released, "released leases");
+        Ok(released as usize)
     }
 }

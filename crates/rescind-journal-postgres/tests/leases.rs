@@ -335,6 +335,66 @@ async fn renewal_keeps_a_lease_and_release_hands_it_over() {
     common::drop_schema(&url, &schema).await;
 }
 
+/// `release_all` (what a gracefully stopping worker calls) hands every held
+/// lease over in one go, long before the TTL; a lease already taken over is
+/// not touched, and the released worker's later writes are fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_all_hands_every_held_lease_over_at_once() {
+    let Some(url) = common::pg_url() else { return };
+    let schema = common::fresh_schema("relall");
+    let long = |worker: &str| PgConfig {
+        lease_ttl_ms: 60_000,
+        ..common::cfg(&schema, worker)
+    };
+    let a = common::open(&url, long("worker-a")).await;
+    let b = common::open(&url, long("worker-b")).await;
+    let mut held: Vec<SagaId> = (0..5).map(|_| SagaId::new_random()).collect();
+    held.sort();
+    for &s in &held {
+        a.append(s, &entry(0, "a"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // One of A's sagas was taken over meanwhile (A's lease on it is stale).
+    let stolen = held.pop().unwrap();
+    common::raw(&url, &schema)
+        .await
+        .execute(
+            "UPDATE sagas SET worker_id = 'worker-c', fence = fence + 1 WHERE saga_id = $1",
+            &[&stolen.0],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        b.claim_unfinished().await.unwrap_or_else(|e| panic!("{e}")),
+        vec![],
+        "60 s leases: B gets nothing while A holds them"
+    );
+
+    let released = a.release_all().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(released, held.len(), "only the leases A still holds");
+    assert!(held.iter().all(|&s| a.fence(s).is_none()));
+    assert_eq!(
+        a.release_all().await.unwrap_or_else(|e| panic!("{e}")),
+        0,
+        "nothing left to release"
+    );
+    assert_eq!(
+        b.claim_unfinished().await.unwrap_or_else(|e| panic!("{e}")),
+        held,
+        "B takes them at once; the stolen one stays with its holder"
+    );
+    match a.append(held[0], &entry(1, "a")).await {
+        Err(JournalError::Fenced { .. }) => {}
+        other => panic!("append after release_all: expected Fenced, got {other:?}"),
+    }
+    b.append(held[0], &entry(1, "b"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop((a, b));
+    common::drop_schema(&url, &schema).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_worker_with_a_fixed_id_takes_its_sagas_back_at_once() {
     let Some(url) = common::pg_url() else { return };

@@ -146,7 +146,7 @@ async fn run_once(base: &Path, mode: Mode, writers: usize, secs: f64, rep: usize
             mode.name().replace([' ', ',', '(', ')'], "")
         ),
     );
-    let j = Arc::new(SledJournal::open(&path, mode.config()).expect("open"));
+    let j = Arc::new(SledJournal::open(&path, mode.config()).await.expect("open"));
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -204,7 +204,11 @@ async fn recovery(base: &Path, sagas: u64) {
     let config = SledConfig::default();
     let fill = Instant::now();
     {
-        let j = Arc::new(SledJournal::open(&path, config.clone()).expect("open"));
+        let j = Arc::new(
+            SledJournal::open(&path, config.clone())
+                .await
+                .expect("open"),
+        );
         let writers = 256u64;
         let mut tasks = Vec::new();
         for w in 0..writers {
@@ -240,7 +244,7 @@ async fn recovery(base: &Path, sagas: u64) {
     }
     let fill_s = fill.elapsed().as_secs_f64();
     let t0 = Instant::now();
-    let j = SledJournal::open(&path, config).expect("reopen");
+    let j = SledJournal::open(&path, config).await.expect("reopen");
     let opened = t0.elapsed();
     let t1 = Instant::now();
     let unfinished = j.list(SagaSet::Unfinished).await.expect("list");

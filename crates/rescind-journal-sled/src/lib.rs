@@ -21,7 +21,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), rescind_core::JournalError> {
 //! let dir = tempfile::tempdir().unwrap();
-//! let journal = SledJournal::open(dir.path(), SledConfig::default())?;
+//! let journal = SledJournal::open(dir.path(), SledConfig::default()).await?;
 //!
 //! let saga = SagaId::new_random();
 //! let input = SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", "1231231"));
@@ -29,7 +29,7 @@
 //! // Durable now: a restarted process finds the saga among the unfinished.
 //! drop(journal);
 //!
-//! let journal = SledJournal::open(dir.path(), SledConfig::default())?;
+//! let journal = SledJournal::open(dir.path(), SledConfig::default()).await?;
 //! assert_eq!(journal.list(SagaSet::Unfinished).await?, vec![saga]);
 //! assert_eq!(journal.read(saga).await?.len(), 1);
 //! # Ok(()) }
@@ -97,7 +97,8 @@ pub struct CompactReport {
     pub records_removed: u64,
 }
 
-/// The sled journal. Open with [`SledJournal::open`]; use through [`Journal`].
+/// The sled journal. Open with [`SledJournal::open`] (async code) or
+/// [`SledJournal::open_blocking`]; use through [`Journal`].
 ///
 /// One process holds a journal directory at a time (sled locks its data
 /// file). Dropping the journal finishes the queued writes and closes the
@@ -123,14 +124,46 @@ impl std::fmt::Debug for SledJournal {
 }
 
 impl SledJournal {
-    /// Open (or create) the journal in directory `path`.
+    /// Open (or create) the journal in directory `path`, from async code.
+    ///
+    /// Opening does blocking file I/O (sled's recovery reads the whole log)
+    /// and may wait up to [`SledConfig::lock_wait_max_ms`] for the directory's
+    /// lock, so it runs on tokio's blocking pool
+    /// ([`tokio::task::spawn_blocking`]): the calling runtime's other tasks
+    /// keep running meanwhile, even on a current-thread runtime. Needs a tokio
+    /// runtime; outside one, use [`SledJournal::open_blocking`].
+    ///
+    /// Fails as [`SledJournal::open_blocking`] does.
+    pub async fn open(
+        path: impl AsRef<Path>,
+        config: SledConfig,
+    ) -> Result<SledJournal, JournalError> {
+        let path = path.as_ref().to_path_buf();
+        let shown = path.display().to_string();
+        tokio::task::spawn_blocking(move || SledJournal::open_blocking(path, config))
+            .await
+            .map_err(|e| {
+                JournalError::Backend(format!(
+                    "sled journal at {shown}: the opening thread failed: {e}"
+                ))
+            })?
+    }
+
+    /// Open (or create) the journal in directory `path`, blocking the calling
+    /// thread: for synchronous code only. It may sleep up to
+    /// [`SledConfig::lock_wait_max_ms`] waiting for the directory's lock, so
+    /// async code must use [`SledJournal::open`], which runs this on tokio's
+    /// blocking pool.
     ///
     /// Fails with a [`JournalError::Backend`] naming the path if `path` is not
     /// a directory, is a non-empty directory that is not a sled database, is
     /// locked by another process, or sled cannot recover it (sled panics are
     /// caught and reported, never propagated); with [`JournalError::NewerFormat`]
     /// if a newer rescind wrote it.
-    pub fn open(path: impl AsRef<Path>, config: SledConfig) -> Result<SledJournal, JournalError> {
+    pub fn open_blocking(
+        path: impl AsRef<Path>,
+        config: SledConfig,
+    ) -> Result<SledJournal, JournalError> {
         let path = path.as_ref().to_path_buf();
         let (db, tree) = open::open_db(&path, &config)?;
         let counters = Arc::new(committer::Counters::default());

@@ -12,7 +12,9 @@ fn sid(n: u128) -> SagaId {
 }
 
 async fn journal_with(path: &Path, sagas: &[(SagaId, u64)]) {
-    let j = SledJournal::open(path, SledConfig::default()).expect("open");
+    let j = SledJournal::open(path, SledConfig::default())
+        .await
+        .expect("open");
     for &(saga, n) in sagas {
         for seq in 0..n {
             j.append(saga, &entry(saga, seq)).await.expect("append");
@@ -71,7 +73,9 @@ async fn garbage_truncated_and_missing_records_are_typed_and_others_stay_readabl
         t.insert(keys::record(empty, 0), &b""[..]).unwrap();
     });
 
-    let j = SledJournal::open(dir.path(), SledConfig::default()).expect("reopen after corruption");
+    let j = SledJournal::open(dir.path(), SledConfig::default())
+        .await
+        .expect("reopen after corruption");
     for (saga, seq, why) in [
         (garbage, 1, "garbage"),
         (truncated, 2, "truncated"),
@@ -115,7 +119,9 @@ async fn malformed_index_keys_and_values_do_not_stop_listing_or_compaction() {
         t.insert(b"Fshort", &b"x"[..]).unwrap();
         t.insert(b"R\x01", &b"x"[..]).unwrap();
     });
-    let j = SledJournal::open(dir.path(), SledConfig::default()).expect("open");
+    let j = SledJournal::open(dir.path(), SledConfig::default())
+        .await
+        .expect("open");
     assert_eq!(j.list(SagaSet::Unfinished).await.expect("list"), vec![a, b]);
     assert_eq!(j.list(SagaSet::Finished).await.expect("list"), vec![]);
     j.compact(u64::MAX)
@@ -130,7 +136,7 @@ async fn a_file_or_a_foreign_directory_is_not_a_journal() {
     let file = dir.path().join("journal");
     std::fs::write(&file, b"hello").unwrap();
     expect_backend_error(
-        SledJournal::open(&file, SledConfig::default()),
+        SledJournal::open(&file, SledConfig::default()).await,
         &file,
         "not a directory",
     );
@@ -139,7 +145,7 @@ async fn a_file_or_a_foreign_directory_is_not_a_journal() {
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("cat.jpg"), b"\xff\xd8").unwrap();
     expect_backend_error(
-        SledJournal::open(&foreign, SledConfig::default()),
+        SledJournal::open(&foreign, SledConfig::default()).await,
         &foreign,
         "not a sled database",
     );
@@ -156,7 +162,7 @@ async fn a_file_or_a_foreign_directory_is_not_a_journal() {
         db.flush().unwrap();
     }
     expect_backend_error(
-        SledJournal::open(&other, SledConfig::default()),
+        SledJournal::open(&other, SledConfig::default()).await,
         &other,
         "not a rescind journal",
     );
@@ -170,7 +176,7 @@ async fn garbage_sled_files_are_an_error_not_a_panic() {
     std::fs::create_dir(&bad_conf).unwrap();
     std::fs::write(bad_conf.join("conf"), b"\x00\x01garbage\n").unwrap();
     std::fs::write(bad_conf.join("db"), vec![0xa5u8; 4096]).unwrap();
-    let r = SledJournal::open(&bad_conf, SledConfig::default());
+    let r = SledJournal::open(&bad_conf, SledConfig::default()).await;
     assert!(
         matches!(&r, Err(JournalError::Backend(m)) if m.contains(&bad_conf.display().to_string()) && m.contains("corrupt")),
         "{r:?}"
@@ -184,7 +190,7 @@ async fn garbage_sled_files_are_an_error_not_a_panic() {
     // sled itself recovers garbage as an empty database; the journal must
     // not then pass it off as a new, empty journal.
     expect_backend_error(
-        SledJournal::open(&bad_db, SledConfig::default()),
+        SledJournal::open(&bad_db, SledConfig::default()).await,
         &bad_db,
         "nothing could be recovered",
     );
@@ -193,9 +199,11 @@ async fn garbage_sled_files_are_an_error_not_a_panic() {
 #[tokio::test]
 async fn a_locked_journal_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let first = SledJournal::open(dir.path(), SledConfig::default()).expect("first open");
+    let first = SledJournal::open(dir.path(), SledConfig::default())
+        .await
+        .expect("first open");
     expect_backend_error(
-        SledJournal::open(dir.path(), SledConfig::default()),
+        SledJournal::open(dir.path(), SledConfig::default()).await,
         dir.path(),
         "locked",
     );
@@ -203,12 +211,100 @@ async fn a_locked_journal_is_a_clear_error() {
     drop(first);
     let holder = sled::open(dir.path()).expect("raw open after close");
     expect_backend_error(
-        SledJournal::open(dir.path(), SledConfig::default()),
+        SledJournal::open(dir.path(), SledConfig::default()).await,
         dir.path(),
         "locked",
     );
     drop(holder);
-    SledJournal::open(dir.path(), SledConfig::default()).expect("open once the lock is free");
+    SledJournal::open(dir.path(), SledConfig::default())
+        .await
+        .expect("open once the lock is free");
+}
+
+/// Opening waits for a held lock on tokio's blocking pool: on a
+/// current-thread runtime another task keeps running during the whole wait
+/// (a ticker advances), both when the wait ends in an error and when the
+/// holder lets go mid-wait and the open succeeds. The blocking twin still
+/// works from plain threads.
+#[tokio::test(flavor = "current_thread")]
+async fn waiting_for_the_lock_does_not_block_the_runtime() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let first = SledJournal::open(dir.path(), SledConfig::default())
+        .await
+        .expect("first open");
+    let ticks = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let ticks = Arc::clone(&ticks);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let config = SledConfig {
+        lock_wait_max_ms: 600,
+        ..SledConfig::default()
+    };
+
+    // The lock stays held: the wait ends in the "locked" error...
+    let t0 = Instant::now();
+    expect_backend_error(
+        SledJournal::open(dir.path(), config.clone()).await,
+        dir.path(),
+        "locked",
+    );
+    let waited = t0.elapsed();
+    let during = ticks.load(Ordering::SeqCst);
+    assert!(
+        waited >= Duration::from_millis(500),
+        "waited only {waited:?}"
+    );
+    // ...and the ticker ran all along (blocked, it would show 0).
+    assert!(
+        during >= 10,
+        "the runtime was blocked: {during} ticks in {waited:?}"
+    );
+
+    // The holder lets go mid-wait (a task on this same thread): the open succeeds.
+    let before = ticks.load(Ordering::SeqCst);
+    let releaser = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        first.close().await.expect("close");
+    });
+    let second = SledJournal::open(dir.path(), config.clone())
+        .await
+        .expect("opens once the holder closed");
+    releaser.await.unwrap();
+    assert!(
+        ticks.load(Ordering::SeqCst) - before >= 10,
+        "the runtime did not run while the open waited"
+    );
+    ticker.abort();
+
+    // The synchronous twin, from a plain thread, sees the same lock.
+    let path = dir.path().to_path_buf();
+    let r = std::thread::spawn(move || {
+        SledJournal::open_blocking(
+            &path,
+            SledConfig {
+                lock_wait_max_ms: 50,
+                ..SledConfig::default()
+            },
+        )
+        .map(|_| ())
+    })
+    .join()
+    .unwrap();
+    match r {
+        Err(JournalError::Backend(msg)) => assert!(msg.contains("locked"), "{msg}"),
+        other => panic!("expected the lock error, got {other:?}"),
+    }
+    drop(second);
 }
 
 #[tokio::test]
@@ -222,7 +318,7 @@ async fn a_newer_or_broken_format_version_is_refused() {
         )
         .unwrap();
     });
-    match SledJournal::open(dir.path(), SledConfig::default()) {
+    match SledJournal::open(dir.path(), SledConfig::default()).await {
         Err(e @ JournalError::NewerFormat { .. }) => {
             assert_eq!(
                 e,
@@ -239,7 +335,7 @@ async fn a_newer_or_broken_format_version_is_refused() {
         t.insert(keys::META_FORMAT_VERSION, &b"\x01"[..]).unwrap();
     });
     expect_backend_error(
-        SledJournal::open(dir.path(), SledConfig::default()),
+        SledJournal::open(dir.path(), SledConfig::default()).await,
         dir.path(),
         "format version",
     );
@@ -250,7 +346,9 @@ async fn a_newer_or_broken_format_version_is_refused() {
         )
         .unwrap();
     });
-    let j = SledJournal::open(dir.path(), SledConfig::default()).expect("current version opens");
+    let j = SledJournal::open(dir.path(), SledConfig::default())
+        .await
+        .expect("current version opens");
     assert_eq!(j.read(sid(30)).await.expect("read").len(), 1);
 }
 
@@ -261,7 +359,7 @@ async fn an_oversized_record_is_refused_before_anything_is_written() {
         record_bytes_max: 1024,
         ..SledConfig::default()
     };
-    let j = SledJournal::open(dir.path(), config).expect("open");
+    let j = SledJournal::open(dir.path(), config).await.expect("open");
     let saga = sid(40);
     let mut big = entry(saga, 0);
     if let rescind_core::Record::Started { input } = &mut big.record {

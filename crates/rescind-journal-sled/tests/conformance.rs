@@ -35,6 +35,7 @@ impl JournalFactory for Sled {
             .path()
             .join(format!("j{}", self.n.fetch_add(1, Ordering::Relaxed)));
         SledJournal::open(&path, self.config.clone())
+            .await
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
     }
 
@@ -49,6 +50,7 @@ impl JournalFactory for Sled {
             .unwrap_or_else(|e| panic!("close {}: {e}", path.display()));
         Some(
             SledJournal::open(&path, self.config.clone())
+                .await
                 .unwrap_or_else(|e| panic!("reopen {}: {e}", path.display())),
         )
     }

@@ -33,7 +33,7 @@ async fn concurrent_appends_share_flushes() {
         batch_wait_max_us: 2_000,
         ..SledConfig::default()
     };
-    let j = Arc::new(SledJournal::open(dir.path(), config).expect("open"));
+    let j = Arc::new(SledJournal::open(dir.path(), config).await.expect("open"));
     let mut tasks = Vec::new();
     for n in 0..128u128 {
         let j = Arc::clone(&j);
@@ -60,7 +60,7 @@ async fn flush_per_append_flushes_once_per_record() {
     let config = SledConfig::default()
         .flush_per_append()
         .with_durability(Durability::Process);
-    let j = Arc::new(SledJournal::open(dir.path(), config).expect("open"));
+    let j = Arc::new(SledJournal::open(dir.path(), config).await.expect("open"));
     let mut tasks = Vec::new();
     for n in 0..16u128 {
         let j = Arc::clone(&j);
@@ -83,6 +83,7 @@ async fn compaction_keeps_the_newest_within_count_and_age() {
         finished_keep_age_ms: 10_000,
     };
     let j = SledJournal::open(dir.path(), SledConfig::default().with_retention(retention))
+        .await
         .expect("open");
     let now = 1_000_000;
     // Finished at now-1000*i: sagas 0..=4 within the age; 5 sagas > keep_max 3.
@@ -131,8 +132,9 @@ async fn compaction_keeps_the_newest_within_count_and_age() {
     // Compaction is durable and idempotent.
     let path = j.path().to_path_buf();
     j.close().await.expect("close");
-    let j =
-        SledJournal::open(&path, SledConfig::default().with_retention(retention)).expect("reopen");
+    let j = SledJournal::open(&path, SledConfig::default().with_retention(retention))
+        .await
+        .expect("reopen");
     assert_eq!(
         j.list(SagaSet::Finished).await.unwrap(),
         vec![sid(0), sid(1), sid(2)]
@@ -163,6 +165,7 @@ async fn keep_all_compacts_nothing() {
         dir.path(),
         SledConfig::default().with_retention(Retention::keep_all()),
     )
+    .await
     .expect("open");
     finish_at(&j, sid(1), 1, 0).await;
     assert_eq!(j.compact(u64::MAX).await.unwrap().sagas_removed, 0);
@@ -178,6 +181,7 @@ async fn compaction_racing_appends_loses_no_unfinished_saga() {
     };
     let j = Arc::new(
         SledJournal::open(dir.path(), SledConfig::default().with_retention(retention))
+            .await
             .expect("open"),
     );
     for i in 0..300u128 {
@@ -210,13 +214,16 @@ async fn close_then_reopen_at_once_always_opens() {
     let dir = tempfile::tempdir().unwrap();
     let saga = rescind_core::SagaId::from_u128(77);
     for seq in 0..30u64 {
-        let j =
-            SledJournal::open(dir.path(), SledConfig::default()).expect("reopen right after close");
+        let j = SledJournal::open(dir.path(), SledConfig::default())
+            .await
+            .expect("reopen right after close");
         j.append(saga, &rescind_core::conformance::entry(saga, seq))
             .await
             .expect("append");
         j.close().await.expect("close");
     }
-    let j = SledJournal::open(dir.path(), SledConfig::default()).expect("open");
+    let j = SledJournal::open(dir.path(), SledConfig::default())
+        .await
+        .expect("open");
     assert_eq!(j.read(saga).await.unwrap().len(), 30);
 }

@@ -529,6 +529,161 @@ impl TransportStack {
     }
 }
 
+// ---------------------------------------------------------------------------
+// One set of settings for the whole stack, as every channel's configuration
+// embeds it (`[channels.NAME.transport]`, `[channels.NAME.gateway.transport]`).
+// ---------------------------------------------------------------------------
+
+/// The transport under one channel: reqwest's timeouts, the client-side rate
+/// limit and the retry of requests that were certainly not sent. Every
+/// channel crate embeds this one struct, so every channel's configuration
+/// uses the same keys (TOML, unknown keys refused, every key optional):
+///
+/// | key | default | meaning |
+/// |---|---|---|
+/// | `connect_timeout_ms` | 3000 | longest a TCP + TLS connect may take (past it: not sent) |
+/// | `timeout_ms` | 10000 | longest a whole request may take (past it: in doubt) |
+/// | `rate_per_s` | 20.0 | requests per second sent at most; 0 disables the limit |
+/// | `burst` | 20 | requests that may go at once after a quiet spell |
+/// | `rate_wait_max_ms` | 30000 | longest wait for a token; past it the request is refused locally (not sent) |
+/// | `retry_attempts_max` | 3 | sends of a request that was certainly not sent (connect refused), the first included |
+/// | `retry_backoff_initial_ms` | 50 | wait before the first such re-send; doubled for each further one |
+/// | `retry_backoff_max_ms` | 1000 | ceiling of that wait |
+///
+/// Earlier names are still read as aliases: `request_timeout_ms` for
+/// `timeout_ms`, `rate_per_sec` for `rate_per_s`, `rate_burst` for `burst`.
+///
+/// ```
+/// use rescind_wire::transport::TransportSettings;
+///
+/// let t: TransportSettings = toml::from_str("timeout_ms = 5000\nrate_per_s = 5.0").unwrap();
+/// assert_eq!(t.timeout_ms, 5_000);
+/// assert_eq!(t.burst, 20);
+/// t.validate().unwrap();
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportSettings {
+    /// Longest a TCP + TLS connect may take, in ms; past it the request was
+    /// not sent. Default 3000.
+    pub connect_timeout_ms: u64,
+    /// Longest one request may take, connect included, in ms; past it the
+    /// request is in doubt. Default 10000. (Alias: `request_timeout_ms`.)
+    #[serde(alias = "request_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Requests per second this client sends at most; 0 disables the limit.
+    /// Default 20. (Alias: `rate_per_sec`.)
+    #[serde(alias = "rate_per_sec")]
+    pub rate_per_s: f64,
+    /// Requests that may go at once after a quiet spell (0 counts as 1).
+    /// Default 20. (Alias: `rate_burst`.)
+    #[serde(alias = "rate_burst")]
+    pub burst: u32,
+    /// Longest a request waits for the rate limiter, in ms, before it is
+    /// refused locally (not sent). Default 30000.
+    pub rate_wait_max_ms: u64,
+    /// Sends per request that could not be sent (connect refused, local rate
+    /// limit), the first included (0 counts as 1). Default 3.
+    pub retry_attempts_max: u32,
+    /// First back-off between such sends, in ms. Default 50.
+    pub retry_backoff_initial_ms: u64,
+    /// Back-off ceiling, in ms. Default 1000.
+    pub retry_backoff_max_ms: u64,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        let r = ReqwestSettings::default();
+        let l = RateLimitSettings::default();
+        let t = RetrySettings::default();
+        TransportSettings {
+            connect_timeout_ms: r.connect_timeout_ms,
+            timeout_ms: r.request_timeout_ms,
+            rate_per_s: l.rate_per_sec,
+            burst: l.burst,
+            rate_wait_max_ms: l.wait_max_ms,
+            retry_attempts_max: t.attempts_max,
+            retry_backoff_initial_ms: t.backoff_initial_ms,
+            retry_backoff_max_ms: t.backoff_max_ms,
+        }
+    }
+}
+
+/// A [`TransportSettings`] value that cannot work: the key and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct TransportSettingsError {
+    /// The key, e.g. `timeout_ms`.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl TransportSettings {
+    /// Check the values: both timeouts positive, the rate finite and not negative.
+    pub fn validate(&self) -> Result<(), TransportSettingsError> {
+        let bad = |key, reason| Err(TransportSettingsError { key, reason });
+        if self.connect_timeout_ms == 0 {
+            return bad("connect_timeout_ms", "must be > 0");
+        }
+        if self.timeout_ms == 0 {
+            return bad("timeout_ms", "must be > 0");
+        }
+        if !(self.rate_per_s.is_finite() && self.rate_per_s >= 0.0) {
+            return bad("rate_per_s", "must be a number >= 0 (0 disables the limit)");
+        }
+        Ok(())
+    }
+    /// The reqwest timeouts.
+    pub fn reqwest(&self) -> ReqwestSettings {
+        ReqwestSettings {
+            connect_timeout_ms: self.connect_timeout_ms,
+            request_timeout_ms: self.timeout_ms,
+        }
+    }
+    /// The rate-limit layer's settings.
+    pub fn rate_limit(&self) -> RateLimitSettings {
+        RateLimitSettings {
+            rate_per_sec: self.rate_per_s,
+            burst: self.burst,
+            wait_max_ms: self.rate_wait_max_ms,
+        }
+    }
+    /// The retry layer's settings.
+    pub fn retry(&self) -> RetrySettings {
+        RetrySettings {
+            attempts_max: self.retry_attempts_max,
+            backoff_initial_ms: self.retry_backoff_initial_ms,
+            backoff_max_ms: self.retry_backoff_max_ms,
+        }
+    }
+}
+
+/// Stack the layers these settings describe on `inner`, on `clock`:
+/// retry(not sent) → rate limit → timeout → `inner` (retry outermost).
+/// The one place a channel's transport layers are put together.
+pub fn stack_layers(
+    inner: Arc<dyn Transport>,
+    settings: &TransportSettings,
+    clock: Arc<dyn Clock>,
+) -> Arc<dyn Transport> {
+    TransportStack::new(inner)
+        .timeout(clock.clone(), settings.timeout_ms)
+        .rate_limit(clock.clone(), settings.rate_limit())
+        .retry(clock, settings.retry())
+        .build()
+}
+
+/// The production transport of a channel: a [`ReqwestTransport`] with the
+/// settings' timeouts under [`stack_layers`].
+pub fn layered_transport(
+    settings: &TransportSettings,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn Transport>, TransportError> {
+    let inner = ReqwestTransport::new(settings.reqwest())?;
+    Ok(stack_layers(Arc::new(inner), settings, clock))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,6 +889,69 @@ mod tests {
         c.sleep(Duration::from_secs(1)).await;
         assert!(t.send(req()).await.is_ok());
         assert_eq!(inner.calls(), 2);
+    }
+
+    #[test]
+    fn settings_parse_with_defaults_aliases_and_no_unknown_keys() {
+        let t: TransportSettings = toml::from_str("").unwrap();
+        assert_eq!(t, TransportSettings::default());
+        assert_eq!(t.reqwest(), ReqwestSettings::default());
+        assert_eq!(t.rate_limit(), RateLimitSettings::default());
+        assert_eq!(t.retry(), RetrySettings::default());
+        let t: TransportSettings =
+            toml::from_str("timeout_ms = 500\nrate_per_s = 2.5\nburst = 3\nretry_attempts_max = 1")
+                .unwrap();
+        assert_eq!(
+            (t.timeout_ms, t.rate_per_s, t.burst, t.retry_attempts_max),
+            (500, 2.5, 3, 1)
+        );
+        // The names of earlier releases still read.
+        let old: TransportSettings =
+            toml::from_str("request_timeout_ms = 500\nrate_per_sec = 2.5\nrate_burst = 3").unwrap();
+        assert_eq!((old.timeout_ms, old.rate_per_s, old.burst), (500, 2.5, 3));
+        let e = toml::from_str::<TransportSettings>("timeout = 5").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        t.validate().unwrap();
+        let zero = TransportSettings {
+            timeout_ms: 0,
+            ..TransportSettings::default()
+        };
+        assert_eq!(zero.validate().unwrap_err().key, "timeout_ms");
+        let neg = TransportSettings {
+            rate_per_s: -1.0,
+            ..TransportSettings::default()
+        };
+        assert_eq!(neg.validate().unwrap_err().key, "rate_per_s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stack_layers_applies_timeout_rate_limit_and_retry() {
+        let c = clock();
+        let settings = TransportSettings {
+            timeout_ms: 1_000,
+            rate_per_s: 10.0,
+            burst: 1,
+            retry_attempts_max: 2,
+            retry_backoff_initial_ms: 100,
+            ..TransportSettings::default()
+        };
+        let inner = Scripted::new(
+            c.clone(),
+            vec![
+                Step::Fail(TransportError::NotSent("refused".into())),
+                Step::Reply(200),
+                Step::Slow(5_000),
+            ],
+        );
+        let t = stack_layers(inner.clone(), &settings, c.clone());
+        let t0 = c.now_ms();
+        assert_eq!(t.send(req()).await.unwrap().status, 200);
+        // Re-sent once, 100 ms later, through the rate limiter (a token had refilled).
+        let rel: Vec<u64> = inner.times().iter().map(|t| t - t0).collect();
+        assert_eq!(rel, vec![0, 100]);
+        let e = t.send(req()).await.unwrap_err();
+        assert!(matches!(e, TransportError::NoResponse(_)), "{e:?}");
+        assert_eq!(inner.calls(), 3, "an in-doubt request is never re-sent");
     }
 
     #[test]
