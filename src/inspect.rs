@@ -82,10 +82,15 @@ pub struct Unreadable {
     pub error: String,
 }
 
-/// Read and fold one saga.
-pub async fn load(journal: &dyn Journal, id: SagaId) -> Result<(SagaState, Vec<Entry>), String> {
-    let entries = journal.read(id).await.map_err(|e| e.to_string())?;
-    let state = SagaState::fold(id, &entries).map_err(|e| e.to_string())?;
+/// Read and fold one saga. An unknown saga is
+/// `Error::Journal(JournalError::UnknownSaga)`; a journal that does not fold
+/// is `Error::Fold` naming the record.
+pub async fn load(
+    journal: &dyn Journal,
+    id: SagaId,
+) -> Result<(SagaState, Vec<Entry>), rescind_core::Error> {
+    let entries = journal.read(id).await?;
+    let state = SagaState::fold(id, &entries)?;
     Ok((state, entries))
 }
 
@@ -100,7 +105,10 @@ pub async fn summaries(
         for id in journal.list(*set).await? {
             match load(journal, id).await {
                 Ok((s, _)) => out.push(SagaSummary::of(&s)),
-                Err(error) => bad.push(Unreadable { id, error }),
+                Err(error) => bad.push(Unreadable {
+                    id,
+                    error: error.to_string(),
+                }),
             }
         }
     }

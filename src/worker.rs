@@ -102,26 +102,81 @@ pub struct ApiState {
     pub engine: Engine,
     /// The journal it writes.
     pub journal: Arc<dyn Journal>,
+    /// The callback receiver, whose store `/healthz` probes (if any).
+    pub callbacks: Option<rescind_channel_pandapon::callback::CallbackReceiver>,
+    /// Set once recovery and the replay of stored callbacks finished (`/readyz`).
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
-#[derive(Serialize)]
+impl ApiState {
+    /// State for an engine and its journal, ready at once, with no callbacks.
+    pub fn new(engine: Engine, journal: Arc<dyn Journal>) -> Self {
+        ApiState {
+            engine,
+            journal,
+            callbacks: None,
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+}
+
+/// The JSON body of every API error: `error` in words, plus the fields that
+/// let a program act on it (`field`/`value` for refused input,
+/// `saga_id`/`fields` for an idempotency-key conflict).
+#[derive(Serialize, Default)]
 struct ApiError {
     error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    saga_id: Option<SagaId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<Vec<&'static str>>,
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(ApiError { error: msg.into() })).into_response()
+    let body = ApiError {
+        error: msg.into(),
+        ..ApiError::default()
+    };
+    (status, Json(body)).into_response()
 }
 
-fn engine_err(e: Error) -> Response {
-    let status = match &e {
-        Error::UnknownSagaKind { .. } | Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
-        Error::AlreadyFinished { .. } | Error::AlreadyRunning { .. } => StatusCode::CONFLICT,
+/// The HTTP status of an engine error, chosen by its variant.
+pub fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::UnknownSagaKind { .. } | Error::InvalidInput { .. } | Error::Rejected(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        Error::AlreadyFinished { .. }
+        | Error::AlreadyRunning { .. }
+        | Error::KeyConflict { .. }
+        | Error::NotResolvable { .. } => StatusCode::CONFLICT,
         Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         Error::Journal(rescind_core::JournalError::UnknownSaga(_)) => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn engine_err(e: Error) -> Response {
+    let mut body = ApiError {
+        error: e.to_string(),
+        ..ApiError::default()
     };
-    err(status, e.to_string())
+    match &e {
+        Error::Rejected(r) => {
+            body.field = Some(r.field.clone());
+            body.value = Some(r.value.clone());
+        }
+        Error::KeyConflict { saga, fields, .. } => {
+            body.saga_id = Some(*saga);
+            body.fields = Some(fields.clone());
+        }
+        _ => {}
+    }
+    (status_of(&e), Json(body)).into_response()
 }
 
 /// The API router (without the callback receiver; merge it in with
@@ -131,9 +186,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/sagas", post(start).get(list))
         .route("/sagas/{id}", get(show))
         .route("/sagas/{id}/abort", post(abort))
+        .route("/sagas/{id}/resume", post(resume))
+        .route("/sagas/{id}/resolve", post(resolve))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state)
 }
 
@@ -215,8 +273,7 @@ async fn show(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
             "timeline": inspect::timeline(&entries),
         }))
         .into_response(),
-        Err(e) if e.contains("is not in the journal") => err(StatusCode::NOT_FOUND, e),
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => engine_err(e),
     }
 }
 
@@ -243,6 +300,139 @@ async fn abort(
         )
             .into_response(),
         Err(e) => engine_err(e),
+    }
+}
+
+fn saga_id(id: &str) -> Result<SagaId, Box<Response>> {
+    id.parse::<SagaId>().map_err(|_| {
+        Box::new(err(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not a saga id", id.escape_debug().to_string()),
+        ))
+    })
+}
+
+async fn resume(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    let id = match saga_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match s.engine.resume(id).await {
+        Ok(in_doubt) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "saga_id": id, "resumed": true, "in_doubt": in_doubt })),
+        )
+            .into_response(),
+        Err(e) => engine_err(e),
+    }
+}
+
+/// `POST /sagas/{id}/resolve`: an operator's resolution of the in-doubt step.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// The in-doubt step.
+    pub step: u32,
+    /// Whether the step took effect upstream (verified by hand).
+    pub applied: bool,
+    /// What was verified; journaled.
+    pub reason: String,
+    /// Who resolves it; journaled.
+    #[serde(default)]
+    pub operator: Option<String>,
+    /// For an applied paid cancel: the refund it opened.
+    #[serde(default)]
+    pub refund_id: Option<String>,
+    /// For an applied custom step: its result.
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+}
+
+impl ResolveRequest {
+    /// The engine's form of this request.
+    pub fn to_resolution(&self) -> Result<rescind_core::Resolution, String> {
+        if self.reason.trim().is_empty() {
+            return Err("reason must say what was verified".into());
+        }
+        let applied = self.applied.then(|| rescind_core::OperatorApplied {
+            refund_id: self.refund_id.as_deref().map(RefundId::from),
+            value: self.value.clone(),
+        });
+        Ok(rescind_core::Resolution {
+            step: self.step,
+            applied,
+            operator: self
+                .operator
+                .clone()
+                .filter(|o| !o.trim().is_empty())
+                .unwrap_or_else(|| "api".into()),
+            reason: self.reason.clone(),
+        })
+    }
+}
+
+async fn resolve(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<ResolveRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let id = match saga_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let req = match body {
+        Ok(Json(b)) => b,
+        Err(e) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("bad resolve request: {}", e.body_text()),
+            )
+        }
+    };
+    let resolution = match req.to_resolution() {
+        Ok(r) => r,
+        Err(e) => return err(StatusCode::BAD_REQUEST, e),
+    };
+    match s.engine.resolve(id, resolution).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(
+                serde_json::json!({ "saga_id": id, "resolved": req.step, "applied": req.applied }),
+            ),
+        )
+            .into_response(),
+        Err(e) => engine_err(e),
+    }
+}
+
+/// `/healthz`: `ok`, or 503 with the reason when the journal refuses
+/// writes or the callback store cannot be written.
+async fn healthz(State(s): State<ApiState>) -> Response {
+    let mut problems = Vec::new();
+    if let Err(e) = s.journal.probe().await {
+        problems.push(format!("journal: {e}"));
+    }
+    if let Some(cb) = &s.callbacks {
+        if let Err(e) = cb.probe() {
+            problems.push(format!("callback store: {e}"));
+        }
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        err(StatusCode::SERVICE_UNAVAILABLE, problems.join("; "))
+    }
+}
+
+/// `/readyz`: `ready` once recovery and the callback replay finished, 503 before.
+async fn readyz(State(s): State<ApiState>) -> Response {
+    if s.ready.load(std::sync::atomic::Ordering::Acquire) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "recovering: unfinished sagas and stored callbacks are being resumed",
+        )
     }
 }
 
@@ -360,6 +550,20 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         .into_response()
 }
 
+/// Resume every unfinished saga, then hand stored callbacks to their sagas.
+async fn recover_and_replay(
+    engine: &Engine,
+    callbacks: &rescind_channel_pandapon::callback::CallbackReceiver,
+) -> Result<rescind_core::RecoveryReport, WorkerError> {
+    let recovered = engine.recover().await.map_err(WorkerError::Recovery)?;
+    for (id, e) in &recovered.failed {
+        tracing::error!(saga = %id, error = %e, "saga could not be resumed; it stays in the journal for an operator");
+    }
+    // Messages journaled before a crash but not yet processed reach their sagas now.
+    callbacks.replay().await.map_err(WorkerError::Replay)?;
+    Ok(recovered)
+}
+
 /// A worker running in this process: engine, journal, callback receiver and
 /// HTTP API, as `rescind worker` runs them.
 pub struct RunningWorker {
@@ -387,18 +591,48 @@ impl std::fmt::Debug for RunningWorker {
     }
 }
 
+/// Why a worker could not start; each variant names what could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The journal did not open (locked, corrupt, unreachable database).
+    #[error("cannot open the journal: {0}")]
+    Journal(#[source] rescind_core::JournalError),
+    /// A channel's configuration could not be turned into a client.
+    #[error(transparent)]
+    Channels(#[from] crate::config::ConfigError),
+    /// The callback store did not open.
+    #[error("cannot open the callback store: {0}")]
+    CallbackStore(#[source] rescind_channel_pandapon::Error),
+    /// Recovery could not run (the journal failed while listing).
+    #[error("recovery failed: {0}")]
+    Recovery(#[source] Error),
+    /// Stored callbacks could not be replayed.
+    #[error("callback replay failed: {0}")]
+    Replay(#[source] rescind_channel_pandapon::Error),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Start a worker from a configuration: open the journal, build the
-/// channels, recover every unfinished saga, replay stored callbacks, and
-/// serve the API (on `listen`, or the configured address). A journal or a
-/// port that cannot be had is an error that says which.
+/// channels, bind the API's address and serve (`/readyz` answers 503 until
+/// the next two are done), recover every unfinished saga, replay stored
+/// callbacks, then report ready. A journal or a port that cannot be had is
+/// an error that says which.
 pub async fn start_worker(
     config: &crate::config::Config,
     listen: Option<&str>,
-) -> Result<RunningWorker, String> {
+) -> Result<RunningWorker, WorkerError> {
     let journal = crate::wiring::open_journal(&config.journal)
         .await
-        .map_err(|e| format!("cannot open the journal: {e}"))?;
-    let channels = crate::wiring::build_channels(config).map_err(|e| e.to_string())?;
+        .map_err(WorkerError::Journal)?;
+    let channels = crate::wiring::build_channels(config)?;
     let engine = Engine::builder(journal.journal())
         .channels(channels)
         .limits(config.engine.clone())
@@ -413,33 +647,32 @@ pub async fn start_worker(
                 .saturating_mul(1024 * 1024),
         },
     )
-    .map_err(|e| format!("cannot open the callback store: {e}"))?;
+    .map_err(WorkerError::CallbackStore)?;
     let callbacks = rescind_channel_pandapon::callback::CallbackReceiver::new(
         Arc::new(store),
         Arc::new(engine.clone()),
     )
     .with_path(config.worker.callback_path.clone())
     .with_channels(crate::wiring::callback_channels(config));
-    let recovered = engine
-        .recover()
-        .await
-        .map_err(|e| format!("recovery failed: {e}"))?;
-    for (id, e) in &recovered.failed {
-        tracing::error!(saga = %id, error = %e, "saga could not be resumed; it stays in the journal for an operator");
-    }
-    // Messages journaled before a crash but not yet processed reach their sagas now.
-    callbacks
-        .replay()
-        .await
-        .map_err(|e| format!("callback replay failed: {e}"))?;
     let addr = listen.unwrap_or(&config.worker.listen);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|source| WorkerError::Listen {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| WorkerError::Listen {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let app = router(ApiState {
         engine: engine.clone(),
         journal: journal.journal(),
+        callbacks: Some(callbacks.clone()),
+        ready: ready.clone(),
     })
     .merge(callbacks.router());
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -451,6 +684,16 @@ pub async fn start_worker(
             })
             .await;
     });
+    let recovered = match recover_and_replay(&engine, &callbacks).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = stop.send(true);
+            engine.kill();
+            let _ = server.await;
+            return Err(e);
+        }
+    };
+    ready.store(true, std::sync::atomic::Ordering::Release);
     // Claim and resume sagas whose worker died (shared journal), and stuck ones.
     let e2 = engine.clone();
     let every = std::time::Duration::from_millis(config.worker.recover_interval_ms.max(100));

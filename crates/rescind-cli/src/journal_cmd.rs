@@ -57,6 +57,41 @@ pub enum JournalCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Record what you verified about a saga's in-doubt step, then resume it:
+    /// `--applied` (it took effect upstream) or `--not-applied` (re-issue it).
+    /// Refused when the step is not in doubt.
+    Resolve {
+        /// The saga id.
+        id: String,
+        /// The in-doubt step (see `journal show`).
+        #[arg(long)]
+        step: u32,
+        /// The step took effect upstream.
+        #[arg(
+            long,
+            conflicts_with = "not_applied",
+            required_unless_present = "not_applied"
+        )]
+        applied: bool,
+        /// The step did not take effect: re-issue it without a lookup.
+        #[arg(long)]
+        not_applied: bool,
+        /// What you verified, and where (journaled).
+        #[arg(long)]
+        reason: String,
+        /// Who you are (journaled); default: $USER.
+        #[arg(long)]
+        operator: Option<String>,
+        /// For an applied paid cancel: the refund it opened.
+        #[arg(long)]
+        refund_id: Option<String>,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Abort a saga; compensation runs (an opened refund is withdrawn).
     Abort {
         /// The saga id.
@@ -300,6 +335,42 @@ pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
             }
             engine.kill();
             Ok(worst)
+        }
+        JournalCmd::Resolve {
+            id,
+            step,
+            applied,
+            not_applied: _,
+            reason,
+            operator,
+            refund_id,
+            wait_secs,
+            json,
+        } => {
+            let id = parse_id(&id)?;
+            let operator = operator
+                .or_else(|| std::env::var("USER").ok())
+                .filter(|o| !o.trim().is_empty())
+                .unwrap_or_else(|| "operator".into());
+            let resolution = rescind_core::Resolution {
+                step,
+                applied: applied.then(|| rescind_core::OperatorApplied {
+                    refund_id: refund_id.as_deref().map(rescind_core::RefundId::from),
+                    value: None,
+                }),
+                operator,
+                reason,
+            };
+            let cfg = load_config(cfg_path)?;
+            let (engine, _j) = engine_for(&cfg).await?;
+            engine
+                .resolve(id, resolution)
+                .await
+                .map_err(|e| anyhow!(e))?;
+            let exit = wait_for(&engine, id, wait_secs).await;
+            engine.kill();
+            report_exit(id, &exit, json);
+            Ok(exit_code(&exit))
         }
         JournalCmd::Abort {
             id,

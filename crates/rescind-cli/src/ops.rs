@@ -108,10 +108,15 @@ async fn run_one(
     let cfg = load_config(cfg_path)?;
     let (engine, journal) = engine_for(&cfg).await?;
     let key = args.key.clone().unwrap_or(default_key);
-    let (id, created) = engine
-        .start_keyed(&key, input)
-        .await
-        .context("starting the saga")?;
+    // Refused input and a key bound to another request are one line each:
+    // the engine's message names the field, the value and what to do.
+    let (id, created) = match engine.start_keyed(&key, input).await {
+        Ok(started) => started,
+        Err(e @ (rescind_core::Error::Rejected(_) | rescind_core::Error::KeyConflict { .. })) => {
+            return Err(anyhow!(e))
+        }
+        Err(e) => return Err(anyhow!(e).context("starting the saga")),
+    };
     if !created {
         eprintln!("saga {id} already exists for key {key:?}; showing it");
     }
@@ -166,6 +171,29 @@ pub(crate) fn describe_outcome(o: &SagaOutcome) -> String {
     }
 }
 
+/// The idempotency key a command uses when `--key` is not given: it covers
+/// every argument that changes what the saga does (kind, channel, order,
+/// order state and refund id, stock lock, reason), so running the same
+/// command twice names one saga and a different command never reuses it.
+pub(crate) fn default_key(command: &str, input: &SagaInput) -> String {
+    let lock = input
+        .stock_lock
+        .as_ref()
+        .map(|l| format!("{}:{}", l.channel, l.lock_id))
+        .unwrap_or_default();
+    let parts = [
+        input.kind.as_str().to_owned(),
+        input.order.channel.to_string(),
+        input.order.order_id.to_string(),
+        input.order_state.to_string(),
+        lock,
+        input.reason.clone().unwrap_or_default(),
+    ];
+    // JSON quoting keeps a ':' inside a value from shifting the fields.
+    let fields = serde_json::to_string(&parts).unwrap_or_default();
+    format!("cli:{command}:v2:{fields}")
+}
+
 pub async fn cancel(cfg: &Path, a: CancelArgs) -> Result<u8> {
     let order = OrderRef::new(a.channel.as_str(), a.order.as_str());
     let mut input = if a.paid {
@@ -183,12 +211,7 @@ pub async fn cancel(cfg: &Path, a: CancelArgs) -> Result<u8> {
     if let Some(r) = &a.reason {
         input = input.with_reason(r.clone());
     }
-    let key = format!(
-        "cli:cancel:{}:{}:{}",
-        a.channel,
-        a.order,
-        if a.paid { "paid" } else { "unpaid" }
-    );
+    let key = default_key("cancel", &input);
     run_one(cfg, input, key, &a.common).await
 }
 
@@ -197,7 +220,7 @@ pub async fn withdraw(cfg: &Path, a: WithdrawArgs) -> Result<u8> {
         OrderRef::new(a.channel.as_str(), a.order.as_str()),
         RefundId::from(a.refund.as_str()),
     );
-    let key = format!("cli:withdraw:{}:{}:{}", a.channel, a.order, a.refund);
+    let key = default_key("withdraw", &input);
     run_one(cfg, input, key, &a.common).await
 }
 

@@ -156,6 +156,12 @@ pub trait Journal: Send + Sync + 'static {
     async fn release_all(&self) -> Result<usize, JournalError> {
         Ok(0)
     }
+    /// Can the journal take a durable write right now? A health check calls
+    /// it: `Err` names why not (disk full, database read-only or down).
+    /// Default: yes.
+    async fn probe(&self) -> Result<(), JournalError> {
+        Ok(())
+    }
 }
 
 /// Where a scheduled [`MemoryJournal`] crash lands, relative to one append.

@@ -316,6 +316,29 @@ async fn renew_loop(shared: Weak<Shared>, every_ms: u64) {
 
 #[async_trait]
 impl Journal for PgJournal {
+    /// Reaches the database and checks that it takes writes
+    /// (`SHOW transaction_read_only`, which PostgreSQL and compatible
+    /// engines answer): a replica or a read-only database is unhealthy.
+    async fn probe(&self) -> Result<(), JournalError> {
+        let client = self.shared.client().await?;
+        let rows = client
+            .simple_query("SHOW transaction_read_only")
+            .await
+            .map_err(|e| {
+                JournalError::Backend(format!("the journal database does not answer: {e}"))
+            })?;
+        let read_only = rows.iter().any(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("on"),
+            _ => false,
+        });
+        if read_only {
+            return Err(JournalError::Backend(
+                "the journal database is read-only (transaction_read_only = on)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     async fn append(&self, saga: SagaId, entry: &Entry) -> Result<(), JournalError> {
         let seq = i64::try_from(entry.seq).map_err(|_| JournalError::SequenceConflict {
             saga,

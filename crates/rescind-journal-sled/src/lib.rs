@@ -439,6 +439,28 @@ fn read_saga(tree: &sled::Tree, path: &Path, saga: SagaId) -> Result<Vec<Entry>,
 
 #[async_trait]
 impl Journal for SledJournal {
+    /// Writes and flushes one small key in a tree of its own (`health`), so
+    /// a disk that refuses writes is seen even when no saga is writing.
+    async fn probe(&self) -> Result<(), JournalError> {
+        let db = self.db.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let tree = db.open_tree("health")?;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            tree.insert("probe", &nanos.to_be_bytes())?;
+            db.flush()?;
+            Ok::<(), sled::Error>(())
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.backend(format_args!("the journal refuses writes: {e}"))),
+            Err(e) => Err(self.backend(format_args!("the health probe failed inside sled: {e}"))),
+        }
+    }
+
     async fn append(&self, saga: SagaId, entry: &Entry) -> Result<(), JournalError> {
         let bytes = self.encoded(saga, entry)?;
         self.submit(Op::Append {
