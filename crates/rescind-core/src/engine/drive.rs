@@ -1,0 +1,372 @@
+//! The write-ahead drive loop of one saga task: journal the intent, run the
+//! step through its [`StepMachine`], stage the outcome, and make staged
+//! records durable before anything depends on them.
+
+use super::*;
+
+impl Engine {
+    /// Fold a record into the saga and queue it for the next flush. Records
+    /// are made durable by [`Engine::flush`] before anything depends on them:
+    /// before the next external call, before a wait, and at the end — so a
+    /// step's outcome shares its flush with the next intent (write-ahead still
+    /// holds: nothing is called upstream on an outcome that is not durable; a
+    /// crash before the flush leaves the step in doubt, resolved by lookup).
+    pub(super) fn stage(
+        &self,
+        state: &mut SagaState,
+        pending: &mut Vec<Entry>,
+        record: Record,
+    ) -> std::result::Result<(), DriveStop> {
+        let entry = Entry {
+            seq: state.last_seq + 1,
+            at_ms: self.inner.clock.now_ms(),
+            record,
+        };
+        state
+            .apply(&entry)
+            .map_err(|e| DriveStop::Stuck(format!("journal does not fold: {e}")))?;
+        pending.push(entry);
+        Ok(())
+    }
+
+    /// Make the staged records durable (and, with `finish`, mark the saga finished).
+    pub(super) async fn flush(
+        &self,
+        state: &SagaState,
+        pending: &mut Vec<Entry>,
+        finish: bool,
+    ) -> std::result::Result<(), DriveStop> {
+        if pending.is_empty() && !finish {
+            return Ok(());
+        }
+        let written = if pending.len() == 1 && !finish {
+            self.inner.journal.append(state.id, &pending[0]).await
+        } else {
+            self.inner
+                .journal
+                .append_batch(state.id, pending, finish)
+                .await
+        };
+        if let Err(e) = written {
+            self.on_journal_error(&e);
+            return Err(e.into());
+        }
+        pending.clear();
+        Ok(())
+    }
+
+    /// An in-flight slot. Invariant: the semaphore is never closed (nothing
+    /// calls `close`). Were it broken, the saga stops (it resumes on the next
+    /// recovery) rather than run without a slot or panic.
+    pub(super) async fn acquire(&self) -> std::result::Result<OwnedSemaphorePermit, DriveStop> {
+        let permit = self.inner.permits.clone().acquire_owned().await;
+        debug_assert!(permit.is_ok(), "the in-flight semaphore is never closed");
+        permit.map_err(|_| DriveStop::Stopped("the in-flight semaphore was closed".into()))
+    }
+
+    pub(super) async fn drive(
+        &self,
+        mut state: SagaState,
+        def: Arc<dyn SagaDefinition>,
+        me: &Running,
+        mut wait: Option<WaitProgress>,
+    ) -> TaskEnd {
+        // A saga woken from a park goes straight back to its wait: no slot.
+        let mut permit = match wait {
+            Some(_) => None,
+            None => match self.acquire().await {
+                Ok(p) => Some(p),
+                Err(DriveStop::Stopped(reason) | DriveStop::Stuck(reason)) => {
+                    return TaskEnd::Exit(SagaExit::Stopped { reason })
+                }
+            },
+        };
+        let mut pending = Vec::new();
+        loop {
+            match self
+                .drive_once(&mut state, &def, me, &mut permit, &mut pending, &mut wait)
+                .await
+            {
+                Ok(Some(end)) => return end,
+                Ok(None) => continue,
+                Err(DriveStop::Stopped(reason)) => {
+                    // A graceful stop keeps what was learned (best effort: after
+                    // a journal failure this fails too, and recovery looks up).
+                    let _ = self.flush(&state, &mut pending, false).await;
+                    return TaskEnd::Exit(SagaExit::Stopped { reason });
+                }
+                Err(DriveStop::Stuck(reason)) => {
+                    let staged = self.stage(
+                        &mut state,
+                        &mut pending,
+                        Record::Stuck {
+                            reason: reason.clone(),
+                        },
+                    );
+                    if staged.is_ok() {
+                        let _ = self.flush(&state, &mut pending, false).await;
+                    }
+                    tracing::warn!(%reason, "saga stuck");
+                    return TaskEnd::Exit(SagaExit::Stuck { reason });
+                }
+            }
+        }
+    }
+
+    /// One turn of the loop: settle an in-doubt step, or ask the definition
+    /// and carry out its decision. `Some` ends the task.
+    pub(super) async fn drive_once(
+        &self,
+        state: &mut SagaState,
+        def: &Arc<dyn SagaDefinition>,
+        me: &Running,
+        permit: &mut Option<OwnedSemaphorePermit>,
+        pending: &mut Vec<Entry>,
+        wait: &mut Option<WaitProgress>,
+    ) -> std::result::Result<Option<TaskEnd>, DriveStop> {
+        if let Some(outcome) = state.outcome.clone() {
+            self.flush(state, pending, true).await?;
+            return Ok(Some(TaskEnd::Exit(SagaExit::Finished(outcome))));
+        }
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(DriveStop::Stopped("engine stopping".into()));
+        }
+        self.journal_aborts(state, pending, me)?;
+        if let Some(step) = state.in_doubt().cloned() {
+            self.inner.stats.in_doubt();
+            self.flush(state, pending, false).await?;
+            self.run_step(state, pending, step.step, &step.action, true, me)
+                .await?;
+            return Ok(None);
+        }
+        match def.decide(state) {
+            Decision::Act(action) => {
+                let step = state.next_step();
+                let intent = Record::Intent {
+                    step,
+                    action: action.clone(),
+                };
+                self.stage(state, pending, intent)?;
+                // Write-ahead: the intent (with the previous outcome) is durable
+                // before the call.
+                self.flush(state, pending, false).await?;
+                self.run_step(state, pending, step, &action, false, me)
+                    .await?;
+                Ok(None)
+            }
+            Decision::Switch { to, reason } => {
+                tracing::info!(to = %to, %reason, "saga switches plan");
+                self.stage(state, pending, Record::Switched { to, reason })?;
+                Ok(None)
+            }
+            Decision::Finish(outcome) => self.finish(state, pending, outcome).await,
+            Decision::AwaitRefund { refund_id } => {
+                self.flush(state, pending, false).await?;
+                // A waiting saga gives up its in-flight slot.
+                *permit = None;
+                let end = self
+                    .wait_for_refund(state, pending, &refund_id, me, wait)
+                    .await?;
+                if end.is_none() {
+                    *permit = Some(self.acquire().await?);
+                }
+                Ok(end)
+            }
+        }
+    }
+
+    /// Operator aborts are journaled by the saga's own task, in sequence.
+    fn journal_aborts(
+        &self,
+        state: &mut SagaState,
+        pending: &mut Vec<Entry>,
+        me: &Running,
+    ) -> std::result::Result<(), DriveStop> {
+        let aborts: Vec<String> = {
+            let mut mb = lock(&me.mailbox);
+            let mut out = Vec::new();
+            mb.retain(|m| match m {
+                Msg::Abort(r) => {
+                    out.push(r.clone());
+                    false
+                }
+                Msg::Observed(_) => true,
+            });
+            out
+        };
+        for reason in aborts {
+            if state.abort.is_none() {
+                self.stage(state, pending, Record::AbortRequested { reason })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Perform a step and stage its outcome.
+    async fn run_step(
+        &self,
+        state: &mut SagaState,
+        pending: &mut Vec<Entry>,
+        step: u32,
+        action: &Action,
+        resumed_in_doubt: bool,
+        me: &Running,
+    ) -> std::result::Result<(), DriveStop> {
+        let (outcome, via, attempts) = self
+            .perform(state, step, action, resumed_in_doubt, me)
+            .await?;
+        let record = Record::Outcome {
+            step,
+            outcome,
+            via,
+            attempts,
+        };
+        self.stage(state, pending, record)
+    }
+
+    /// End the saga: `Finished` and the finish mark share one write. A
+    /// failure while work is owed after an irreversible step is refused:
+    /// the saga is stuck instead, for an operator.
+    async fn finish(
+        &self,
+        state: &mut SagaState,
+        pending: &mut Vec<Entry>,
+        outcome: SagaOutcome,
+    ) -> std::result::Result<Option<TaskEnd>, DriveStop> {
+        if let SagaOutcome::Failed { reason } = &outcome {
+            if let Some(owed) = state.owed_words() {
+                if !self.inner.protections.fail_with_work_owed {
+                    return Err(DriveStop::Stuck(format!(
+                        "{reason}; not ending failed: work is still owed ({owed}); \
+                         fix the cause and resume, or resolve or abort the saga"
+                    )));
+                }
+            }
+        }
+        let record = Record::Finished {
+            outcome: outcome.clone(),
+        };
+        self.stage(state, pending, record)?;
+        self.flush(state, pending, true).await?;
+        Ok(Some(TaskEnd::Exit(SagaExit::Finished(outcome))))
+    }
+
+    /// Run one step through its [`StepMachine`]: the machine decides, this
+    /// executes its effects (call, lookup, sleep) and reports back.
+    pub(super) async fn perform(
+        &self,
+        state: &SagaState,
+        step: u32,
+        action: &Action,
+        resumed_in_doubt: bool,
+        me: &Running,
+    ) -> std::result::Result<(StepOutcome, Via, u32), DriveStop> {
+        let inner = &self.inner;
+        // An operator who found the step not applied saves the lookup.
+        let operator_not_applied = state
+            .in_doubt()
+            .and_then(|s| s.resolution.as_ref())
+            .is_some_and(|n| !n.applied);
+        let owed = match inner.protections.fail_with_work_owed {
+            true => None,
+            false => state.owed_words(),
+        };
+        let spec = StepSpec {
+            label: format!("step {step} ({})", action.name()),
+            already_done: action.kind().already_done(),
+            owed,
+            in_doubt: resumed_in_doubt && !operator_not_applied,
+            look_up: !inner.protections.skip_in_doubt_lookup,
+            started_ms: inner.clock.now_ms(),
+        };
+        let mut machine = StepMachine::new(spec, &inner.limits);
+        let ctx = Ctx {
+            saga: state.id,
+            reason: state.input.reason.as_deref(),
+            channels: &inner.channels,
+            executors: &inner.executors,
+        };
+        let mut event = StepEvent::Begin;
+        loop {
+            let effect = machine
+                .step(event, inner.clock.now_ms(), inner.rng.as_ref())
+                .map_err(|e| DriveStop::Stuck(e.to_string()))?;
+            event = match effect {
+                StepEffect::Call => StepEvent::Called(self.call(&ctx, action, step).await),
+                StepEffect::Lookup => StepEvent::LookedUp(self.look_up(&ctx, action, step).await),
+                StepEffect::Sleep { ms } => {
+                    if let Some(e) = machine.last_error() {
+                        *lock(&me.last_error) = Some(e.to_string());
+                    }
+                    inner.clock.sleep(Duration::from_millis(ms)).await;
+                    if inner.stopping.load(Ordering::Acquire) {
+                        return Err(DriveStop::Stopped("engine stopping".into()));
+                    }
+                    StepEvent::Woke
+                }
+                StepEffect::Done {
+                    outcome,
+                    via,
+                    attempts,
+                } => return Ok((outcome, via, attempts)),
+                StepEffect::Stuck { reason } => return Err(DriveStop::Stuck(reason)),
+            };
+        }
+    }
+
+    /// One call of the action, bounded by `attempt_timeout_ms`.
+    pub(super) async fn call(
+        &self,
+        ctx: &Ctx<'_>,
+        action: &Action,
+        step: u32,
+    ) -> std::result::Result<StepOutcome, ChannelError> {
+        let t0 = self.inner.clock.now_ms();
+        let span = tracing::info_span!("call", step, action = action.name());
+        let result = self
+            .with_timeout(action.kind().call(ctx))
+            .instrument(span)
+            .await;
+        let stats = &self.inner.stats;
+        stats.step_latency(self.inner.clock.now_ms().saturating_sub(t0));
+        if let Err(e) = &result {
+            if e.is_retryable() {
+                tracing::debug!(error = %e, "retryable failure");
+                stats.retry();
+            }
+        }
+        result
+    }
+
+    /// One lookup of an in-doubt step, bounded by `attempt_timeout_ms`.
+    pub(super) async fn look_up(
+        &self,
+        ctx: &Ctx<'_>,
+        action: &Action,
+        step: u32,
+    ) -> std::result::Result<Lookup, ChannelError> {
+        let span = tracing::info_span!("resolve", step, action = action.name());
+        let result = self
+            .with_timeout(action.kind().lookup(ctx))
+            .instrument(span)
+            .await;
+        match &result {
+            Ok(Lookup::Applied(_)) => self.inner.stats.resolved_by_lookup(),
+            Err(e) => tracing::debug!(error = %e, "in-doubt lookup failed"),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    pub(super) async fn with_timeout<T>(
+        &self,
+        fut: impl std::future::Future<Output = std::result::Result<T, ChannelError>>,
+    ) -> std::result::Result<T, ChannelError> {
+        let ms = self.inner.limits.attempt_timeout_ms;
+        tokio::select! {
+            biased;
+            r = fut => r,
+            _ = self.inner.clock.sleep(Duration::from_millis(ms)) => Err(ChannelError::in_doubt(format!("no answer within {ms} ms"))),
+        }
+    }
+}

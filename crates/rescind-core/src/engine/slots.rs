@@ -1,0 +1,183 @@
+//! Which sagas live in this process: one slot per saga (reserved before its
+//! first record exists), tasks, parking, and the timer that wakes parked
+//! sagas. Invariant: at most one task per saga; a parked saga keeps its slot
+//! and no task.
+
+use super::*;
+
+impl Engine {
+    /// Claim the saga's slot in this engine: at most one task per saga.
+    /// `None` when it is already running (or being started) here.
+    pub(super) fn reserve(&self, id: SagaId, order: &OrderRef) -> Option<Arc<Running>> {
+        let mut running = lock(&self.inner.running);
+        if running.contains_key(&id) {
+            return None;
+        }
+        let r = Arc::new(Running {
+            order: order.clone(),
+            mailbox: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+            done: Mutex::new(None),
+            done_changed: Notify::new(),
+            task: Mutex::new(None),
+            last_error: Mutex::new(None),
+            parked: Mutex::new(None),
+        });
+        running.insert(id, r.clone());
+        Some(r)
+    }
+
+    /// Give a reserved slot back (the start failed before any task ran).
+    pub(super) fn unreserve(&self, id: SagaId, r: &Arc<Running>) {
+        let mut running = lock(&self.inner.running);
+        if running.get(&id).is_some_and(|x| Arc::ptr_eq(x, r)) {
+            running.remove(&id);
+        }
+    }
+
+    pub(super) fn launch(
+        &self,
+        state: SagaState,
+        def: Arc<dyn SagaDefinition>,
+        running: Arc<Running>,
+        wait: Option<WaitProgress>,
+    ) {
+        let id = state.id;
+        let span = tracing::info_span!(
+            "saga",
+            saga = %id,
+            kind = %state.input.kind,
+            order = %state.input.order.order_id,
+            channel = %state.input.order.channel,
+        );
+        let engine = self.clone();
+        let r2 = running.clone();
+        let handle = tokio::spawn(
+            async move {
+                match engine.drive(state, def, &r2, wait).await {
+                    TaskEnd::Exit(exit) => {
+                        match &exit {
+                            SagaExit::Finished(o) => engine.inner.stats.finished(o),
+                            SagaExit::Stuck { .. } => engine.inner.stats.stuck(),
+                            SagaExit::Stopped { .. } => {}
+                        }
+                        engine.unreserve(id, &r2);
+                        r2.finish_with(Some(exit));
+                    }
+                    TaskEnd::Park {
+                        wake_at_ms,
+                        progress,
+                    } => engine.park(id, &r2, wake_at_ms, progress),
+                }
+            }
+            .instrument(span),
+        );
+        *lock(&running.task) = Some(handle.abort_handle());
+        if self.inner.stopping.load(Ordering::Acquire)
+            && !lock(&self.inner.running).contains_key(&id)
+        {
+            handle.abort();
+        }
+    }
+
+    /// The saga waits without a task: its slot stays reserved (so recovery
+    /// leaves it alone and `deliver`/`abort` find it), its state is dropped
+    /// (everything is durable), and a timer wakes it.
+    pub(super) fn park(
+        &self,
+        id: SagaId,
+        r: &Arc<Running>,
+        wake_at_ms: u64,
+        progress: WaitProgress,
+    ) {
+        *lock(&r.task) = None;
+        *lock(&r.parked) = Some(progress);
+        lock(&self.inner.timers).insert((wake_at_ms, id));
+        self.ensure_timer();
+        self.inner.timers_changed.notify_one();
+        // News or an abort that arrived while it was parking: wake it now.
+        if !lock(&r.mailbox).is_empty() {
+            self.wake(id, r);
+        }
+    }
+
+    /// Run a parked saga again: re-read it from the journal and continue its
+    /// wait where it stood. No-op unless it is parked (so exactly one waker wins).
+    pub(super) fn wake(&self, id: SagaId, r: &Arc<Running>) {
+        let Some(progress) = lock(&r.parked).take() else {
+            return;
+        };
+        let engine = self.clone();
+        let r = r.clone();
+        tokio::spawn(async move {
+            let loaded = async {
+                let entries = engine.inner.journal.read(id).await?;
+                let state = SagaState::fold(id, &entries)?;
+                let def = engine
+                    .definition(&state.plan, Some(id))
+                    .or_else(|_| engine.definition(&state.input.kind, Some(id)))?;
+                Ok::<_, Error>((state, def))
+            }
+            .await;
+            match loaded {
+                Ok((state, def)) => engine.launch(state, def, r, Some(progress)),
+                Err(e) => {
+                    if let Error::Journal(j) = &e {
+                        engine.on_journal_error(j);
+                    }
+                    engine.unreserve(id, &r);
+                    r.finish_with(Some(SagaExit::Stopped {
+                        reason: format!("could not wake the parked saga: {e}"),
+                    }));
+                }
+            }
+        });
+    }
+
+    pub(super) fn ensure_timer(&self) {
+        if self.inner.timer_task.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let engine = self.clone();
+        tokio::spawn(async move { engine.timer_loop().await });
+    }
+
+    /// Wakes parked sagas when their time comes. Ends when the engine stops.
+    pub(super) async fn timer_loop(self) {
+        loop {
+            if self.inner.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let now = self.inner.clock.now_ms();
+            let (due, next) = {
+                let mut timers = lock(&self.inner.timers);
+                let mut due = Vec::new();
+                while let Some(&(t, id)) = timers.first() {
+                    if t > now {
+                        break;
+                    }
+                    timers.pop_first();
+                    due.push(id);
+                }
+                (due, timers.first().map(|(t, _)| *t))
+            };
+            for id in due {
+                let r = lock(&self.inner.running).get(&id).cloned();
+                if let Some(r) = r {
+                    self.wake(id, &r);
+                }
+            }
+            let changed = self.inner.timers_changed.notified();
+            match next {
+                Some(t) => {
+                    tokio::select! {
+                        biased;
+                        _ = changed => {}
+                        _ = self.inner.clock.sleep(Duration::from_millis(t.saturating_sub(now))) => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Waiting for a refund to reach a final state: news delivered by a
+//! callback, or a poll with back-off; a long wait parks the saga.
+
+use super::*;
+
+impl Engine {
+    /// Wait for the refund to reach a final state: news delivered by a
+    /// callback, or a poll with back-off. Returns `Some(wake_at_ms)` when the
+    /// next poll is far enough away (`park_after_ms`) that the saga should
+    /// park instead of holding a task; `None` when it should decide again
+    /// (news staged, or an abort / a stop arrived).
+    /// Wait for the refund from where the wait stood (a park keeps it):
+    /// `Some(Park)` when the next poll is far enough away that the saga
+    /// should give up its task; `None` to decide again.
+    pub(super) async fn wait_for_refund(
+        &self,
+        state: &mut SagaState,
+        pending: &mut Vec<Entry>,
+        refund_id: &RefundId,
+        me: &Running,
+        wait: &mut Option<WaitProgress>,
+    ) -> std::result::Result<Option<TaskEnd>, DriveStop> {
+        let mut progress = wait.take().unwrap_or_else(|| WaitProgress {
+            started_ms: self.inner.clock.now_ms(),
+            delay_ms: self.inner.limits.refund_poll_initial_ms.max(1),
+            next_poll_at_ms: None,
+        });
+        match self
+            .await_refund(state, pending, refund_id, me, &mut progress)
+            .await?
+        {
+            Some(wake_at_ms) => {
+                self.flush(state, pending, false).await?;
+                Ok(Some(TaskEnd::Park {
+                    wake_at_ms,
+                    progress,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Wait for the refund to reach a final state: news delivered by a
+    /// callback, or a poll with back-off. Returns `Some(wake_at_ms)` when the
+    /// next poll is far enough away (`park_after_ms`) that the saga should
+    /// park instead of holding a task; `None` when it should decide again
+    /// (news staged, or an abort / a stop arrived).
+    async fn await_refund(
+        &self,
+        state: &mut SagaState,
+        pending: &mut Vec<Entry>,
+        refund_id: &RefundId,
+        me: &Running,
+        progress: &mut WaitProgress,
+    ) -> std::result::Result<Option<u64>, DriveStop> {
+        let limits = &self.inner.limits;
+        loop {
+            let (news, abort) = take_news(me, refund_id);
+            if let Some(obs) = news {
+                let record = Record::Observed {
+                    observation: obs,
+                    via: Via::Callback,
+                };
+                self.stage(state, pending, record)?;
+                return Ok(None);
+            }
+            if abort || self.inner.stopping.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            let now = self.inner.clock.now_ms();
+            let waited = now.saturating_sub(progress.started_ms);
+            if waited >= limits.refund_wait_max_ms {
+                return Err(DriveStop::Stuck(format!(
+                    "refund {refund_id} not final after {waited} ms of waiting"
+                )));
+            }
+            let due_at = *progress
+                .next_poll_at_ms
+                .get_or_insert(now.saturating_add(progress.delay_ms));
+            if now < due_at {
+                let remaining = due_at - now;
+                if remaining >= limits.park_after_ms {
+                    return Ok(Some(due_at));
+                }
+                tokio::select! {
+                    biased;
+                    _ = me.notify.notified() => continue,
+                    _ = self.inner.clock.sleep(Duration::from_millis(remaining)) => {}
+                }
+            }
+            progress.next_poll_at_ms = None;
+            progress.delay_ms = progress
+                .delay_ms
+                .saturating_mul(2)
+                .min(limits.refund_poll_max_ms.max(1));
+            if let Some(observation) = self.poll_refund(state, refund_id).await? {
+                let record = Record::Observed {
+                    observation,
+                    via: Via::Poll,
+                };
+                self.stage(state, pending, record)?;
+                return Ok(None);
+            }
+        }
+    }
+
+    /// One poll of the refund: its final state, or `None` (still open, no
+    /// lookup, or a failure worth retrying). A poll refused for credentials
+    /// makes the saga stuck, visibly, instead of polling in vain.
+    async fn poll_refund(
+        &self,
+        state: &SagaState,
+        refund_id: &RefundId,
+    ) -> std::result::Result<Option<Observation>, DriveStop> {
+        let order = &state.input.order;
+        let Some(lookup) = self.inner.channels.lookup(&order.channel) else {
+            return Ok(None);
+        };
+        match self
+            .with_timeout(lookup.refund_status(order, refund_id))
+            .await
+        {
+            Ok(status) if status.state.is_terminal() => Ok(Some(Observation::Refund {
+                order: order.clone(),
+                refund_id: refund_id.clone(),
+                status,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if is_credentials(&e) => Err(DriveStop::Stuck(format!(
+                "credentials: the poll of refund {refund_id} was refused: {e}; fix it, then resume the saga"
+            ))),
+            Err(e) => {
+                tracing::debug!(error = %e, "refund poll failed");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// News delivered by callbacks: the first that moves the refund (news that
+/// cannot move it, stale or another refund's, is dropped), and whether an
+/// abort is waiting.
+fn take_news(me: &Running, refund_id: &RefundId) -> (Option<Observation>, bool) {
+    let mut mb = lock(&me.mailbox);
+    mb.retain(|m| match m {
+        Msg::Abort(_) => true,
+        Msg::Observed(Observation::Refund {
+            refund_id: r,
+            status,
+            ..
+        }) => r == refund_id && status.state.is_terminal(),
+        Msg::Observed(Observation::Order { .. }) => false,
+    });
+    let news = mb.iter().find_map(|m| match m {
+        Msg::Observed(o) => Some(o.clone()),
+        Msg::Abort(_) => None,
+    });
+    if news.is_some() {
+        mb.retain(|m| !matches!(m, Msg::Observed(_)));
+    }
+    let abort = mb.iter().any(|m| matches!(m, Msg::Abort(_)));
+    (news, abort)
+}
+
+fn is_credentials(e: &ChannelError) -> bool {
+    matches!(
+        e.class,
+        crate::channel::ErrorClass::Permanent(
+            crate::channel::PermanentReason::Auth | crate::channel::PermanentReason::InvalidSession
+        )
+    )
+}
