@@ -715,7 +715,8 @@ pub async fn start_worker(
         }
     };
     ready.store(true, std::sync::atomic::Ordering::Release);
-    // Claim and resume sagas whose worker died (shared journal), and stuck ones.
+    // Claim and resume sagas whose worker died (shared journal); stuck ones
+    // wait for their operator (resume, resolve) or the next start.
     let e2 = engine.clone();
     let every = std::time::Duration::from_millis(config.worker.recover_interval_ms.max(100));
     let reclaimer = tokio::spawn(async move {
@@ -724,7 +725,7 @@ pub async fn start_worker(
                 _ = tokio::time::sleep(every) => {}
                 _ = stopped2.wait_for(|s| *s) => return,
             }
-            if let Err(e) = e2.recover().await {
+            if let Err(e) = e2.recover_orphans().await {
                 tracing::warn!(error = %e, "periodic recovery failed");
             }
         }
