@@ -22,6 +22,11 @@
 //!   i.e. flushed it to its WAL under the server's `synchronous_commit` (the
 //!   default, `on`, is durable; `off` would lose the last few hundred ms on a
 //!   server crash and must not be used).
+//! - **TLS.** rustls, following the URL's `sslmode` with libpq's values
+//!   ([`SslMode`]; default `prefer`): `verify-full` with the CA file as
+//!   `sslrootcert=PATH` or [`PgConfig::ca_file`] checks chain and host name;
+//!   `require` encrypts without checking the certificate. See
+//!   `docs/security.md` ("PostgreSQL TLS").
 //! - **Schema.** Embedded migrations are applied at [`PgJournal::connect`]; a
 //!   database whose schema is newer than this build is refused with
 //!   [`JournalError::NewerFormat`].
