@@ -144,7 +144,7 @@ pub fn timeline(entries: &[Entry]) -> Vec<TimelineLine> {
 /// Render one record in a line of text.
 pub fn describe(r: &Record) -> String {
     match r {
-        Record::Started { input } => format!(
+        Record::Started { input, .. } => format!(
             "started {} for {} (order {}){}",
             input.kind,
             input.order,
@@ -194,7 +194,11 @@ pub fn describe(r: &Record) -> String {
             serde_json::to_string(observation).unwrap_or_default()
         ),
         Record::Switched { to, reason } => format!("switched to {to}: {reason}"),
-        Record::AbortRequested { reason } => format!("abort requested: {reason}"),
+        Record::AbortRequested { reason, by } => format!(
+            "abort requested{}: {reason}",
+            by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default()
+        ),
+        Record::Resumed { by } => format!("resumed by {by}"),
         Record::Stuck { reason } => format!("stuck: {reason}"),
         Record::Finished { outcome } => format!(
             "finished: {}",

@@ -91,6 +91,7 @@ fn records(mode: ParkMode, i: u64, now_ms: u64) -> Vec<Entry> {
                     0,
                     Record::Started {
                         input: SagaInput::custom(PARK_KIND, order, Value::Null),
+                        by: None,
                     },
                 ),
                 e(
@@ -112,6 +113,7 @@ fn records(mode: ParkMode, i: u64, now_ms: u64) -> Vec<Entry> {
                     0,
                     Record::Started {
                         input: SagaInput::cancel_paid(order.clone()),
+                        by: None,
                     },
                 ),
                 e(

@@ -161,6 +161,7 @@ async fn single_writer(mode: JournalMode, secs: f64, base: &Option<PathBuf>) -> 
         let recs = [
             Record::Started {
                 input: SagaInput::custom(custom::KIND, order, Value::Null),
+                by: None,
             },
             Record::Intent {
                 step: 0,

@@ -177,6 +177,7 @@ pub fn entry(saga: SagaId, seq: u64) -> Entry {
                 "tmall-tbc",
                 format!("{}", saga.0.as_u128() % 1_000_000_007),
             )),
+            by: None,
         }
     } else {
         Record::Stuck {

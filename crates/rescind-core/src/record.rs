@@ -154,6 +154,9 @@ pub enum Record {
     Started {
         /// What it was asked to do.
         input: SagaInput,
+        /// Who started it (the API token's name, `cli`...), when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// The engine is about to perform `action` as step `step` (write-ahead).
     Intent {
@@ -193,6 +196,14 @@ pub enum Record {
     AbortRequested {
         /// The operator's reason.
         reason: String,
+        /// Who asked, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// An operator resumed the stuck saga (journaled before it runs again).
+    Resumed {
+        /// Who.
+        by: String,
     },
     /// An operator resolved the in-doubt step `step` by hand (`journal
     /// resolve`): with `outcome`, it took effect (folded like an
@@ -231,6 +242,7 @@ impl Record {
             Record::Observed { .. } => "observed",
             Record::Switched { .. } => "switched",
             Record::AbortRequested { .. } => "abort_requested",
+            Record::Resumed { .. } => "resumed",
             Record::Resolved { .. } => "resolved",
             Record::Stuck { .. } => "stuck",
             Record::Finished { .. } => "finished",
@@ -325,6 +337,7 @@ mod tests {
             Record::Started {
                 input: SagaInput::cancel_unpaid(order.clone())
                     .with_stock_lock(StockLockRef::new("damai", "12345")),
+                by: Some("ops".into()),
             },
             Record::Intent {
                 step: 0,
@@ -347,7 +360,9 @@ mod tests {
             },
             Record::AbortRequested {
                 reason: "ops".into(),
+                by: Some("ops".into()),
             },
+            Record::Resumed { by: "ops".into() },
             Record::Resolved {
                 step: 0,
                 outcome: Some(StepOutcome::Cancelled { already: false }),

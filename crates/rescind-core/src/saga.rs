@@ -151,7 +151,7 @@ impl SagaState {
             detail: "the saga has no records".into(),
         })?;
         let mut state = match &first.record {
-            Record::Started { input } if first.seq == 0 => {
+            Record::Started { input, .. } if first.seq == 0 => {
                 SagaState::new(id, input.clone(), first.at_ms)
             }
             other => {
@@ -319,12 +319,13 @@ impl SagaState {
             }
             Record::Observed { observation, .. } => self.fold_observation(e.seq, observation)?,
             Record::Switched { to, .. } => self.plan = to.clone(),
-            Record::AbortRequested { reason } => {
+            Record::AbortRequested { reason, .. } => {
                 if self.abort.is_none() {
                     self.abort = Some(reason.clone());
                 }
             }
             Record::Stuck { reason } => self.stuck = Some(reason.clone()),
+            Record::Resumed { .. } => self.stuck = None,
             Record::Finished { outcome } => self.outcome = Some(outcome.clone()),
         }
         self.last_seq = e.seq;

@@ -31,7 +31,7 @@ async fn bad_sagas_are_reported_by_id_and_the_rest_recover() {
         &Entry {
             seq: 0,
             at_ms: 1,
-            record: Record::Started { input },
+            record: Record::Started { input, by: None },
         },
     )
     .await
@@ -51,6 +51,7 @@ async fn bad_sagas_are_reported_by_id_and_the_rest_recover() {
             at_ms: 1,
             record: Record::Started {
                 input: SagaInput::cancel_unpaid(order("O2")),
+                by: None,
             },
         },
     )
@@ -108,6 +109,7 @@ async fn records_that_do_not_fold_are_errors_naming_saga_and_seq() {
             at_ms: 1,
             record: Record::Started {
                 input: SagaInput::cancel_unpaid(order("O1")),
+                by: None,
             },
         },
     )

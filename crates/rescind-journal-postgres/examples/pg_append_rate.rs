@@ -37,6 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let record = if seq == 0 {
                     Record::Started {
                         input: SagaInput::cancel_unpaid(OrderRef::new("x", format!("{n}"))),
+                        by: None,
                     }
                 } else {
                     Record::Stuck {

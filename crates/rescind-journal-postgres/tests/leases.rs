@@ -15,6 +15,7 @@ fn entry(seq: u64, by: &str) -> Entry {
     let record = if seq == 0 {
         Record::Started {
             input: SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", "42")),
+            by: None,
         }
     } else {
         Record::Stuck {

@@ -93,7 +93,7 @@ async fn three_workers_with_kill_9_finish_every_saga_once() {
                     &Entry {
                         seq: 0,
                         at_ms: 1_700_000_000_000,
-                        record: Record::Started { input },
+                        record: Record::Started { input, by: None },
                     },
                 )
                 .await

@@ -83,6 +83,7 @@ fn record(saga: SagaId, seq: u64) -> Entry {
     let record = match seq {
         0 => Record::Started {
             input: SagaInput::cancel_unpaid(order).with_reason("buyer asked to cancel"),
+            by: None,
         },
         s if s % 2 == 1 => Record::Intent {
             step: (s / 2) as u32,

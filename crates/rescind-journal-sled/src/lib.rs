@@ -25,7 +25,7 @@
 //!
 //! let saga = SagaId::new_random();
 //! let input = SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", "1231231"));
-//! journal.append(saga, &Entry { seq: 0, at_ms: 1_700_000_000_000, record: Record::Started { input } }).await?;
+//! journal.append(saga, &Entry { seq: 0, at_ms: 1_700_000_000_000, record: Record::Started { input, by: None } }).await?;
 //! // Durable now: a restarted process finds the saga among the unfinished.
 //! drop(journal);
 //!

@@ -362,7 +362,7 @@ async fn an_oversized_record_is_refused_before_anything_is_written() {
     let j = SledJournal::open(dir.path(), config).await.expect("open");
     let saga = sid(40);
     let mut big = entry(saga, 0);
-    if let rescind_core::Record::Started { input } = &mut big.record {
+    if let rescind_core::Record::Started { input, .. } = &mut big.record {
         input.reason = Some("x".repeat(2000));
     }
     match j.append(saga, &big).await {

@@ -20,6 +20,7 @@ fn samples() -> Vec<Vec<u8>> {
     let records = [
         Record::Started {
             input: SagaInput::cancel_paid(order.clone()).with_reason("buyer asked"),
+            by: None,
         },
         Record::Intent {
             step: 0,

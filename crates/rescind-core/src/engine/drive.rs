@@ -182,21 +182,21 @@ impl Engine {
         pending: &mut Vec<Entry>,
         me: &Running,
     ) -> std::result::Result<(), DriveStop> {
-        let aborts: Vec<String> = {
+        let aborts: Vec<(String, Option<String>)> = {
             let mut mb = lock(&me.mailbox);
             let mut out = Vec::new();
             mb.retain(|m| match m {
-                Msg::Abort(r) => {
-                    out.push(r.clone());
+                Msg::Abort(r, by) => {
+                    out.push((r.clone(), by.clone()));
                     false
                 }
                 Msg::Observed(_) => true,
             });
             out
         };
-        for reason in aborts {
+        for (reason, by) in aborts {
             if state.abort.is_none() {
-                self.stage(state, pending, Record::AbortRequested { reason })?;
+                self.stage(state, pending, Record::AbortRequested { reason, by })?;
             }
         }
         Ok(())

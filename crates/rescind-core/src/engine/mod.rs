@@ -177,7 +177,7 @@ pub struct RecoveryReport {
 
 enum Msg {
     Observed(Observation),
-    Abort(String),
+    Abort(String, Option<String>),
 }
 
 struct Running {
@@ -429,7 +429,26 @@ impl Engine {
     /// saga will finish even if the process dies right after.
     pub async fn start(&self, input: SagaInput) -> Result<SagaId> {
         let id = self.inner.ids.next_id();
-        self.start_as(id, input).await
+        self.start_as(id, input, None).await
+    }
+
+    /// [`Engine::start`] or, with a key, [`Engine::start_keyed`], journaling
+    /// who started it (`by`: an API token's name, `cli`...) in the `started`
+    /// record. Returns the saga and whether it was created.
+    pub async fn start_by(
+        &self,
+        key: Option<&str>,
+        input: SagaInput,
+        by: &str,
+    ) -> Result<(SagaId, bool)> {
+        match key {
+            Some(k) => self.start_keyed_as(k, input, Some(by.to_owned())).await,
+            None => {
+                let id = self.inner.ids.next_id();
+                let id = self.start_as(id, input, Some(by.to_owned())).await?;
+                Ok((id, true))
+            }
+        }
     }
 
     /// Start a saga idempotently: the same `key` always names the same saga.
@@ -437,8 +456,17 @@ impl Engine {
     /// returned and nothing new is journaled; if it is unfinished and not
     /// running here, it is resumed.
     pub async fn start_keyed(&self, key: &str, input: SagaInput) -> Result<(SagaId, bool)> {
+        self.start_keyed_as(key, input, None).await
+    }
+
+    async fn start_keyed_as(
+        &self,
+        key: &str,
+        input: SagaInput,
+        by: Option<String>,
+    ) -> Result<(SagaId, bool)> {
         let id = SagaId::from_key(key);
-        let existing = match self.start_as(id, input.clone()).await {
+        let existing = match self.start_as(id, input.clone(), by).await {
             Ok(id) => return Ok((id, true)),
             Err(
                 Error::AlreadyRunning { .. }
@@ -475,7 +503,7 @@ impl Engine {
         Ok(def)
     }
 
-    async fn start_as(&self, id: SagaId, input: SagaInput) -> Result<SagaId> {
+    async fn start_as(&self, id: SagaId, input: SagaInput, by: Option<String>) -> Result<SagaId> {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
@@ -491,6 +519,7 @@ impl Engine {
             at_ms,
             record: Record::Started {
                 input: input.clone(),
+                by,
             },
         };
         if let Err(e) = self.inner.journal.append(id, &entry).await {
@@ -681,10 +710,18 @@ impl Engine {
     /// refund is withdrawn). Not running: the request is journaled now and the
     /// saga resumed to carry it out.
     pub async fn abort(&self, id: SagaId, reason: impl Into<String>) -> Result<()> {
-        let reason = reason.into();
+        self.abort_as(id, reason.into(), None).await
+    }
+
+    /// [`Engine::abort`], journaling who asked.
+    pub async fn abort_by(&self, id: SagaId, reason: impl Into<String>, by: &str) -> Result<()> {
+        self.abort_as(id, reason.into(), Some(by.to_owned())).await
+    }
+
+    async fn abort_as(&self, id: SagaId, reason: String, by: Option<String>) -> Result<()> {
         let running = lock(&self.inner.running).get(&id).cloned();
         if let Some(r) = running {
-            lock(&r.mailbox).push(Msg::Abort(reason));
+            lock(&r.mailbox).push(Msg::Abort(reason, by));
             r.notify.notify_one();
             self.wake(id, &r);
             return Ok(());
@@ -699,11 +736,34 @@ impl Engine {
         let entry = Entry {
             seq: state.last_seq + 1,
             at_ms: self.inner.clock.now_ms(),
-            record: Record::AbortRequested { reason },
+            record: Record::AbortRequested { reason, by },
         };
         self.inner.journal.append(id, &entry).await?;
         self.resume(id).await?;
         Ok(())
+    }
+
+    /// [`Engine::resume`] by an operator: a saga not running here gets a
+    /// `resumed` record naming who, then runs again. Returns whether it had
+    /// an in-doubt step (`false` when it was already running).
+    pub async fn resume_by(&self, id: SagaId, by: &str) -> Result<bool> {
+        if self.is_running(id) {
+            return Ok(false);
+        }
+        let state = self.load(id).await?;
+        if let Some(o) = &state.outcome {
+            return Err(Error::AlreadyFinished {
+                saga: id,
+                outcome: o.label().into(),
+            });
+        }
+        let entry = Entry {
+            seq: state.last_seq + 1,
+            at_ms: self.inner.clock.now_ms(),
+            record: Record::Resumed { by: by.to_owned() },
+        };
+        self.inner.journal.append(id, &entry).await?;
+        self.resume(id).await
     }
 
     /// Record an operator's resolution of a saga's in-doubt step (who, when,

@@ -173,7 +173,7 @@ impl Engine {
 fn take_news(me: &Running, refund_id: &RefundId) -> (Option<Observation>, bool) {
     let mut mb = lock(&me.mailbox);
     mb.retain(|m| match m {
-        Msg::Abort(_) => true,
+        Msg::Abort(..) => true,
         Msg::Observed(Observation::Refund {
             refund_id: r,
             status,
@@ -183,12 +183,12 @@ fn take_news(me: &Running, refund_id: &RefundId) -> (Option<Observation>, bool) 
     });
     let news = mb.iter().find_map(|m| match m {
         Msg::Observed(o) => Some(o.clone()),
-        Msg::Abort(_) => None,
+        Msg::Abort(..) => None,
     });
     if news.is_some() {
         mb.retain(|m| !matches!(m, Msg::Observed(_)));
     }
-    let abort = mb.iter().any(|m| matches!(m, Msg::Abort(_)));
+    let abort = mb.iter().any(|m| matches!(m, Msg::Abort(..)));
     (news, abort)
 }
 
