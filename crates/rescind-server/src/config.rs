@@ -492,7 +492,7 @@ user_id = "u"
     /// The shipped example parses, and the defaults it shows are the real ones.
     #[test]
     fn example_file_is_true() {
-        let text = include_str!("../rescind.example.toml");
+        let text = include_str!("../../../rescind.example.toml");
         let env = |v: &str| match v {
             "RESCIND_TOP_APP_SECRET"
             | "RESCIND_DAMAI_SUPPLIER_SECRET"
