@@ -7,6 +7,7 @@
 //! `pending_pay`, `paid`, `refunding`, `cancelled`, `refunded`.
 
 use rescind_core::{ChannelError, Channels, OrderRef};
+use serde::Deserialize;
 use std::sync::Arc;
 
 pub use rescind_core::reconcile::{judge, summary, Finding, LocalOrder, LocalState, Verdict};
@@ -58,7 +59,8 @@ pub async fn reconcile(
 }
 
 /// Parse local orders from CSV (with a header) or JSON lines; the format is
-/// taken from the first non-blank character. Errors name the line.
+/// taken from the first non-blank character. Errors name the line (and, for
+/// CSV, the column).
 pub fn parse_orders(text: &str) -> Result<Vec<LocalOrder>, String> {
     let first = text.trim_start().chars().next();
     if first == Some('{') {
@@ -68,41 +70,89 @@ pub fn parse_orders(text: &str) -> Result<Vec<LocalOrder>, String> {
             .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1)))
             .collect()
     } else {
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty());
-        let Some((_, header)) = lines.next() else {
-            return Ok(Vec::new());
-        };
-        let cols: Vec<&str> = header.split(',').map(str::trim).collect();
-        for need in ["channel", "order_id", "local_state"] {
-            if !cols.contains(&need) {
-                return Err(format!(
-                    "line 1: the CSV header needs a `{need}` column (got {header:?})"
-                ));
-            }
+        parse_csv(text)
+    }
+}
+
+/// CSV with a header naming the columns (any order; `refund_id` optional).
+fn parse_csv(text: &str) -> Result<Vec<LocalOrder>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let header = reader.headers().map_err(|e| csv_error(text, &e))?.clone();
+    if header.is_empty() {
+        return Ok(Vec::new());
+    }
+    for need in ["channel", "order_id", "local_state"] {
+        if !header.iter().any(|c| c == need) {
+            let line = line_of(text, header.position());
+            let got: Vec<&str> = header.iter().collect();
+            return Err(format!(
+                "line {line}: the CSV header needs a `{need}` column (got {:?})",
+                got.join(",")
+            ));
         }
-        lines
-            .map(|(i, l)| {
-                let vals: Vec<&str> = l.split(',').map(str::trim).collect();
-                if vals.len() != cols.len() {
-                    return Err(format!(
-                        "line {}: {} fields, the header has {}",
-                        i + 1,
-                        vals.len(),
-                        cols.len()
-                    ));
-                }
-                let obj: serde_json::Map<String, serde_json::Value> = cols
-                    .iter()
-                    .zip(vals)
-                    .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_owned())))
-                    .collect();
-                serde_json::from_value(serde_json::Value::Object(obj))
-                    .map_err(|e| format!("line {}: {e}", i + 1))
-            })
-            .collect()
+    }
+    let mut out = Vec::new();
+    for row in reader.records() {
+        let row = row.map_err(|e| csv_error(text, &e))?;
+        let order = row
+            .deserialize::<LocalOrder>(Some(&header))
+            .map_err(|e| row_error(text, &header, &row, &e))?;
+        out.push(order);
+    }
+    Ok(out)
+}
+
+/// The 1-based line a CSV position is on (blank lines count).
+fn line_of(text: &str, pos: Option<&csv::Position>) -> usize {
+    let mut byte = pos.map_or(0, |p| p.byte() as usize).min(text.len());
+    // A record's position is where its parse began, before the blank lines
+    // the reader skipped: its line is the first non-blank one from there.
+    byte += text.as_bytes()[byte..]
+        .iter()
+        .take_while(|b| matches!(b, b'\n' | b'\r'))
+        .count();
+    text.as_bytes()[..byte].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// A CSV syntax error as `line N: ...`.
+fn csv_error(text: &str, e: &csv::Error) -> String {
+    let line = line_of(text, e.position());
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("line {line}: {len} fields, the header has {expected_len}"),
+        _ => format!("line {line}: {e}"),
+    }
+}
+
+/// A row that does not deserialize, as `line N: field `COLUMN`: ...`. csv
+/// knows the column for type errors; a bad `local_state` (serde's own
+/// "unknown variant" error) it does not, so that column is checked here.
+fn row_error(
+    text: &str,
+    header: &csv::StringRecord,
+    row: &csv::StringRecord,
+    e: &csv::Error,
+) -> String {
+    let line = line_of(text, row.position());
+    let csv::ErrorKind::Deserialize { err, .. } = e.kind() else {
+        return csv_error(text, e);
+    };
+    let bad_state = || {
+        let i = header.iter().position(|c| c == "local_state")?;
+        let value = row.get(i)?;
+        let de = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(value);
+        LocalState::deserialize(de).is_err().then_some("local_state")
+    };
+    match err
+        .field()
+        .and_then(|i| header.get(i as usize))
+        .or_else(bad_state)
+    {
+        Some(column) => format!("line {line}: field `{column}`: {}", err.kind()),
+        None => format!("line {line}: {}", err.kind()),
     }
 }
 
@@ -125,9 +175,22 @@ mod tests {
         assert!(parse_orders("channel,order_id\n")
             .unwrap_err()
             .contains("local_state"));
-        assert!(parse_orders("channel,order_id,local_state\nc,1,weird\n")
-            .unwrap_err()
-            .contains("line 2"));
+        let err = parse_orders("channel,order_id,local_state\nc,1,paid\n\nc,2,weird\n").unwrap_err();
+        assert!(
+            err.starts_with("line 4: field `local_state`:") && err.contains("weird"),
+            "{err}"
+        );
+        let err = parse_orders("channel,order_id,local_state\nc,1\n").unwrap_err();
+        assert_eq!(err, "line 2: 2 fields, the header has 3");
+        // Real CSV: quoted fields, any column order, padding trimmed.
+        let v = parse_orders(
+            "local_state, order_id ,channel,refund_id\npaid,\"1,2\", c ,\"R\"\"1\"\n",
+        )
+        .unwrap();
+        assert_eq!(v[0].order_id, "1,2");
+        assert_eq!(v[0].channel, "c");
+        assert_eq!(v[0].refund_id.as_deref(), Some("R\"1"));
+        assert_eq!(parse_orders("").unwrap(), []);
         assert!(parse_orders("{\"channel\":1}\n")
             .unwrap_err()
             .contains("line 1"));
