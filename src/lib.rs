@@ -18,10 +18,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-#[cfg(feature = "server")]
-pub use rescind_server::{config, inspect, reconcile, wiring, worker};
 #[cfg(all(feature = "server", feature = "sim"))]
 pub use rescind_server::simconfig;
+#[cfg(feature = "server")]
+pub use rescind_server::{config, inspect, reconcile, wiring, worker};
 
 pub use rescind_channel_pandapon as pandapon;
 pub use rescind_channel_top as top;

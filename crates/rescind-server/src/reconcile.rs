@@ -113,7 +113,11 @@ fn line_of(text: &str, pos: Option<&csv::Position>) -> usize {
         .iter()
         .take_while(|b| matches!(b, b'\n' | b'\r'))
         .count();
-    text.as_bytes()[..byte].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..byte]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// A CSV syntax error as `line N: ...`.
@@ -144,7 +148,9 @@ fn row_error(
         let i = header.iter().position(|c| c == "local_state")?;
         let value = row.get(i)?;
         let de = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(value);
-        LocalState::deserialize(de).is_err().then_some("local_state")
+        LocalState::deserialize(de)
+            .is_err()
+            .then_some("local_state")
     };
     match err
         .field()
@@ -175,7 +181,8 @@ mod tests {
         assert!(parse_orders("channel,order_id\n")
             .unwrap_err()
             .contains("local_state"));
-        let err = parse_orders("channel,order_id,local_state\nc,1,paid\n\nc,2,weird\n").unwrap_err();
+        let err =
+            parse_orders("channel,order_id,local_state\nc,1,paid\n\nc,2,weird\n").unwrap_err();
         assert!(
             err.starts_with("line 4: field `local_state`:") && err.contains("weird"),
             "{err}"
@@ -183,10 +190,9 @@ mod tests {
         let err = parse_orders("channel,order_id,local_state\nc,1\n").unwrap_err();
         assert_eq!(err, "line 2: 2 fields, the header has 3");
         // Real CSV: quoted fields, any column order, padding trimmed.
-        let v = parse_orders(
-            "local_state, order_id ,channel,refund_id\npaid,\"1,2\", c ,\"R\"\"1\"\n",
-        )
-        .unwrap();
+        let v =
+            parse_orders("local_state, order_id ,channel,refund_id\npaid,\"1,2\", c ,\"R\"\"1\"\n")
+                .unwrap();
         assert_eq!(v[0].order_id, "1,2");
         assert_eq!(v[0].channel, "c");
         assert_eq!(v[0].refund_id.as_deref(), Some("R\"1"));
