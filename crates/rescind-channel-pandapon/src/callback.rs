@@ -576,6 +576,9 @@ impl CallbackSink for rescind_core::Engine {
 /// Counters of what the receiver did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CallbackStats {
+    /// Requests refused before anything was stored: unsigned, badly signed,
+    /// or with a timestamp outside the window (answered 401).
+    pub refused: u64,
     /// Requests that parsed as callbacks.
     pub received: u64,
     /// Of those, stored for the first time.
@@ -616,6 +619,7 @@ pub struct Reported {
 
 #[derive(Default)]
 struct Counters {
+    refused: AtomicU64,
     received: AtomicU64,
     stored: AtomicU64,
     duplicates: AtomicU64,
@@ -640,6 +644,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     path: String,
     channels: CallbackChannels,
+    auth: Option<CallbackAuth>,
     counters: Counters,
     reported: Mutex<VecDeque<Reported>>,
     /// Final states seen, per (channel, refund id) and (channel, order id).
@@ -686,6 +691,7 @@ impl CallbackReceiver {
                 clock: Arc::new(TokioClock::system()),
                 path: DEFAULT_CALLBACK_PATH.to_owned(),
                 channels: CallbackChannels::default(),
+                auth: None,
                 counters: Counters::default(),
                 reported: Mutex::new(VecDeque::new()),
                 final_refunds: Mutex::new(HashMap::new()),
@@ -725,6 +731,15 @@ impl CallbackReceiver {
     /// (before cloning).
     pub fn with_channels(self, channels: CallbackChannels) -> Self {
         self.rebuild(|i| i.channels = channels)
+    }
+
+    /// Authenticate pushes arriving over HTTP (before cloning): the
+    /// `Authorization` header must be the message signature and the message's
+    /// timestamp within the window; anything else is answered 401 and not
+    /// stored. Without it, the HTTP route accepts unsigned pushes — a
+    /// worker configured with PandaPon channels always sets it.
+    pub fn with_auth(self, auth: CallbackAuth) -> Self {
+        self.rebuild(|i| i.auth = Some(auth))
     }
 
     /// The channel names news is delivered to.
@@ -799,8 +814,31 @@ impl CallbackReceiver {
             .with_state(self.clone())
     }
 
-    /// Handle one request body: parse, store durably, answer; processing is
-    /// spawned. Returns the HTTP status and the JSON body to answer with.
+    /// Handle one HTTP push: check its signature and timestamp (when
+    /// [`Self::with_auth`] was set), then [`Self::receive`] it. A refused
+    /// push is answered 401 and nothing is stored.
+    pub async fn receive_signed(
+        &self,
+        authorization: Option<&str>,
+        body: &[u8],
+    ) -> (StatusCode, serde_json::Value) {
+        if let Some(auth) = &self.inner.auth {
+            let now_ms = self.inner.clock.now_ms();
+            if let Err(why) = auth.check(authorization, body, now_ms) {
+                bump(&self.inner.counters.refused);
+                tracing::warn!(reason = %why, "pandapon callback refused");
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    serde_json::json!({"code": 401, "msg": why.to_string()}),
+                );
+            }
+        }
+        self.receive(body).await
+    }
+
+    /// Handle one request body already authenticated (or from an in-process
+    /// caller): parse, store durably, answer; processing is spawned. Returns
+    /// the HTTP status and the JSON body to answer with.
     pub async fn receive(&self, body: &[u8]) -> (StatusCode, serde_json::Value) {
         let c = &self.inner.counters;
         let msg = match parse_callback(body) {
@@ -1009,6 +1047,7 @@ impl CallbackReceiver {
         let c = &self.inner.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         CallbackStats {
+            refused: g(&c.refused),
             received: g(&c.received),
             stored: g(&c.stored),
             duplicates: g(&c.duplicates),
@@ -1041,9 +1080,125 @@ impl CallbackReceiver {
 }
 
 #[cfg(feature = "axum")]
-async fn handle(State(rx): State<CallbackReceiver>, body: Bytes) -> Response {
-    let (status, json) = rx.receive(&body).await;
+async fn handle(
+    State(rx): State<CallbackReceiver>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let (status, json) = rx.receive_signed(authorization, &body).await;
     (status, axum::Json(json)).into_response()
+}
+
+/// The default window a push's `timestamp` must fall in: ±10 minutes.
+pub const CALLBACK_WINDOW_MS_DEFAULT: u64 = 10 * 60_000;
+
+/// How pushed messages are authenticated: PandaPon signs each push with
+/// `Authorization: hex(HMAC-SHA256(base, AccessSecret))` (base: the raw
+/// body by default, pluggable — partly assumed, see
+/// `docs/channels/pandapon.md`) and stamps it with `timestamp` (epoch ms).
+/// Several secrets may be given (one per PandaPon app, or old and new while
+/// rotating); a push signed with any of them is accepted.
+#[derive(Clone)]
+pub struct CallbackAuth {
+    secrets: Vec<rescind_wire::sign::Secret>,
+    base: Arc<dyn rescind_wire::sign::MessageSignatureBase>,
+    window_ms: u64,
+}
+
+impl std::fmt::Debug for CallbackAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackAuth")
+            .field("secrets", &self.secrets.len())
+            .field("window_ms", &self.window_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a push was refused (never echoes the signature or a secret).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthRefusal {
+    /// No `Authorization` header.
+    #[error("unsigned: the Authorization header is missing")]
+    Unsigned,
+    /// The signature matches none of the secrets.
+    #[error("bad signature")]
+    BadSignature,
+    /// No readable integer `timestamp` in the message.
+    #[error("no timestamp in the message")]
+    NoTimestamp,
+    /// The timestamp is outside the window.
+    #[error("timestamp {at_ms} is {off_ms} ms away from now; the window is ±{window_ms} ms")]
+    Stale {
+        /// The message's timestamp.
+        at_ms: u64,
+        /// How far from now.
+        off_ms: u64,
+        /// The window.
+        window_ms: u64,
+    },
+}
+
+impl CallbackAuth {
+    /// Accept pushes signed with any of `secrets`, base = raw body, window ±10 min.
+    pub fn new(secrets: Vec<rescind_wire::sign::Secret>) -> Self {
+        CallbackAuth {
+            secrets,
+            base: Arc::new(rescind_wire::sign::RawBodyBase),
+            window_ms: CALLBACK_WINDOW_MS_DEFAULT,
+        }
+    }
+    /// Sign over another base.
+    pub fn with_base(mut self, base: Arc<dyn rescind_wire::sign::MessageSignatureBase>) -> Self {
+        self.base = base;
+        self
+    }
+    /// Accept timestamps within ±`window_ms` of now.
+    pub fn with_window_ms(mut self, window_ms: u64) -> Self {
+        self.window_ms = window_ms;
+        self
+    }
+    /// Check one push.
+    pub fn check(
+        &self,
+        authorization: Option<&str>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> std::result::Result<(), AuthRefusal> {
+        let given = authorization
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .ok_or(AuthRefusal::Unsigned)?;
+        let base = self.base.base(body);
+        let signed = self.secrets.iter().any(|secret| {
+            let want = rescind_wire::sign::pandapon_message_signature(&base, secret);
+            rescind_wire::sign::signatures_match(&want, given)
+        });
+        if !signed {
+            return Err(AuthRefusal::BadSignature);
+        }
+        let at_ms = serde_json::from_slice::<TimestampOnly>(body)
+            .ok()
+            .and_then(|t| t.timestamp)
+            .ok_or(AuthRefusal::NoTimestamp)?;
+        let off_ms = at_ms.abs_diff(now_ms);
+        if off_ms > self.window_ms {
+            return Err(AuthRefusal::Stale {
+                at_ms,
+                off_ms,
+                window_ms: self.window_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct TimestampOnly {
+    #[serde(default)]
+    timestamp: Option<u64>,
 }
 
 #[cfg(test)]

@@ -148,6 +148,26 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Text from the journal or upstream for a terminal: control characters
+/// (`\r`, `\n`, escape sequences) are escaped, so an order id or an upstream
+/// message cannot forge a line or drive the terminal.
+pub(crate) fn safe(text: &str) -> String {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect()
+    } else {
+        text.to_owned()
+    }
+}
+
 fn print_rows(rows: &[SagaSummary]) {
     println!(
         "{:<36} {:<16} {:<10} {:<34} {:<18} {:>5} {:>7}  reason",
@@ -157,9 +177,9 @@ fn print_rows(rows: &[SagaSummary]) {
         println!(
             "{:<36} {:<16} {:<10} {:<34} {:<18} {:>5} {:>7}  {}",
             r.id,
-            r.plan,
+            safe(&r.plan),
             r.state,
-            r.order,
+            safe(&r.order),
             r.order_state,
             r.steps,
             r.retries,
@@ -233,10 +253,14 @@ pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
                 let s = SagaSummary::of(&state);
                 println!(
                     "saga {}  {} ({})  order {}  now {}",
-                    s.id, s.kind, s.state, s.order, s.order_state
+                    s.id,
+                    safe(&s.kind),
+                    s.state,
+                    safe(&s.order),
+                    safe(&s.order_state)
                 );
                 if let Some(r) = &s.reason {
-                    println!("  {r}");
+                    println!("  {}", safe(r));
                 }
                 let t0 = entries.first().map(|e| e.at_ms).unwrap_or(0);
                 for e in &entries {
@@ -244,7 +268,7 @@ pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
                         "  {:>4} +{:>8} ms  {}",
                         e.seq,
                         e.at_ms.saturating_sub(t0),
-                        inspect::describe(&e.record)
+                        safe(&inspect::describe(&e.record))
                     );
                 }
             }
@@ -405,9 +429,24 @@ fn report_exit(id: SagaId, exit: &Option<SagaExit>, json: bool) {
         return;
     }
     match exit {
-        Some(SagaExit::Finished(o)) => println!("saga {id}: {}", describe_outcome(o)),
-        Some(SagaExit::Stuck { reason }) => println!("saga {id}: stuck: {reason}"),
-        Some(SagaExit::Stopped { reason }) => println!("saga {id}: stopped: {reason}"),
+        Some(SagaExit::Finished(o)) => println!("saga {id}: {}", safe(&describe_outcome(o))),
+        Some(SagaExit::Stuck { reason }) => println!("saga {id}: stuck: {}", safe(reason)),
+        Some(SagaExit::Stopped { reason }) => println!("saga {id}: stopped: {}", safe(reason)),
         None => println!("saga {id}: still running; it stays durable"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe;
+
+    #[test]
+    fn control_characters_are_escaped_for_the_terminal() {
+        assert_eq!(safe("1231231"), "1231231");
+        assert_eq!(safe("订单 1"), "订单 1");
+        assert_eq!(
+            safe("1\r\nsaga 00000000 completed\u{1b}[2J"),
+            "1\\r\\nsaga 00000000 completed\\u{1b}[2J"
+        );
     }
 }

@@ -181,6 +181,13 @@ async fn cancel_paid_completed_by_delivered_event_not_polling() {
     assert_eq!(e.deliver(mk("R9", RefundState::Completed)), 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(e.is_running(id));
+    // A forged completion (the refund is still open upstream) is not
+    // confirmed by the lookup the engine makes before acting: ignored.
+    e.deliver(mk("R1", RefundState::Completed));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(e.is_running(id), "a callback alone never finishes a saga");
+    // The refund really completes upstream; its callback is confirmed.
+    up.book.lock().unwrap().refunds_never_complete = false;
     e.deliver(mk("R1", RefundState::Completed));
     e.deliver(mk("R1", RefundState::Completed)); // duplicate push
     let exit = e.wait(id).await.unwrap();
@@ -205,8 +212,8 @@ async fn cancel_paid_completed_by_delivered_event_not_polling() {
             .get("R1")
             .copied()
             .unwrap_or(0),
-        0,
-        "no poll happened"
+        2,
+        "no poll happened: one confirming lookup per terminal callback"
     );
 }
 

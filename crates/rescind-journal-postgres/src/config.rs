@@ -1,6 +1,8 @@
 //! [`PgConfig`]: who this worker is, how long its leases last, how appends are batched.
 
 use crate::error::PgError;
+use std::ops::Range;
+use std::path::PathBuf;
 
 /// Settings of one [`PgJournal`](crate::PgJournal) (one worker).
 ///
@@ -44,6 +46,12 @@ pub struct PgConfig {
     pub schema: Option<String>,
     /// Give up connecting after this long. Default 5 000.
     pub connect_timeout_ms: u64,
+    /// PEM file of the CA certificate(s) the server's certificate must
+    /// chain up to, for `sslmode=verify-ca` / `verify-full` (and `require`,
+    /// which then checks the chain as libpq does). The same as the URL's
+    /// `sslrootcert=PATH`; giving both with different paths is an error.
+    /// Default `None`. See `docs/security.md` ("PostgreSQL TLS").
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for PgConfig {
@@ -59,6 +67,7 @@ impl Default for PgConfig {
             claim_batch_max: 1_000,
             schema: None,
             connect_timeout_ms: 5_000,
+            ca_file: None,
         }
     }
 }
@@ -170,17 +179,10 @@ pub(crate) fn describe_target(cfg: &tokio_postgres::Config) -> String {
 ///     "postgres://rescind:***@db:5432/rescind"
 /// );
 /// assert_eq!(redact_url("host=db password=s3cret user=x"), "host=db password=*** user=x");
+/// assert_eq!(redact_url("host=db password='s3 cret' user=x"), "host=db password=*** user=x");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    if let Some(rest) = url
-        .strip_prefix("postgres://")
-        .map(|r| ("postgres://", r))
-        .or_else(|| {
-            url.strip_prefix("postgresql://")
-                .map(|r| ("postgresql://", r))
-        })
-    {
-        let (scheme, rest) = rest;
+    if let Some((scheme, rest)) = split_scheme(url) {
         let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(authority_end);
         let tail = redact_query_password(tail);
@@ -193,13 +195,33 @@ pub fn redact_url(url: &str) -> String {
         return format!("{scheme}{authority}{tail}");
     }
     // key=value form
-    url.split(' ')
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => kv.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let Some(pairs) = kv_pairs(url) else {
+        // Unbalanced quotes: no telling where a password ends.
+        return if url.to_ascii_lowercase().contains("password") {
+            "(a malformed connection string, not shown: it may hold a password)".to_owned()
+        } else {
+            url.to_owned()
+        };
+    };
+    let mut out = String::with_capacity(url.len());
+    let mut at = 0;
+    for p in pairs
+        .iter()
+        .filter(|p| p.key.eq_ignore_ascii_case("password"))
+    {
+        out.push_str(&url[at..p.span.start]);
+        out.push_str(&p.key);
+        out.push_str("=***");
+        at = p.span.end;
+    }
+    out.push_str(&url[at..]);
+    out
+}
+
+fn split_scheme(url: &str) -> Option<(&'static str, &str)> {
+    ["postgres://", "postgresql://"]
+        .into_iter()
+        .find_map(|s| url.strip_prefix(s).map(|r| (s, r)))
 }
 
 fn redact_query_password(tail: &str) -> String {
@@ -214,6 +236,157 @@ fn redact_query_password(tail: &str) -> String {
         })
         .collect();
     format!("{path}?{}", q.join("&"))
+}
+
+/// Whether `url` carries a password: `postgres://user:PASSWORD@host/…`,
+/// a `password=` query parameter, or a `password=` key in the `key=value`
+/// form (an empty password does not count). A connection string too
+/// malformed to tell counts as carrying one if it mentions `password`.
+///
+/// A URL written in a configuration file should not: use
+/// [`refuse_url_password`] there, and take URLs with passwords from the
+/// environment (`postgres_url_env`).
+///
+/// ```
+/// use rescind_journal_postgres::url_has_password;
+/// assert!(url_has_password("postgres://rescind:s3cret@db/rescind"));
+/// assert!(url_has_password("postgres://rescind@db/rescind?password=s3cret"));
+/// assert!(url_has_password("host=db user=rescind password='s3 cret'"));
+/// assert!(!url_has_password("postgres://rescind@db/rescind?sslmode=verify-full"));
+/// assert!(!url_has_password("host=db user=rescind"));
+/// ```
+pub fn url_has_password(url: &str) -> bool {
+    if let Some((_, rest)) = split_scheme(url) {
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let in_userinfo = authority
+            .rfind('@')
+            .and_then(|at| authority[..at].split_once(':'))
+            .is_some_and(|(_, pw)| !pw.is_empty());
+        let in_query = tail.split_once('?').is_some_and(|(_, q)| {
+            q.split('&').any(|kv| {
+                kv.split_once('=')
+                    .is_some_and(|(k, v)| k.eq_ignore_ascii_case("password") && !v.is_empty())
+            })
+        });
+        return in_userinfo || in_query;
+    }
+    match kv_pairs(url) {
+        Some(pairs) => pairs
+            .iter()
+            .any(|p| p.key.eq_ignore_ascii_case("password") && !p.value.is_empty()),
+        None => url.to_ascii_lowercase().contains("password"),
+    }
+}
+
+/// A PostgreSQL URL that carries a password where none may be written (a
+/// configuration file). The message names where the URL came from and shows
+/// it redacted; neither it nor `Debug` ever contains the password.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{origin}: the PostgreSQL URL {url} carries a password; a password must not be written \
+     in a configuration file: put the URL in an environment variable (postgres_url_env) instead"
+)]
+pub struct PasswordInUrl {
+    /// Where the URL was found (e.g. `journal.postgres_url in rescind.toml`).
+    pub origin: String,
+    /// The URL, password redacted.
+    pub url: String,
+}
+
+/// `Err` if `url` carries a password (see [`url_has_password`]); `origin`
+/// says where the URL was written, for the message.
+///
+/// ```
+/// use rescind_journal_postgres::refuse_url_password;
+/// let e = refuse_url_password("postgres://u:s3cret@db/x", "journal.postgres_url").unwrap_err();
+/// assert!(e.to_string().starts_with("journal.postgres_url: "));
+/// assert!(!e.to_string().contains("s3cret") && !format!("{e:?}").contains("s3cret"));
+/// assert!(refuse_url_password("postgres://u@db/x?sslmode=verify-full", "x").is_ok());
+/// ```
+pub fn refuse_url_password(url: &str, origin: &str) -> Result<(), PasswordInUrl> {
+    if url_has_password(url) {
+        return Err(PasswordInUrl {
+            origin: origin.to_owned(),
+            url: redact_url(url),
+        });
+    }
+    Ok(())
+}
+
+/// One `key=value` of a libpq connection string.
+pub(crate) struct KvPair {
+    pub(crate) key: String,
+    /// Unquoted and unescaped.
+    pub(crate) value: String,
+    /// From the key's first byte to the value's last.
+    pub(crate) span: Range<usize>,
+}
+
+/// Split a libpq `key=value` connection string (`key = 'quoted \' value'`
+/// allowed, as libpq and tokio-postgres read it); `None` if malformed.
+pub(crate) fn kv_pairs(s: &str) -> Option<Vec<KvPair>> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut out = Vec::new();
+    let skip_ws = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    loop {
+        i = skip_ws(i);
+        if i == b.len() {
+            return Some(out);
+        }
+        let start = i;
+        while i < b.len() && b[i] != b'=' && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = s[start..i].to_owned();
+        i = skip_ws(i);
+        if key.is_empty() || i == b.len() || b[i] != b'=' {
+            return None;
+        }
+        i = skip_ws(i + 1);
+        let mut value = Vec::new();
+        if i < b.len() && b[i] == b'\'' {
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => return None,
+                    Some(b'\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\\') => {
+                        value.push(*b.get(i + 1)?);
+                        i += 2;
+                    }
+                    Some(c) => {
+                        value.push(*c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while i < b.len() && !b[i].is_ascii_whitespace() {
+                if b[i] == b'\\' {
+                    value.push(*b.get(i + 1)?);
+                    i += 2;
+                } else {
+                    value.push(b[i]);
+                    i += 1;
+                }
+            }
+        }
+        out.push(KvPair {
+            key,
+            value: String::from_utf8(value).ok()?,
+            span: start..i,
+        });
+    }
 }
 
 #[cfg(test)]
@@ -299,6 +472,80 @@ mod tests {
                 other => panic!("{field}: expected InvalidConfig, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn quoted_and_spaced_passwords_are_redacted_whole() {
+        for url in [
+            "host=h password='hun ter2' user=u",
+            "host=h password = 'hun\\'ter2' user=u",
+            "host=h password=hun\\ ter2 user=u",
+            "host=h password='hun ter2",
+        ] {
+            let r = redact_url(url);
+            assert!(!r.contains("hun") && !r.contains("ter2"), "{url} -> {r}");
+        }
+        assert_eq!(
+            redact_url("host=h password = 'a b' user=u"),
+            "host=h password=*** user=u"
+        );
+    }
+
+    #[test]
+    fn password_detection_table() {
+        for (url, has) in [
+            ("postgres://u:pw@h/db", true),
+            ("postgresql://u:p%40w@h:1,h2:2/db?sslmode=require", true),
+            ("postgres://u@h/db?password=pw", true),
+            (
+                "postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem",
+                false,
+            ),
+            ("postgres://u:@h/db", false),
+            ("postgres://h/db", false),
+            ("host=h user=u password=pw", true),
+            ("host=h user=u password=''", false),
+            ("host=h user=u PASSWORD='a b'", true),
+            ("host=h user=u", false),
+            ("host=h password='unterminated", true),
+        ] {
+            assert_eq!(url_has_password(url), has, "{url}");
+            let refused = refuse_url_password(url, "journal.postgres_url");
+            assert_eq!(refused.is_err(), has, "{url}");
+            if let Err(e) = refused {
+                for shown in [e.to_string(), format!("{e:?}")] {
+                    assert!(!shown.contains("pw") && !shown.contains("a b"), "{shown}");
+                    assert!(
+                        !shown.contains("p%40w") && !shown.contains("unterminated"),
+                        "{shown}"
+                    );
+                }
+                assert!(e.to_string().contains("journal.postgres_url"), "{e}");
+                assert!(e.to_string().contains("postgres_url_env"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn kv_pairs_reads_libpq_quoting() {
+        let pairs = kv_pairs(" a=1  b = 'x y\\'z' c=p\\ q ").unwrap_or_else(|| panic!("parse"));
+        let got: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|p| (p.key.as_str(), p.value.as_str()))
+            .collect();
+        assert_eq!(got, [("a", "1"), ("b", "x y'z"), ("c", "p q")]);
+        assert!(kv_pairs("a='x").is_none() && kv_pairs("a").is_none() && kv_pairs("=x").is_none());
+    }
+
+    #[test]
+    fn config_debug_shows_no_secret() {
+        // PgConfig holds no password; its Debug is safe to log whole.
+        let cfg = PgConfig {
+            ca_file: Some("/etc/rescind/pg-ca.pem".into()),
+            ..PgConfig::with_worker_id("w1")
+        };
+        let dbg = format!("{cfg:?}");
+        assert!(dbg.contains("pg-ca.pem") && dbg.contains("w1"), "{dbg}");
     }
 
     #[test]

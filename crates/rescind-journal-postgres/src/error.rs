@@ -15,9 +15,38 @@ pub enum PgError {
         /// The parser's complaint.
         detail: String,
     },
-    /// A [`PgConfig`](crate::PgConfig) limit is out of range.
+    /// The URL's `sslmode` is none of `disable`, `prefer`, `require`,
+    /// `verify-ca`, `verify-full`.
+    #[error(
+        "invalid PostgreSQL URL {url}: sslmode={value:?} is not one of disable, prefer, require, \
+         verify-ca, verify-full"
+    )]
+    UnknownSslMode {
+        /// The value found.
+        value: String,
+        /// The URL, password redacted.
+        url: String,
+    },
+    /// A [`PgConfig`](crate::PgConfig) limit is out of range, or the TLS
+    /// settings cannot work (no CA file for `verify-*`, an unreadable CA file).
     #[error("invalid journal configuration: {0}")]
     InvalidConfig(String),
+    /// The TLS handshake failed or the server refused TLS: a certificate not
+    /// signed by the CA, not issued for the host name (`verify-full`), or a
+    /// server without TLS under `require`/`verify-*`.
+    #[error("TLS to PostgreSQL at {target} failed (sslmode={ssl_mode}): {detail}")]
+    Tls {
+        /// `user@host:port/db`.
+        target: String,
+        /// The `sslmode` in force.
+        ssl_mode: crate::SslMode,
+        /// What was wrong and what to change.
+        detail: String,
+    },
+    /// A URL with a password where none may be written; see
+    /// [`refuse_url_password`](crate::refuse_url_password).
+    #[error(transparent)]
+    PasswordInUrl(#[from] crate::PasswordInUrl),
     /// Nothing answered at the address (refused, unresolvable, timed out).
     #[error("PostgreSQL at {target} is unreachable: {detail}")]
     Unreachable {
@@ -82,8 +111,21 @@ pub(crate) fn pg_detail(e: &tokio_postgres::Error) -> String {
 }
 
 /// Classify a failed connection attempt.
-pub(crate) fn connect_error(target: &str, e: &tokio_postgres::Error) -> PgError {
+pub(crate) fn connect_error(
+    target: &str,
+    ssl_mode: crate::SslMode,
+    e: &tokio_postgres::Error,
+) -> PgError {
     use tokio_postgres::error::SqlState;
+    if e.code().is_none() {
+        if let Some(detail) = crate::tls::tls_failure(e, ssl_mode) {
+            return PgError::Tls {
+                target: target.to_owned(),
+                ssl_mode,
+                detail,
+            };
+        }
+    }
     let detail = pg_detail(e);
     match e.code() {
         Some(c)

@@ -22,6 +22,11 @@
 //!   i.e. flushed it to its WAL under the server's `synchronous_commit` (the
 //!   default, `on`, is durable; `off` would lose the last few hundred ms on a
 //!   server crash and must not be used).
+//! - **TLS.** rustls, following the URL's `sslmode` with libpq's values
+//!   ([`SslMode`]; default `prefer`): `verify-full` with the CA file as
+//!   `sslrootcert=PATH` or [`PgConfig::ca_file`] checks chain and host name;
+//!   `require` encrypts without checking the certificate. See
+//!   `docs/security.md` ("PostgreSQL TLS").
 //! - **Schema.** Embedded migrations are applied at [`PgJournal::connect`]; a
 //!   database whose schema is newer than this build is refused with
 //!   [`JournalError::NewerFormat`].
@@ -51,10 +56,14 @@ mod config;
 mod error;
 mod pool;
 mod schema;
+mod tls;
 
-pub use config::{default_worker_id, redact_url, PgConfig};
+pub use config::{
+    default_worker_id, redact_url, refuse_url_password, url_has_password, PasswordInUrl, PgConfig,
+};
 pub use error::{PgError, Result};
 pub use schema::SCHEMA_VERSION;
+pub use tls::SslMode;
 
 use async_trait::async_trait;
 use committer::{AppendReq, SagaRow, SagaRows};
@@ -219,24 +228,31 @@ impl Drop for PgJournal {
 }
 
 impl PgJournal {
-    /// Connect to `url` (`postgres://user:password@host:port/db`, or the
-    /// `key=value` form; no TLS: use it on loopback or a private network),
-    /// apply missing schema migrations and start the committer and lease
-    /// renewal. Must be called within a tokio runtime.
+    /// Connect to `url` (`postgres://user:password@host:port/db?sslmode=…`,
+    /// or the `key=value` form), apply missing schema migrations and start
+    /// the committer and lease renewal. Must be called within a tokio runtime.
+    ///
+    /// TLS follows the URL's `sslmode` (libpq's values; default `prefer`):
+    /// `disable`, `prefer`, `require` (encrypted, certificate not checked),
+    /// `verify-ca` and `verify-full` (checked against the CA file given as
+    /// the URL's `sslrootcert=PATH` or [`PgConfig::ca_file`]; `verify-full`
+    /// also checks the host name). See [`SslMode`].
     ///
     /// Errors say what failed and where (`user@host:port/db`, never the
     /// password): [`PgError::Unreachable`], [`PgError::Auth`],
-    /// [`PgError::InvalidUrl`], [`PgError::InvalidConfig`], or
+    /// [`PgError::Tls`], [`PgError::InvalidUrl`], [`PgError::UnknownSslMode`],
+    /// [`PgError::InvalidConfig`], or
     /// `PgError::Journal(JournalError::NewerFormat { .. })` when the schema
     /// was written by a newer rescind.
     pub async fn connect(url: &str, config: PgConfig) -> Result<PgJournal, PgError> {
         config.validate()?;
-        let mut pg: tokio_postgres::Config =
-            url.parse()
-                .map_err(|e: tokio_postgres::Error| PgError::InvalidUrl {
-                    url: redact_url(url),
-                    detail: e.to_string(),
-                })?;
+        let tls::ParsedUrl {
+            mut pg,
+            ssl_mode,
+            root_cert,
+        } = tls::parse_url(url)?;
+        let ca = tls::ca_path(root_cert.as_deref(), config.ca_file.as_deref())?;
+        let connector = tls::connector(ssl_mode, ca).await?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
         }
@@ -252,12 +268,12 @@ impl PgJournal {
             pg.options(opts);
         }
         let target = config::describe_target(&pg);
-        let pool = Pool::new(pg, target.clone(), config.pool_size);
+        let pool = Pool::new(pg, (connector, ssl_mode), target.clone(), config.pool_size);
         {
             let mut first = pool.connect_raw().await?;
             schema::migrate(&mut first, &target, config.schema.as_deref()).await?;
         }
-        tracing::info!(target_db = %target, worker = %config.worker_id, "PostgreSQL journal open");
+        tracing::info!(target_db = %target, worker = %config.worker_id, ssl_mode = %ssl_mode, "PostgreSQL journal open");
         let (tx, rx) = mpsc::channel(config.queue_records_max);
         let renew_every = config.lease_renew_interval_ms;
         let shared = Arc::new(Shared {
@@ -273,6 +289,11 @@ impl PgJournal {
             tx,
             renewer,
         })
+    }
+
+    /// The `sslmode` its connections use.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.shared.pool.ssl_mode
     }
 
     /// This worker's id (the `sagas.worker_id` of its leases).

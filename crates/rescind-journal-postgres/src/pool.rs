@@ -9,19 +9,30 @@ use crate::error::{connect_error, PgError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub(crate) struct Pool {
     cfg: tokio_postgres::Config,
+    /// Used unless `ssl_mode` is `disable`; verifies as the mode says.
+    tls: MakeRustlsConnect,
+    pub(crate) ssl_mode: crate::SslMode,
     pub(crate) target: String,
     slots: Vec<Mutex<Option<Arc<Client>>>>,
     next: AtomicUsize,
 }
 
 impl Pool {
-    pub(crate) fn new(cfg: tokio_postgres::Config, target: String, size: usize) -> Self {
+    pub(crate) fn new(
+        cfg: tokio_postgres::Config,
+        (tls, ssl_mode): (MakeRustlsConnect, crate::SslMode),
+        target: String,
+        size: usize,
+    ) -> Self {
         Pool {
             cfg,
+            tls,
+            ssl_mode,
             target,
             slots: (0..size.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
@@ -37,9 +48,9 @@ impl Pool {
     pub(crate) async fn connect_raw(&self) -> Result<Client, PgError> {
         let (client, conn) = self
             .cfg
-            .connect(NoTls)
+            .connect(self.tls.clone())
             .await
-            .map_err(|e| connect_error(&self.target, &e))?;
+            .map_err(|e| connect_error(&self.target, self.ssl_mode, &e))?;
         let target = self.target.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {

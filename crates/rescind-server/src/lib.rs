@@ -1,6 +1,7 @@
 //! # rescind-server
 //!
-//! rescind as a service, over the library crates: the configuration file
+//! rescind as a service, over the library crates: API tokens ([`auth`]),
+//! the configuration file
 //! ([`config`]), turning it into live channels and a journal ([`wiring`]),
 //! the HTTP worker ([`worker`]), operator views of sagas ([`inspect`]),
 //! reconciliation against the channels ([`reconcile`]) and, with feature
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod inspect;
 pub mod reconcile;

@@ -8,9 +8,12 @@
 //! | `GET /sagas?set=unfinished\|finished` | list saga summaries |
 //! | `GET /sagas/{id}` | one saga's summary and timeline |
 //! | `POST /sagas/{id}/abort` | abort with compensation (`{"reason": ...}`) |
+//! | `POST /sagas/{id}/resume` | resume a stuck saga |
+//! | `POST /sagas/{id}/resolve` | an operator's answer for the in-doubt step ([`ResolveRequest`]) |
 //! | `GET /stats` | engine counters and journal counts (JSON) |
 //! | `GET /metrics` | the same for Prometheus |
-//! | `GET /healthz` | `ok` |
+//! | `GET /healthz` | `ok`, or 503 naming the journal or callback store that refuses writes |
+//! | `GET /readyz` | `ready` once start-up recovery finished, 503 before |
 //! | `POST /callbacks/pandapon` | PandaPon message callbacks (configurable path) |
 
 use crate::inspect::{self, SagaSummary};
@@ -21,7 +24,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use rescind_core::metrics::LATENCY_BUCKETS_MS;
 use rescind_core::{
-    Engine, Error, Journal, OrderRef, RefundId, SagaId, SagaInput, SagaSet, StockLockRef,
+    Engine, Error, InputError, Journal, OrderRef, RefundId, SagaId, SagaInput, SagaSet,
+    StockLockRef,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -65,6 +69,18 @@ pub struct StockLockSpec {
 }
 
 impl StartRequest {
+    /// The first of `channel` and `order_id` that is empty or blank, as the
+    /// input error that names it.
+    pub fn blank_field(&self) -> Option<InputError> {
+        [("channel", &self.channel), ("order_id", &self.order_id)]
+            .into_iter()
+            .find(|(_, v)| v.trim().is_empty())
+            .map(|(field, v)| {
+                let why = if v.is_empty() { "is empty" } else { "is blank" };
+                InputError::new(field, v, why)
+            })
+    }
+
     /// The saga input this request describes; an error says what is missing.
     pub fn to_input(&self) -> Result<SagaInput, String> {
         let order = OrderRef::new(self.channel.as_str(), self.order_id.as_str());
@@ -214,6 +230,11 @@ async fn start(
             )
         }
     };
+    // A blank channel or order id is refused like any other input the
+    // channels cannot take: 400 naming the field and the value.
+    if let Some(e) = req.blank_field() {
+        return engine_err(Error::Rejected(e));
+    }
     let input = match req.to_input() {
         Ok(i) => i,
         Err(e) => return err(StatusCode::BAD_REQUEST, e),
@@ -694,7 +715,8 @@ pub async fn start_worker(
         }
     };
     ready.store(true, std::sync::atomic::Ordering::Release);
-    // Claim and resume sagas whose worker died (shared journal), and stuck ones.
+    // Claim and resume sagas whose worker died (shared journal); stuck ones
+    // wait for their operator (resume, resolve) or the next start.
     let e2 = engine.clone();
     let every = std::time::Duration::from_millis(config.worker.recover_interval_ms.max(100));
     let reclaimer = tokio::spawn(async move {
@@ -703,7 +725,7 @@ pub async fn start_worker(
                 _ = tokio::time::sleep(every) => {}
                 _ = stopped2.wait_for(|s| *s) => return,
             }
-            if let Err(e) = e2.recover().await {
+            if let Err(e) = e2.recover_orphans().await {
                 tracing::warn!(error = %e, "periodic recovery failed");
             }
         }

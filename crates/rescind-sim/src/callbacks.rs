@@ -182,9 +182,16 @@ async fn push(
             .inner
             .http
             .get_or_init(|| reqwest::Client::builder().build().unwrap_or_default());
+        // Signed as PandaPon's message service signs pushes (assumed base:
+        // the raw body; see rescind_wire::sign::MessageSignatureBase).
+        let signature = rescind_wire::sign::pandapon_message_signature(
+            payload.as_bytes(),
+            &sim.config().pandapon_secret,
+        );
         let r = client
             .post(url)
             .header("content-type", "application/json")
+            .header("authorization", signature)
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .body(payload.to_owned())
             .send()

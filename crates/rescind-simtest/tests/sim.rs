@@ -9,6 +9,7 @@
 //! use the binary: `cargo run --release -p rescind-simtest -- --seeds 100000`.
 
 use rescind_core::engine::Protections;
+use rescind_core::{CrashPoint, SagaOutcome};
 use rescind_simtest::crashpoints::{self, SCENARIOS};
 use rescind_simtest::{
     default_threads, run_many, run_seed, seeds_from_env, Invariant, SwarmConfig, CI_SEEDS,
@@ -104,7 +105,7 @@ fn same_seed_same_trace() {
 #[test]
 fn exhaustive_crash_points() {
     let t0 = std::time::Instant::now();
-    let runs: Vec<usize> = std::thread::scope(|s| {
+    let reports: Vec<crashpoints::MatrixReport> = std::thread::scope(|s| {
         let handles: Vec<_> = SCENARIOS
             .iter()
             .map(|sc| s.spawn(move || crashpoints::exhaustive(sc, Protections::default())))
@@ -112,22 +113,126 @@ fn exhaustive_crash_points() {
         handles
             .into_iter()
             .map(|h| match h.join() {
-                Ok(Ok(n)) => n,
+                Ok(Ok(r)) => r,
                 Ok(Err(v)) => panic!("{v}"),
                 Err(_) => panic!("a crash-point thread panicked"),
             })
             .collect()
     });
-    let total: usize = runs.iter().sum();
+    let total: usize = reports.iter().map(|r| r.runs).sum();
     eprintln!(
         "{total} crash-point runs over {} scenarios ({:.1} s)",
         SCENARIOS.len(),
         t0.elapsed().as_secs_f64()
     );
-    for (sc, n) in SCENARIOS.iter().zip(&runs) {
+    for (sc, r) in SCENARIOS.iter().zip(&reports) {
+        let n = r.runs;
         // At least Started, Intent, Outcome, Finished, each at 3 points, twice.
-        assert!(*n >= 4 * 3 * 4, "{}: only {n} runs", sc.name);
+        assert!(n >= 4 * 3 * 4, "{}: only {n} runs", sc.name);
+        if sc.release_fault.is_some() {
+            // Owed-work scenarios: the fault parked the saga and the
+            // operator resumed it in every run, crashed or not.
+            eprintln!(
+                "{}: {n} runs, {} appends in the reference run, {} runs resumed by the operator",
+                sc.name, r.appends, r.resumed_runs
+            );
+            assert_eq!(
+                r.resumed_runs, n,
+                "{}: not every run was parked and resumed",
+                sc.name
+            );
+        } else {
+            assert_eq!(r.resumed_runs, 0, "{}: resumed with no fault", sc.name);
+        }
     }
+}
+
+fn scenario(name: &str) -> &'static crashpoints::Scenario {
+    SCENARIOS
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("scenario {name} exists"))
+}
+
+/// The owed-work scenarios without a crash: the cancel is applied, the
+/// Damai release is refused (auth; a permanent error), the saga parks stuck
+/// with the reason the fault calls for — never `failed` —, the operator
+/// lifts the fault and resumes it once, and it completes with the lock
+/// released exactly once. (The crash matrix of `exhaustive_crash_points`
+/// then requires every crashed run to end the same way.)
+#[test]
+fn owed_work_scenarios_park_then_complete_after_one_resume() {
+    for (name, cancel, reason) in [
+        (
+            "tbc-cancel-unpaid+damai-release-auth",
+            "cancel_unpaid",
+            "credentials:",
+        ),
+        (
+            "tbc-cancel-paid+damai-release-refused",
+            "cancel_paid",
+            "work still owed",
+        ),
+    ] {
+        let sc = scenario(name);
+        let end = crashpoints::run(sc, crashpoints::Crash::None, Protections::default())
+            .unwrap_or_else(|v| panic!("{v}"));
+        assert_eq!(end.operator_resumes, 1, "{name}");
+        let parked = end.parked_for.as_deref().unwrap_or_default();
+        assert!(parked.contains(reason), "{name}: parked for {parked:?}");
+        assert!(
+            matches!(end.outcome, Some(SagaOutcome::Completed { .. })),
+            "{name}: {:?}",
+            end.outcome
+        );
+        let count = |op: &str, target: &str| {
+            end.effect_counts
+                .get(&(op.to_owned(), target.to_owned()))
+                .copied()
+                .unwrap_or(0)
+        };
+        assert_eq!(count(cancel, "tmall-tbc:T0"), 1, "{name}");
+        assert_eq!(count("release_stock", "damai:D0"), 1, "{name}");
+        let lock = end.upstream.iter().flatten().find(|v| v.channel == "damai");
+        assert_eq!(lock.and_then(|v| v.stock_lock_held), Some(false), "{name}");
+    }
+}
+
+/// Proof that the owed-work crash scenarios can fail: with
+/// `fail_with_work_owed` (the old behaviour) the refused release ends the
+/// paid cancel `failed` with the Damai lock held, and the crash matrix
+/// reports I5. Credentials failures park regardless of that switch, so the
+/// auth scenario still passes with it.
+#[test]
+fn failing_with_work_owed_is_caught_by_the_crash_matrix() {
+    let broken = Protections {
+        fail_with_work_owed: true,
+        ..Protections::default()
+    };
+    let v = crashpoints::exhaustive(scenario("tbc-cancel-paid+damai-release-refused"), broken)
+        .expect_err("the crash matrix must catch a saga failed with its lock held");
+    assert_eq!(v.invariant, Invariant::I5NoHalfCancel, "{v}");
+    eprintln!("caught, as it should be:\n{v}");
+    // Caught after a crash too, not only in the reference run.
+    for crash in [
+        crashpoints::Crash::AfterEffect(1),
+        crashpoints::Crash::At(3, CrashPoint::AfterFlush),
+    ] {
+        let v = crashpoints::run(
+            scenario("tbc-cancel-paid+damai-release-refused"),
+            crash,
+            broken,
+        )
+        .expect_err("caught after a crash");
+        assert_eq!(v.invariant, Invariant::I5NoHalfCancel, "{crash:?}: {v}");
+    }
+    let auth = crashpoints::run(
+        scenario("tbc-cancel-unpaid+damai-release-auth"),
+        crashpoints::Crash::None,
+        broken,
+    )
+    .unwrap_or_else(|v| panic!("{v}"));
+    assert_eq!(auth.operator_resumes, 1);
 }
 
 /// Proof that the harness can fail: switch off the in-doubt lookup and the

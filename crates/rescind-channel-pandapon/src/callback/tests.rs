@@ -659,3 +659,92 @@ async fn callbacks_reach_channels_registered_under_other_names() {
     assert!(lock(&sink2.0).is_empty());
     assert_eq!((rx2.stats().stored, rx2.stats().not_delivered), (1, 1));
 }
+
+/// Forged, unsigned, badly signed, stale and replayed pushes over real HTTP:
+/// each refused one is answered 401, stored nowhere, delivered to no saga.
+#[tokio::test]
+async fn only_signed_fresh_pushes_are_stored() {
+    use rescind_wire::sign::{pandapon_message_signature, Secret};
+    let secret = Secret::new("access-secret");
+    let clock = Arc::new(rescind_core::TokioClock::system());
+    let now = clock.now_ms();
+    let store = Arc::new(MemoryCallbackStore::new());
+    let sink = Arc::new(RecordingSink::default());
+    let rx = CallbackReceiver::new(store.clone(), sink.clone())
+        .with_clock(clock)
+        .with_auth(CallbackAuth::new(vec![
+            Secret::new("old-secret"),
+            secret.clone(),
+        ]));
+    let url = serve(&rx).await;
+    let http = reqwest::Client::new();
+    let body = |ts: u64| {
+        format!(
+            r#"{{"messageType":"REFUND_STATUS_CHANGE","messagePlatform":0,"messageBody":{{"orderId":"T1","refundId":"R1","refundStatus":"SUCCESS"}},"timestamp":{ts}}}"#
+        )
+    };
+    let sign = |b: &str, s: &Secret| pandapon_message_signature(b.as_bytes(), s);
+    let fresh = body(now);
+    let cases: Vec<(&str, String, Option<String>, &str)> = vec![
+        ("unsigned", fresh.clone(), None, "unsigned"),
+        (
+            "signed with a wrong secret",
+            fresh.clone(),
+            Some(sign(&fresh, &Secret::new("guess"))),
+            "bad signature",
+        ),
+        (
+            "a signature of another body",
+            fresh.clone(),
+            Some(sign(&body(now + 1), &secret)),
+            "bad signature",
+        ),
+        (
+            "forged with timestamp 1",
+            body(1),
+            Some(sign(&body(1), &secret)),
+            "window",
+        ),
+        (
+            "an hour in the future",
+            body(now + 3_600_000),
+            Some(sign(&body(now + 3_600_000), &secret)),
+            "window",
+        ),
+    ];
+    for (what, b, auth, says) in &cases {
+        let mut req = http.post(&url).body(b.clone());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{what}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(says), "{what}: {text}");
+    }
+    assert!(store.load_all().await.unwrap().is_empty(), "nothing stored");
+    assert_eq!(rx.stats().refused, cases.len() as u64);
+    // Signed with the current (or the old, while rotating) secret: stored.
+    let ok = http
+        .post(&url)
+        .header("authorization", sign(&fresh, &secret).to_uppercase())
+        .body(fresh.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // A replay of the same signed push is a duplicate: acknowledged, not acted on twice.
+    let replay = http
+        .post(&url)
+        .header("authorization", sign(&fresh, &Secret::new("old-secret")))
+        .body(fresh.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 200);
+    rx.settled().await;
+    assert_eq!(store.load_all().await.unwrap().len(), 1);
+    assert_eq!(lock(&sink.0).len(), 1, "delivered once");
+    let s = rx.stats();
+    assert_eq!((s.stored, s.duplicates), (1, 1), "{s:?}");
+}

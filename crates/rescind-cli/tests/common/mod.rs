@@ -319,8 +319,18 @@ pub fn spawn_proc(
 /// Start the simulator (`rescind sim`, seeded, with [`faults_json`]) in `dir`
 /// and return it with its URL.
 pub async fn start_sim(dir: &Path, seed: u64) -> (Proc, String) {
+    start_sim_with_faults(dir, seed, &faults_json()).await
+}
+
+/// Start the simulator (`rescind sim`, seeded) in `dir` with the fault
+/// profile `faults` (`json!({})`: none) and return it with its URL.
+pub async fn start_sim_with_faults(
+    dir: &Path,
+    seed: u64,
+    faults_profile: &Value,
+) -> (Proc, String) {
     let faults = dir.join("faults.json");
-    std::fs::write(&faults, faults_json().to_string()).expect("write faults");
+    std::fs::write(&faults, faults_profile.to_string()).expect("write faults");
     let seed_s = seed.to_string();
     let faults_s = faults.to_string_lossy().into_owned();
     let mut sim = spawn_proc(
@@ -799,6 +809,30 @@ pub async fn sim_effects_and_state(
         .await
         .map_err(|e| format!("reading the simulator's state: {e}"))?;
     Ok((effects, state))
+}
+
+/// The simulator's effect counts: (op, target) → how many times applied.
+pub async fn effect_counts(
+    http: &reqwest::Client,
+    sim_url: &str,
+) -> Result<BTreeMap<(String, String), u64>, String> {
+    let v = get_json(http, &format!("{sim_url}/_admin/effects"))
+        .await
+        .map_err(|e| format!("reading the effect log: {e}"))?;
+    Ok(v["counts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                (
+                    c["op"].as_str().unwrap_or_default().to_owned(),
+                    c["target"].as_str().unwrap_or_default().to_owned(),
+                ),
+                c["count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect())
 }
 
 /// The final checks' findings and numbers.

@@ -171,6 +171,8 @@ pub struct RecoveryReport {
     pub marked_finished: usize,
     /// Sagas that could not be resumed, each with the error naming it.
     pub failed: Vec<(SagaId, Error)>,
+    /// Stuck sagas left for an operator ([`Engine::recover_orphans`] only).
+    pub left_stuck: usize,
 }
 
 enum Msg {
@@ -559,6 +561,19 @@ impl Engine {
     /// cannot be resumed (corrupt record, newer format, unknown kind) is
     /// reported by id and skipped; the others still resume.
     pub async fn recover(&self) -> Result<RecoveryReport> {
+        self.recover_sagas(false).await
+    }
+
+    /// Resume the unfinished sagas nobody drives (their worker died, a
+    /// process restarted), but leave stuck sagas to their operator: a stuck
+    /// saga waits for someone to fix its cause and resume or resolve it, not
+    /// for a timer to retry a refused call. A worker runs this periodically;
+    /// [`Engine::recover`] (at start, or `journal resume`) takes stuck ones too.
+    pub async fn recover_orphans(&self) -> Result<RecoveryReport> {
+        self.recover_sagas(true).await
+    }
+
+    async fn recover_sagas(&self, leave_stuck: bool) -> Result<RecoveryReport> {
         let ids = self.inner.journal.claim_unfinished().await?;
         let mut report = RecoveryReport::default();
         let todo: Vec<SagaId> = ids
@@ -572,10 +587,15 @@ impl Engine {
         for chunk in todo.chunks(RECOVER_BATCH_SAGAS) {
             let reads = self.inner.journal.read_many(chunk).await;
             for (id, entries) in chunk.iter().zip(reads) {
-                match self.resume_from(*id, entries).await {
-                    Ok(in_doubt) => {
+                match self.resume_from(*id, entries, leave_stuck).await {
+                    Ok(Some(in_doubt)) => {
                         report.resumed += 1;
                         report.in_doubt += usize::from(in_doubt);
+                    }
+                    Ok(None) => {
+                        report.left_stuck += 1;
+                        // Another worker may take it when an operator asks.
+                        let _ = self.inner.journal.release(*id).await;
                     }
                     Err(Error::Journal(JournalError::Crashed)) => {
                         return Err(Error::Journal(JournalError::Crashed))
@@ -603,14 +623,17 @@ impl Engine {
 
     async fn resume_one(&self, id: SagaId) -> Result<bool> {
         let entries = self.inner.journal.read(id).await;
-        self.resume_from(id, entries).await
+        Ok(self.resume_from(id, entries, false).await?.unwrap_or(false))
     }
 
+    /// Run an unfinished saga again: `Some(in_doubt)`, or `None` when it is
+    /// stuck and `leave_stuck` asked to leave it alone.
     async fn resume_from(
         &self,
         id: SagaId,
         entries: std::result::Result<Vec<Entry>, JournalError>,
-    ) -> Result<bool> {
+        leave_stuck: bool,
+    ) -> Result<Option<bool>> {
         let entries = entries.inspect_err(|e| self.on_journal_error(e))?;
         let state = SagaState::fold(id, &entries)?;
         if let Some(o) = &state.outcome {
@@ -620,6 +643,9 @@ impl Engine {
                 saga: id,
                 outcome: o.label().into(),
             });
+        }
+        if leave_stuck && state.stuck.is_some() {
+            return Ok(None);
         }
         let def = self
             .definition(&state.plan, Some(id))
@@ -643,11 +669,11 @@ impl Engine {
                     next_poll_at_ms: Some(wake_at_ms),
                 };
                 self.park(id, &slot, wake_at_ms, progress);
-                return Ok(false);
+                return Ok(Some(false));
             }
         }
         self.launch(state, def, slot, None);
-        Ok(in_doubt)
+        Ok(Some(in_doubt))
     }
 
     /// Ask a saga to abort. Running here: delivered to its task, which

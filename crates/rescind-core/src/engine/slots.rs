@@ -47,8 +47,9 @@ impl Engine {
             "saga",
             saga = %id,
             kind = %state.input.kind,
-            order = %state.input.order.order_id,
-            channel = %state.input.order.channel,
+            // Escaped: an id with control characters cannot forge a log line.
+            order = %state.input.order.order_id.as_str().escape_debug(),
+            channel = %state.input.order.channel.as_str().escape_debug(),
         );
         let engine = self.clone();
         let r2 = running.clone();

@@ -56,9 +56,9 @@ impl Engine {
         let limits = &self.inner.limits;
         loop {
             let (news, abort) = take_news(me, refund_id);
-            if let Some(obs) = news {
+            if let Some(observation) = self.confirm(state, refund_id, news).await? {
                 let record = Record::Observed {
-                    observation: obs,
+                    observation,
                     via: Via::Callback,
                 };
                 self.stage(state, pending, record)?;
@@ -102,6 +102,36 @@ impl Engine {
                 return Ok(None);
             }
         }
+    }
+
+    /// Defence in depth: news that would end the refund (a callback saying
+    /// SUCCESS or CLOSED) is confirmed by a lookup before the saga acts on
+    /// it, so a forged or misrouted message cannot finish a saga. The
+    /// lookup's answer is what is journaled. Unconfirmed news is dropped
+    /// (the wait goes on, and polls); news on a channel without a lookup is
+    /// taken as it is.
+    async fn confirm(
+        &self,
+        state: &SagaState,
+        refund_id: &RefundId,
+        news: Option<Observation>,
+    ) -> std::result::Result<Option<Observation>, DriveStop> {
+        let Some(news) = news else {
+            return Ok(None);
+        };
+        if self
+            .inner
+            .channels
+            .lookup(&state.input.order.channel)
+            .is_none()
+        {
+            return Ok(Some(news));
+        }
+        let confirmed = self.poll_refund(state, refund_id).await?;
+        if confirmed.is_none() {
+            tracing::warn!(refund = %refund_id, "a callback said the refund ended; a lookup does not confirm it: ignored");
+        }
+        Ok(confirmed)
     }
 
     /// One poll of the refund: its final state, or `None` (still open, no
