@@ -1,14 +1,27 @@
 #![doc = include_str!("../README.md")]
+//!
+//! ## This crate: re-exports and features
+//!
+//! `rescind` is a facade: it re-exports the workspace's crates and a small
+//! [`prelude`], and owns no code of its own. Features choose what it pulls in:
+//!
+//! | feature | adds | default |
+//! |---|---|---|
+//! | — | `core`, `wire`, `top`, `pandapon`, `sled_journal`, `prelude` | always |
+//! | `postgres` | `pg_journal` (tokio-postgres); PostgreSQL journals in `server`'s configuration | off |
+//! | `server` | `auth`, `config`, `wiring`, `worker`, `inspect`, `reconcile` from `rescind-server` (axum) | off |
+//! | `sim` | `sim`, the channel simulator (with `server`: `simconfig`) | off |
+//!
+//! No feature is on by default, so an embedder compiles neither axum, the
+//! simulator nor tokio-postgres unless it asks; the `rescind` command enables
+//! all three.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod auth;
-pub mod config;
-pub mod inspect;
-pub mod reconcile;
-pub mod simconfig;
-pub mod wiring;
-pub mod worker;
+#[cfg(all(feature = "server", feature = "sim"))]
+pub use rescind_server::simconfig;
+#[cfg(feature = "server")]
+pub use rescind_server::{auth, config, inspect, reconcile, wiring, worker};
 
 pub use rescind_channel_pandapon as pandapon;
 pub use rescind_channel_top as top;
@@ -16,6 +29,7 @@ pub use rescind_core as core;
 #[cfg(feature = "postgres")]
 pub use rescind_journal_postgres as pg_journal;
 pub use rescind_journal_sled as sled_journal;
+#[cfg(feature = "sim")]
 pub use rescind_sim as sim;
 pub use rescind_wire as wire;
 

@@ -36,12 +36,17 @@ use crate::json::{clip, exact_opt, exact_req};
 use crate::status::{order_state, order_word, refund_state, OrderWord, Platform};
 use crate::{Error, Result};
 use async_trait::async_trait;
+#[cfg(feature = "axum")]
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+#[cfg(feature = "axum")]
 use axum::response::{IntoResponse, Response};
+#[cfg(feature = "axum")]
 use axum::routing::post;
+#[cfg(feature = "axum")]
 use axum::Router;
+#[cfg(feature = "axum")]
 use bytes::Bytes;
+use http::StatusCode;
 use md5::{Digest, Md5};
 use rescind_core::{
     ChannelName, Clock, Observation, OrderRef, OrderState, OrderStatus, RefundId, RefundState,
@@ -800,6 +805,8 @@ impl CallbackReceiver {
     }
 
     /// The axum router: `POST <path>`. Merge it into your app or serve it alone.
+    /// (Feature `axum`, on by default.)
+    #[cfg(feature = "axum")]
     pub fn router(&self) -> Router {
         Router::new()
             .route(&self.inner.path, post(handle))
@@ -1072,6 +1079,7 @@ impl CallbackReceiver {
     }
 }
 
+#[cfg(feature = "axum")]
 async fn handle(
     State(rx): State<CallbackReceiver>,
     headers: axum::http::HeaderMap,

@@ -42,6 +42,7 @@ pub mod journal;
 pub mod limits;
 pub mod machine;
 pub mod metrics;
+pub mod reconcile;
 pub mod record;
 pub mod runtime;
 pub mod saga;

@@ -297,15 +297,9 @@ impl Config {
             None => Limits::default(),
             Some(v) => take_typed(v, "engine")?,
         };
-        if engine.in_flight_max == 0 {
-            return Err(bad("engine.in_flight_max", "must be at least 1"));
-        }
-        if engine.attempts_max == 0 {
-            return Err(bad("engine.attempts_max", "must be at least 1"));
-        }
-        if engine.jitter_pct > 100 {
-            return Err(bad("engine.jitter_pct", "must be between 0 and 100"));
-        }
+        engine
+            .validate()
+            .map_err(|e| bad(format!("engine.{}", e.limit), e.rule))?;
         let mut worker: WorkerConfig = match root.remove("worker") {
             None => WorkerConfig::default(),
             Some(v) => take_typed(v, "worker")?,
@@ -458,6 +452,7 @@ user_id = "u"
             ("[jurnal]\n", "jurnal", "unknown section"),
             ("[engine]\nin_flight_maxx = 3", "engine", "in_flight_maxx"),
             ("[engine]\njitter_pct = 300", "engine.jitter_pct", "between"),
+            ("[engine]\nbackoff_initial_ms = 10\nbackoff_max_ms = 5", "engine.backoff_max_ms", "at least backoff_initial_ms"),
             ("[worker]\nlisten = \"nowhere\"", "worker.listen", "not an address"),
             ("[worker]\ncallback_store_max_mb = 0", "worker.callback_store_max_mb", "between 1"),
             ("[journal]\npostgres_url = \"mysql://x\"", "journal.postgres_url", "postgres://"),
@@ -492,7 +487,7 @@ user_id = "u"
     /// The shipped example parses, and the defaults it shows are the real ones.
     #[test]
     fn example_file_is_true() {
-        let text = include_str!("../rescind.example.toml");
+        let text = include_str!("../../../rescind.example.toml");
         let env = |v: &str| match v {
             "RESCIND_TOP_APP_SECRET"
             | "RESCIND_DAMAI_SUPPLIER_SECRET"

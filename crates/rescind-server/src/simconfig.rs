@@ -9,7 +9,7 @@
 //! own `[journal]`, `[engine]` and `[worker]` sections.
 //!
 //! ```
-//! use rescind::simconfig::{simulator_channels_toml, SimRateLimits, SimSecretsEnv};
+//! use rescind_server::simconfig::{simulator_channels_toml, SimRateLimits, SimSecretsEnv};
 //!
 //! let env = SimSecretsEnv {
 //!     top_app_secret: "MY_TOP_SECRET",
@@ -18,7 +18,7 @@
 //! };
 //! let channels = simulator_channels_toml("http://127.0.0.1:8080", &env, None);
 //! let text = format!("[journal]\npath = \"journal\"\n\n{channels}");
-//! let config = rescind::config::Config::from_toml_str(
+//! let config = rescind_server::config::Config::from_toml_str(
 //!     &text,
 //!     std::path::Path::new("."),
 //!     &|v| env.lookup(v),

@@ -1,0 +1,25 @@
+//! # rescind-server
+//!
+//! rescind as a service, over the library crates: API tokens ([`auth`]),
+//! the configuration file
+//! ([`config`]), turning it into live channels and a journal ([`wiring`]),
+//! the HTTP worker ([`worker`]), operator views of sagas ([`inspect`]),
+//! reconciliation against the channels ([`reconcile`]) and, with feature
+//! `sim`, the channel tables for the bundled simulator ([`simconfig`]).
+//!
+//! Embedders usually reach these through the `rescind` facade's `server`
+//! feature, at the same paths (`rescind::config`, `rescind::worker`, ...).
+//!
+//! Features: `postgres` (default) opens `[journal] postgres_url` journals;
+//! `sim` adds [`simconfig`] (and compiles the simulator).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod inspect;
+pub mod reconcile;
+#[cfg(feature = "sim")]
+pub mod simconfig;
+pub mod wiring;
+pub mod worker;
