@@ -416,6 +416,9 @@ pub async fn worker(cfg_path: &Path, a: WorkerArgs) -> Result<u8> {
         .await
         .map_err(|e| anyhow!(e))?;
     println!("listening on http://{}", w.addr);
+    if w.callback_addr != w.addr {
+        eprintln!("callbacks on http://{}", w.callback_addr);
+    }
     eprintln!(
         "recovered {} saga(s) ({} in doubt, {} finished before the stop and marked now, {} could not be resumed)",
         w.recovered.resumed,

@@ -104,6 +104,11 @@ impl Rig {
 
     /// `journal`: the sled directory (default: `journal` in the test's directory).
     async fn with_journal(name: &str, journal: Option<&Path>) -> Rig {
+        Self::with_worker_keys(name, journal, "").await
+    }
+
+    /// Extra `[worker]` keys (`api_tokens_env`, `callback_listen`...).
+    async fn with_worker_keys(name: &str, journal: Option<&Path>, worker_keys: &str) -> Rig {
         let dir = tempfile::Builder::new()
             .prefix(&format!("rescind-edges-{name}-"))
             .tempdir()
@@ -132,6 +137,7 @@ callback_store = "{callbacks}"
 recover_interval_ms = {RECOVER_INTERVAL_MS}
 shutdown_grace_ms = 1000
 compact_interval_ms = 0
+{worker_keys}
 
 {channels}"#,
             journal = journal.display(),
@@ -1159,4 +1165,223 @@ impl Tap for Value {
         f(&mut self);
         self
     }
+}
+
+// ---------------------------------------------------------------------------
+// Attacks on the doors (issue 14): the API without a token or with the wrong
+// scope, forged callbacks, and a public address without tokens. Each attempt
+// is counted; the test fails if any succeeds.
+
+const TOKENS_ENV: &str = "RESCIND_EDGES_API_TOKENS";
+const WRITE_TOKEN: &str = "w-0123456789abcdef0123";
+const READ_TOKEN: &str = "r-0123456789abcdef0123";
+
+#[tokio::test]
+async fn the_api_needs_a_token_with_the_right_scope_and_callbacks_a_signature() {
+    let mut rig = Rig::with_worker_keys(
+        "attacks",
+        None,
+        &format!("api_tokens_env = \"{TOKENS_ENV}\"\ncallback_listen = \"127.0.0.1:0\""),
+    )
+    .await;
+    rig.orders(json!([tbc_order("A1"), damai_lock("AL1")]))
+        .await;
+    let tokens = format!("ops:write:{WRITE_TOKEN},grafana:read:{READ_TOKEN}");
+    rig.start_worker(&[(TOKENS_ENV, tokens.as_str())]).await;
+    let id = "00000000-0000-0000-0000-000000000001";
+    let routes: Vec<(reqwest::Method, String, bool)> = vec![
+        (reqwest::Method::GET, "/sagas".into(), false),
+        (reqwest::Method::GET, "/sagas?set=all".into(), false),
+        (reqwest::Method::GET, format!("/sagas/{id}"), false),
+        (reqwest::Method::GET, "/stats".into(), false),
+        (reqwest::Method::GET, "/metrics".into(), false),
+        (reqwest::Method::POST, "/sagas".into(), true),
+        (reqwest::Method::POST, format!("/sagas/{id}/abort"), true),
+        (reqwest::Method::POST, format!("/sagas/{id}/resume"), true),
+        (reqwest::Method::POST, format!("/sagas/{id}/resolve"), true),
+    ];
+    let start = tbc_cancel("A1", Some("AL1"), "k-attack");
+    let mut attempts = 0;
+    let mut succeeded = Vec::new();
+    for (method, path, write) in &routes {
+        let url = format!("{}{path}", rig.url);
+        let creds: Vec<Option<String>> = if *write {
+            vec![
+                None,
+                Some("Bearer not-a-token-0000000000".into()),
+                Some(format!("Bearer {READ_TOKEN}")),
+                Some(WRITE_TOKEN.into()),
+            ]
+        } else {
+            vec![None, Some("Bearer not-a-token-0000000000".into())]
+        };
+        for auth in creds {
+            attempts += 1;
+            let mut req = rig.http.request(method.clone(), &url).json(&start);
+            if let Some(a) = &auth {
+                req = req.header("authorization", a);
+            }
+            let (status, body) = rig.send(req).await;
+            let want = match &auth {
+                Some(a) if a.contains(READ_TOKEN) => 403,
+                _ => 401,
+            };
+            if status != want || body["error"].as_str().is_none() {
+                succeeded.push(format!("{method} {path} with {auth:?}: {status} {body}"));
+            }
+        }
+    }
+    assert!(attempts >= 20, "{attempts} attempts");
+    assert!(
+        succeeded.is_empty(),
+        "attacks that got through: {succeeded:#?}"
+    );
+    // Nothing was journaled, nothing sent upstream.
+    let list = rig
+        .send(
+            rig.http
+                .get(format!("{}/sagas?set=all", rig.url))
+                .bearer_auth(READ_TOKEN),
+        )
+        .await;
+    assert_eq!(list.0, 200, "{list:?}");
+    assert_eq!(
+        list.1["sagas"].as_array().map(Vec::len),
+        Some(0),
+        "{list:?}"
+    );
+    assert!(
+        rig.effects().await.is_empty(),
+        "upstream: {:?}",
+        rig.effects().await
+    );
+    // Health stays open.
+    let health = rig.send(rig.http.get(format!("{}/healthz", rig.url))).await;
+    assert_eq!(health.0, 200);
+    // The write token works, and its name is journaled as who started it.
+    let (status, started) = rig
+        .send(
+            rig.http
+                .post(format!("{}/sagas", rig.url))
+                .bearer_auth(WRITE_TOKEN)
+                .json(&start),
+        )
+        .await;
+    assert_eq!(status, 201, "{started}");
+    let saga = started["saga_id"].as_str().expect("saga_id").to_owned();
+    let (_, shown) = rig
+        .send(
+            rig.http
+                .get(format!("{}/sagas/{saga}", rig.url))
+                .bearer_auth(READ_TOKEN),
+        )
+        .await;
+    let first = &shown["timeline"][0]["detail"];
+    assert_eq!(first["by"], "ops", "{shown}");
+    // The callback route is not on the API listener, and the API is not on
+    // the callback listener.
+    let log = std::fs::read_to_string(rig.dir.path().join("worker-1.log")).unwrap_or_default();
+    let cb_url = log
+        .lines()
+        .find_map(|l| l.split("callbacks on ").nth(1))
+        .map(|u| common::strip_ansi(u).trim().to_owned())
+        .unwrap_or_else(|| panic!("no callback address in the log:\n{}", rig.logs()));
+    assert_ne!(cb_url, rig.url);
+    let on_api = rig
+        .send(
+            rig.http
+                .post(format!("{}/callbacks/pandapon", rig.url))
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(
+        on_api.0, 401,
+        "the API listener needs a token for everything: {on_api:?}"
+    );
+    let api_on_cb = rig.send(rig.http.get(format!("{cb_url}/sagas"))).await;
+    assert_eq!(api_on_cb.0, 404, "{api_on_cb:?}");
+    // Forged callbacks on the public listener: refused, stored nowhere.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let push = |ts: u64| {
+        format!(
+            r#"{{"messageType":"REFUND_STATUS_CHANGE","messagePlatform":0,"messageBody":{{"orderId":"T1","refundId":"R1","refundStatus":"SUCCESS"}},"timestamp":{ts}}}"#
+        )
+    };
+    let sign = |b: &str, secret: &str| {
+        rescind_wire::sign::pandapon_message_signature(
+            b.as_bytes(),
+            &rescind_wire::sign::Secret::new(secret),
+        )
+    };
+    let forged: Vec<(&str, String, Option<String>)> = vec![
+        ("unsigned", push(now_ms), None),
+        (
+            "wrong secret",
+            push(now_ms),
+            Some(sign(&push(now_ms), "guess")),
+        ),
+        (
+            "timestamp 1",
+            push(1),
+            Some(sign(&push(1), rescind_sim::defaults::PANDAPON_SECRET)),
+        ),
+    ];
+    for (what, body, auth) in &forged {
+        let mut req = rig
+            .http
+            .post(format!("{cb_url}/callbacks/pandapon"))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let (status, answer) = rig.send(req).await;
+        assert_eq!(status, 401, "{what}: {answer}");
+    }
+    let stored = std::fs::metadata(rig.dir.path().join("callbacks.jsonl"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert_eq!(stored, 0, "a forged callback was stored");
+    // A correctly signed push is accepted (the same secret the simulator uses).
+    let good = push(now_ms);
+    let (status, answer) = rig
+        .send(
+            rig.http
+                .post(format!("{cb_url}/callbacks/pandapon"))
+                .header(
+                    "authorization",
+                    sign(&good, rescind_sim::defaults::PANDAPON_SECRET),
+                )
+                .body(good.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}\n{}", rig.logs());
+    rig.stop_worker().await;
+}
+
+#[tokio::test]
+async fn a_public_address_without_tokens_is_refused_at_start() {
+    let rig = Rig::new("public").await;
+    let cfg = rig.cfg.to_string_lossy().into_owned();
+    let out = std::process::Command::new(common::exe())
+        .args(["--config", &cfg, "worker", "--listen", "0.0.0.0:0"])
+        .envs(common::SECRETS.vars())
+        .output()
+        .expect("run rescind worker");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("refusing to serve the API on 0.0.0.0:0 without authentication")
+            && lines[0].contains("api_tokens_env"),
+        "{stderr}"
+    );
 }

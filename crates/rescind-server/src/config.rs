@@ -67,8 +67,21 @@ pub enum JournalConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Address the HTTP API listens on.
+    /// Address the HTTP API listens on (private: the API and `/metrics`).
     pub listen: String,
+    /// Address the PandaPon callback route listens on, when it must be
+    /// reachable from outside while the API is not. Unset: the callback
+    /// route is served on `listen` too.
+    pub callback_listen: Option<String>,
+    /// The environment variable holding the API tokens:
+    /// `NAME:read|write:TOKEN[,NAME:read|write:TOKEN...]` (at least 16
+    /// characters each). Every route but `/healthz` and `/readyz` then needs
+    /// `Authorization: Bearer TOKEN`; the token's name is journaled as who
+    /// acted.
+    pub api_tokens_env: Option<String>,
+    /// Serve the API without tokens on a non-loopback address. Without
+    /// this, such a worker refuses to start.
+    pub allow_unauthenticated: bool,
     /// Path of the PandaPon callback receiver.
     pub callback_path: String,
     /// File the callback receiver journals messages to (relative paths are
@@ -98,6 +111,9 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             listen: "127.0.0.1:7878".into(),
+            callback_listen: None,
+            api_tokens_env: None,
+            allow_unauthenticated: false,
             callback_path: "/callbacks/pandapon".into(),
             callback_store: PathBuf::from("rescind-callbacks.jsonl"),
             callback_store_max_mb: 64,

@@ -217,8 +217,18 @@ struct Started {
     created: bool,
 }
 
+/// The name journaled for an action: the API token's name, or
+/// `unauthenticated` on a worker without tokens.
+fn actor_name(actor: &Option<axum::Extension<crate::auth::Actor>>) -> String {
+    actor
+        .as_ref()
+        .map(|axum::Extension(a)| a.0.clone())
+        .unwrap_or_else(|| "unauthenticated".into())
+}
+
 async fn start(
     State(s): State<ApiState>,
+    actor: Option<axum::Extension<crate::auth::Actor>>,
     body: Result<Json<StartRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(req) = match body {
@@ -240,8 +250,8 @@ async fn start(
         Err(e) => return err(StatusCode::BAD_REQUEST, e),
     };
     let result = match &req.key {
-        Some(k) => s.engine.start_keyed(k, input).await,
-        None => s.engine.start(input).await.map(|id| (id, true)),
+        Some(k) => s.engine.start_by(Some(k), input, &actor_name(&actor)).await,
+        None => s.engine.start_by(None, input, &actor_name(&actor)).await,
     };
     match result {
         Ok((saga_id, created)) => {
@@ -305,6 +315,7 @@ struct AbortBody {
 
 async fn abort(
     State(s): State<ApiState>,
+    actor: Option<axum::Extension<crate::auth::Actor>>,
     Path(id): Path<String>,
     body: Option<Json<AbortBody>>,
 ) -> Response {
@@ -314,7 +325,7 @@ async fn abort(
     let reason = body
         .and_then(|Json(b)| b.reason)
         .unwrap_or_else(|| "aborted by operator".into());
-    match s.engine.abort(id, reason).await {
+    match s.engine.abort_by(id, reason, &actor_name(&actor)).await {
         Ok(()) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({ "saga_id": id, "abort": "requested" })),
@@ -333,12 +344,16 @@ fn saga_id(id: &str) -> Result<SagaId, Box<Response>> {
     })
 }
 
-async fn resume(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+async fn resume(
+    State(s): State<ApiState>,
+    actor: Option<axum::Extension<crate::auth::Actor>>,
+    Path(id): Path<String>,
+) -> Response {
     let id = match saga_id(&id) {
         Ok(id) => id,
         Err(r) => return *r,
     };
-    match s.engine.resume(id).await {
+    match s.engine.resume_by(id, &actor_name(&actor)).await {
         Ok(in_doubt) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({ "saga_id": id, "resumed": true, "in_doubt": in_doubt })),
@@ -394,6 +409,7 @@ impl ResolveRequest {
 
 async fn resolve(
     State(s): State<ApiState>,
+    actor: Option<axum::Extension<crate::auth::Actor>>,
     Path(id): Path<String>,
     body: Result<Json<ResolveRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -410,10 +426,18 @@ async fn resolve(
             )
         }
     };
-    let resolution = match req.to_resolution() {
+    let mut resolution = match req.to_resolution() {
         Ok(r) => r,
         Err(e) => return err(StatusCode::BAD_REQUEST, e),
     };
+    // The token's name is who acted; a name in the body is kept beside it.
+    let by = actor_name(&actor);
+    if by != "unauthenticated" {
+        resolution.operator = match &req.operator {
+            Some(o) if !o.trim().is_empty() && o != &by => format!("{by} ({o})"),
+            _ => by,
+        };
+    }
     match s.engine.resolve(id, resolution).await {
         Ok(()) => (
             StatusCode::ACCEPTED,
@@ -571,6 +595,57 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         .into_response()
 }
 
+async fn bind(addr: &str) -> Result<tokio::net::TcpListener, WorkerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| WorkerError::Listen {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+fn local_addr(
+    l: &tokio::net::TcpListener,
+    what: &str,
+) -> Result<std::net::SocketAddr, WorkerError> {
+    l.local_addr().map_err(|source| WorkerError::Listen {
+        addr: what.to_owned(),
+        source,
+    })
+}
+
+/// The API's authentication: the tokens in `api_tokens_env`; with none, an
+/// open API only on a loopback address or with `allow_unauthenticated`.
+fn api_auth(
+    w: &crate::config::WorkerConfig,
+    addr: &str,
+) -> Result<crate::auth::ApiAuth, WorkerError> {
+    let list = w
+        .api_tokens_env
+        .as_deref()
+        .and_then(|var| std::env::var(var).ok())
+        .unwrap_or_default();
+    let tokens = crate::auth::Tokens::parse(&list).map_err(WorkerError::Tokens)?;
+    if !tokens.is_empty() {
+        return Ok(crate::auth::ApiAuth::tokens(tokens));
+    }
+    let loopback = addr
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(addr.starts_with("localhost:"));
+    if loopback {
+        tracing::warn!(%addr, "the API has no tokens (worker.api_tokens_env): anyone on this host can drive it");
+        return Ok(crate::auth::ApiAuth::open());
+    }
+    if w.allow_unauthenticated {
+        tracing::warn!(%addr, "the API is served WITHOUT authentication on a non-loopback address (allow_unauthenticated = true)");
+        return Ok(crate::auth::ApiAuth::open());
+    }
+    Err(WorkerError::Unauthenticated {
+        addr: addr.to_owned(),
+    })
+}
+
 /// Resume every unfinished saga, then hand stored callbacks to their sagas.
 async fn recover_and_replay(
     engine: &Engine,
@@ -590,6 +665,9 @@ async fn recover_and_replay(
 pub struct RunningWorker {
     /// The address the HTTP API listens on.
     pub addr: std::net::SocketAddr,
+    /// The address the PandaPon callback route listens on (`addr` unless
+    /// `callback_listen` is set).
+    pub callback_addr: std::net::SocketAddr,
     /// The engine.
     pub engine: Engine,
     /// The journal.
@@ -630,6 +708,15 @@ pub enum WorkerError {
     /// Stored callbacks could not be replayed.
     #[error("callback replay failed: {0}")]
     Replay(#[source] rescind_channel_pandapon::Error),
+    /// The API token list in the environment is unusable.
+    #[error("worker.api_tokens_env: {0}")]
+    Tokens(#[source] crate::auth::TokensError),
+    /// A non-loopback address with no API tokens, without the explicit opt-out.
+    #[error("refusing to serve the API on {addr} without authentication: set worker.api_tokens_env (tokens NAME:read|write:TOKEN in that variable), listen on 127.0.0.1, or set worker.allow_unauthenticated = true")]
+    Unauthenticated {
+        /// The address.
+        addr: String,
+    },
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -676,28 +763,48 @@ pub async fn start_worker(
     .with_path(config.worker.callback_path.clone())
     .with_channels(crate::wiring::callback_channels(config));
     let addr = listen.unwrap_or(&config.worker.listen);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| WorkerError::Listen {
-            addr: addr.to_owned(),
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| WorkerError::Listen {
-            addr: addr.to_owned(),
-            source,
-        })?;
+    let auth = api_auth(&config.worker, addr)?;
+    let callbacks = callbacks.with_auth(crate::wiring::callback_auth(config));
+    let listener = bind(addr).await?;
+    let addr = local_addr(&listener, addr)?;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let app = router(ApiState {
+    let api = router(ApiState {
         engine: engine.clone(),
         journal: journal.journal(),
         callbacks: Some(callbacks.clone()),
         ready: ready.clone(),
     })
-    .merge(callbacks.router());
+    .layer(axum::middleware::from_fn_with_state(
+        auth,
+        crate::auth::middleware,
+    ));
+    // The callback route has its own authentication (signed pushes); it is
+    // served on `callback_listen` when set (public), else beside the API.
+    let callback_listener = match config.worker.callback_listen.as_deref() {
+        Some(cb) if cb != addr.to_string() => Some(bind(cb).await?),
+        _ => None,
+    };
+    let callback_addr = match &callback_listener {
+        Some(l) => local_addr(l, "callback_listen")?,
+        None => addr,
+    };
+    let app = match callback_listener {
+        Some(_) => api,
+        None => api.merge(callbacks.router()),
+    };
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let mut stopped2 = stopped.clone();
+    if let Some(l) = callback_listener {
+        let cb_app = callbacks.router();
+        let mut cb_stopped = stop.subscribe();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, cb_app)
+                .with_graceful_shutdown(async move {
+                    let _ = cb_stopped.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+    }
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -793,6 +900,7 @@ pub async fn start_worker(
     }
     Ok(RunningWorker {
         addr,
+        callback_addr,
         engine,
         journal,
         callbacks,
