@@ -139,6 +139,22 @@ async fn open_postgres(
     )))
 }
 
+/// How the callback route authenticates pushes: signed with the secret of
+/// any configured PandaPon channel (none configured: every push is refused).
+pub fn callback_auth(config: &Config) -> rescind_channel_pandapon::callback::CallbackAuth {
+    let secrets = config
+        .channels
+        .values()
+        .filter_map(|c| match c {
+            ChannelConfig::PandaponTaobao(p) | ChannelConfig::Pandapon1688(p) => {
+                Some(p.secret.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    rescind_channel_pandapon::callback::CallbackAuth::new(secrets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,20 +224,4 @@ user_id = "u"
             [OrderRef::new("pp-1688", "A1"), OrderRef::new("pp-tb", "T1")]
         );
     }
-}
-
-/// How the callback route authenticates pushes: signed with the secret of
-/// any configured PandaPon channel (none configured: every push is refused).
-pub fn callback_auth(config: &Config) -> rescind_channel_pandapon::callback::CallbackAuth {
-    let secrets = config
-        .channels
-        .values()
-        .filter_map(|c| match c {
-            ChannelConfig::PandaponTaobao(p) | ChannelConfig::Pandapon1688(p) => {
-                Some(p.secret.clone())
-            }
-            _ => None,
-        })
-        .collect();
-    rescind_channel_pandapon::callback::CallbackAuth::new(secrets)
 }
