@@ -224,6 +224,22 @@ fn take_typed<T: for<'de> Deserialize<'de>>(
         .map_err(|e: toml::de::Error| bad(key, e.message().to_owned()))
 }
 
+/// Does a PostgreSQL URL carry a password (`user:PASSWORD@`, or a
+/// `password=` parameter)?
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let userinfo_password = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let param_password = url.split(['?', '&', ' ']).any(|kv| {
+        kv.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("password=")
+    });
+    userinfo_password || param_password
+}
+
 impl Config {
     /// Parse a configuration from TOML text; `env` looks up environment
     /// variables (pass `|v| std::env::var(v).ok()`); relative paths are
@@ -248,6 +264,16 @@ impl Config {
                 path: base_dir.join("rescind-journal"),
             },
             Some(toml::Value::Table(mut t)) => {
+                // Checked before `postgres_url_env` is resolved: a URL from
+                // the environment may carry its password; one in the file may not.
+                if let Some(toml::Value::String(u)) = t.get("postgres_url") {
+                    if url_has_password(u) {
+                        return Err(bad(
+                            "journal.postgres_url",
+                            "carries a password, and secrets are never written in the file: put the URL in an environment variable and write `postgres_url_env = \"SOME_VAR\"` (the URL is not shown here)",
+                        ));
+                    }
+                }
                 resolve_env(&mut t, "journal", env)?;
                 let path = t.remove("path");
                 let url = t.remove("postgres_url");
@@ -472,6 +498,16 @@ user_id = "u"
             ("[worker]\nlisten = \"nowhere\"", "worker.listen", "not an address"),
             ("[worker]\ncallback_store_max_mb = 0", "worker.callback_store_max_mb", "between 1"),
             ("[journal]\npostgres_url = \"mysql://x\"", "journal.postgres_url", "postgres://"),
+            (
+                "[journal]\npostgres_url = \"postgres://u:hunter2-secret@h/d\"",
+                "journal.postgres_url",
+                "carries a password",
+            ),
+            (
+                "[journal]\npostgres_url = \"postgres://u@h/d?password=hunter2-secret\"",
+                "journal.postgres_url",
+                "postgres_url_env",
+            ),
             ("[journal]\npath = \"j\"\nlease_ttl_ms = 500", "journal", "postgres_url journal only"),
             ("[journal]\npostgres_url = \"postgres://h/d\"\nlease_ttl_ms = 5", "journal.lease_ttl_ms", "at least 100"),
             ("[channels.x]\ntype = \"ebay\"", "channels.x.type", "unknown channel type"),
@@ -497,6 +533,10 @@ user_id = "u"
             assert_eq!(&err.key, key, "{text}: {err}");
             assert!(err.reason.contains(reason), "{text}: {err}");
             assert!(!err.to_string().contains("inline!"), "secret echoed: {err}");
+            assert!(
+                !err.to_string().contains("hunter2"),
+                "password echoed: {err}"
+            );
         }
     }
 
