@@ -372,7 +372,7 @@ impl StepMachine {
 
 /// `credentials` for auth and session failures, `clock` for a rejected
 /// timestamp; `None` for permanent errors about the request itself.
-fn credentials_kind(reason: &PermanentReason) -> Option<&'static str> {
+pub(crate) fn credentials_kind(reason: &PermanentReason) -> Option<&'static str> {
     match reason {
         PermanentReason::Auth | PermanentReason::InvalidSession => Some("credentials"),
         PermanentReason::ClockSkew => Some("clock"),

@@ -726,20 +726,8 @@ impl Engine {
             self.wake(id, &r);
             return Ok(());
         }
-        let state = self.load(id).await?;
-        if let Some(o) = &state.outcome {
-            return Err(Error::AlreadyFinished {
-                saga: id,
-                outcome: o.label().into(),
-            });
-        }
-        let entry = Entry {
-            seq: state.last_seq + 1,
-            at_ms: self.inner.clock.now_ms(),
-            record: Record::AbortRequested { reason, by },
-        };
-        self.inner.journal.append(id, &entry).await?;
-        self.resume(id).await?;
+        self.append_and_resume(id, |_| Ok(Record::AbortRequested { reason, by }))
+            .await?;
         Ok(())
     }
 
@@ -750,6 +738,19 @@ impl Engine {
         if self.is_running(id) {
             return Ok(false);
         }
+        self.append_and_resume(id, |_| Ok(Record::Resumed { by: by.to_owned() }))
+            .await
+    }
+
+    /// An operator's record for a saga not running here: load it, refuse if
+    /// it finished, build the record from its state, check that the record
+    /// folds, append it, and resume the saga. Returns what the resume says
+    /// (whether a step is in doubt).
+    async fn append_and_resume(
+        &self,
+        id: SagaId,
+        record: impl FnOnce(&SagaState) -> Result<Record>,
+    ) -> Result<bool> {
         let state = self.load(id).await?;
         if let Some(o) = &state.outcome {
             return Err(Error::AlreadyFinished {
@@ -760,8 +761,9 @@ impl Engine {
         let entry = Entry {
             seq: state.last_seq + 1,
             at_ms: self.inner.clock.now_ms(),
-            record: Record::Resumed { by: by.to_owned() },
+            record: record(&state)?,
         };
+        state.clone().apply(&entry)?;
         self.inner.journal.append(id, &entry).await?;
         self.resume(id).await
     }
@@ -780,48 +782,36 @@ impl Engine {
                 "it is running in this process; resolve it once it is stuck".into(),
             ));
         }
-        let state = self.load(id).await?;
-        if let Some(o) = &state.outcome {
-            return Err(Error::AlreadyFinished {
-                saga: id,
-                outcome: o.label().into(),
-            });
-        }
-        let step = match state.in_doubt() {
-            Some(s) if s.step == resolution.step => s,
-            Some(s) => {
-                return Err(not(format!(
-                    "step {} is not in doubt; the step in doubt is step {} ({})",
-                    resolution.step,
-                    s.step,
-                    s.action.name()
-                )))
-            }
-            None => {
-                return Err(not(format!(
-                    "step {} is not in doubt; no step of this saga is",
-                    resolution.step
-                )))
-            }
-        };
-        let outcome = match &resolution.applied {
-            Some(by) => Some(step.action.kind().applied(by).map_err(not)?),
-            None => None,
-        };
-        let entry = Entry {
-            seq: state.last_seq + 1,
-            at_ms: self.inner.clock.now_ms(),
-            record: Record::Resolved {
+        self.append_and_resume(id, |state| {
+            let step = match state.in_doubt() {
+                Some(s) if s.step == resolution.step => s,
+                Some(s) => {
+                    return Err(not(format!(
+                        "step {} is not in doubt; the step in doubt is step {} ({})",
+                        resolution.step,
+                        s.step,
+                        s.action.name()
+                    )))
+                }
+                None => {
+                    return Err(not(format!(
+                        "step {} is not in doubt; no step of this saga is",
+                        resolution.step
+                    )))
+                }
+            };
+            let outcome = match &resolution.applied {
+                Some(by) => Some(step.action.kind().applied(by).map_err(not)?),
+                None => None,
+            };
+            Ok(Record::Resolved {
                 step: resolution.step,
                 outcome,
                 operator: resolution.operator,
                 reason: resolution.reason,
-            },
-        };
-        let mut check = state.clone();
-        check.apply(&entry)?;
-        self.inner.journal.append(id, &entry).await?;
-        self.resume(id).await?;
+            })
+        })
+        .await?;
         Ok(())
     }
 

@@ -192,11 +192,8 @@ fn take_news(me: &Running, refund_id: &RefundId) -> (Option<Observation>, bool) 
     (news, abort)
 }
 
+/// An auth or session refusal (the step machine's own classification).
 fn is_credentials(e: &ChannelError) -> bool {
-    matches!(
-        e.class,
-        crate::channel::ErrorClass::Permanent(
-            crate::channel::PermanentReason::Auth | crate::channel::PermanentReason::InvalidSession
-        )
-    )
+    matches!(&e.class, crate::channel::ErrorClass::Permanent(r)
+        if crate::step::credentials_kind(r) == Some("credentials"))
 }
