@@ -144,24 +144,43 @@ async fn write_batch(
             JournalError::Backend("no connection for the committer".into()),
         );
     };
+    // Rows in saga order, the order lease renewal and release use too, so
+    // that statements locking several `sagas` rows tend to take them in one
+    // order; a deadlock that still happens is retried below.
+    let mut batch = batch;
+    batch.sort_by_key(|r| r.saga.0);
     let ids: Vec<uuid::Uuid> = batch.iter().map(|r| r.saga.0).collect();
     let seqs: Vec<i64> = batch.iter().map(|r| r.seq).collect();
     let bodies: Vec<&[u8]> = batch.iter().map(|r| r.body.as_slice()).collect();
     let fences: Vec<i64> = batch.iter().map(|r| r.fence.unwrap_or(NO_TOKEN)).collect();
     let ttl_ms = shared.cfg.lease_ttl_ms as i64;
-    let rows = client
-        .query(
-            stmt,
-            &[
-                &ids,
-                &seqs,
-                &bodies,
-                &fences,
-                &shared.cfg.worker_id,
-                &ttl_ms,
-            ],
-        )
-        .await;
+    let mut attempt = 0u32;
+    let rows = loop {
+        let rows = client
+            .query(
+                stmt,
+                &[
+                    &ids,
+                    &seqs,
+                    &bodies,
+                    &fences,
+                    &shared.cfg.worker_id,
+                    &ttl_ms,
+                ],
+            )
+            .await;
+        match rows {
+            // The statement is one transaction: a deadlock or serialization
+            // failure rolled all of it back, so it is sent again as it was.
+            Err(e) if attempt < TRANSIENT_RETRIES && is_transient(&e) => {
+                attempt += 1;
+                tracing::debug!(attempt, error = %crate::error::pg_detail(&e),
+                    "group commit rolled back by the database; retrying");
+                tokio::time::sleep(Duration::from_millis(2 * u64::from(attempt))).await;
+            }
+            other => break other,
+        }
+    };
     let rows = match rows {
         Ok(rows) => rows,
         Err(e) => {
@@ -214,6 +233,20 @@ async fn write_batch(
         );
         let _ = r.reply.send(Err(err));
     }
+}
+
+/// How many times a batch rolled back by a deadlock or a serialization
+/// failure is sent again before its appends fail.
+const TRANSIENT_RETRIES: u32 = 5;
+
+/// A statement the database rolled back as a whole because it lost a lock
+/// race (deadlock detected, serialization failure): sending it again is safe.
+pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    )
 }
 
 /// A saga's lease and sequence as stored.

@@ -154,12 +154,14 @@ impl Shared {
 
     /// Extend every held lease; mark the ones found taken over as lost.
     async fn renew(&self) -> Result<usize, JournalError> {
-        let held: Vec<(SagaId, i64)> = self
+        let mut held: Vec<(SagaId, i64)> = self
             .leases()
             .iter()
             .filter(|(_, l)| !l.lost && !l.creating)
             .map(|(id, l)| (*id, l.fence))
             .collect();
+        // Saga order, as the committer writes (see committer.rs).
+        held.sort_by_key(|(id, _)| id.0);
         if held.is_empty() {
             return Ok(0);
         }
@@ -588,11 +590,12 @@ impl Journal for PgJournal {
     /// its row still names this worker and the token it holds, as in
     /// [`Journal::release`].
     async fn release_all(&self) -> Result<usize, JournalError> {
-        let held: Vec<(SagaId, i64)> = {
+        let mut held: Vec<(SagaId, i64)> = {
             let mut leases = self.shared.leases();
             leases.retain(|_, l| !l.lost);
             leases.iter().map(|(id, l)| (*id, l.fence)).collect()
         };
+        held.sort_by_key(|(id, _)| id.0);
         if held.is_empty() {
             return Ok(0);
         }
