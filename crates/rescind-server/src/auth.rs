@@ -46,7 +46,8 @@ struct Token {
 #[derive(Default)]
 pub struct Tokens {
     tokens: Vec<Token>,
-    refused: AtomicU64,
+    /// Refusals by reason: missing, unknown, scope.
+    refused: [AtomicU64; 3],
 }
 
 impl std::fmt::Debug for Tokens {
@@ -129,7 +130,7 @@ impl Tokens {
         }
         Ok(Tokens {
             tokens,
-            refused: AtomicU64::new(0),
+            refused: Default::default(),
         })
     }
 
@@ -140,7 +141,14 @@ impl Tokens {
 
     /// Requests refused (401 or 403) since start.
     pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.refused_by_reason().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Requests refused since start, by reason (`missing`, `unknown`,
+    /// `scope`): the `reason` label of `rescind_api_refused_total`.
+    pub fn refused_by_reason(&self) -> [(&'static str, u64); 3] {
+        let g = |i: usize| self.refused[i].load(Ordering::Relaxed);
+        [("missing", g(0)), ("unknown", g(1)), ("scope", g(2))]
     }
 
     /// The token's name and scope, comparing every configured token in
@@ -186,6 +194,11 @@ impl ApiAuth {
         self.tokens.refused()
     }
 
+    /// Requests refused since start, by reason (see [`Tokens::refused_by_reason`]).
+    pub fn refused_by_reason(&self) -> [(&'static str, u64); 3] {
+        self.tokens.refused_by_reason()
+    }
+
     /// Who may make this request, or the response refusing it.
     pub fn check(
         &self,
@@ -220,7 +233,12 @@ impl ApiAuth {
     }
 
     fn refuse(&self, r: Refusal) -> Refusal {
-        self.tokens.refused.fetch_add(1, Ordering::Relaxed);
+        let i = match r {
+            Refusal::Missing => 0,
+            Refusal::Unknown => 1,
+            Refusal::Scope { .. } => 2,
+        };
+        self.tokens.refused[i].fetch_add(1, Ordering::Relaxed);
         r
     }
 }
@@ -363,6 +381,10 @@ mod tests {
             Ok(Actor("ops".into()))
         );
         assert_eq!(auth.refused(), 3);
+        assert_eq!(
+            auth.refused_by_reason(),
+            [("missing", 1), ("unknown", 1), ("scope", 1)]
+        );
         // No tokens and not explicitly open: everything but health is refused.
         let closed = ApiAuth::tokens(Tokens::none());
         assert_eq!(

@@ -122,6 +122,9 @@ pub struct ApiState {
     pub callbacks: Option<rescind_channel_pandapon::callback::CallbackReceiver>,
     /// Set once recovery and the replay of stored callbacks finished (`/readyz`).
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// The API's authentication, whose refusals `/metrics` counts. The
+    /// router does not apply it: layer [`crate::auth::middleware`] on top.
+    pub auth: crate::auth::ApiAuth,
 }
 
 impl ApiState {
@@ -132,6 +135,7 @@ impl ApiState {
             journal,
             callbacks: None,
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            auth: crate::auth::ApiAuth::open(),
         }
     }
 }
@@ -575,6 +579,24 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     let _ = writeln!(out, "rescind_sagas{{state=\"unfinished\"}} {unfinished}\nrescind_sagas{{state=\"finished\"}} {finished}");
     let _ = writeln!(out, "# HELP rescind_sagas_running Sagas in this worker (with a task, or parked).\n# TYPE rescind_sagas_running gauge\nrescind_sagas_running {}", st.running);
     let _ = writeln!(out, "# HELP rescind_sagas_parked Sagas parked without a task, waiting for a refund.\n# TYPE rescind_sagas_parked gauge\nrescind_sagas_parked {}", st.parked);
+    let _ = writeln!(out, "# HELP rescind_api_refused_total API requests refused (401/403), by reason: missing token, unknown token, token without the scope.\n# TYPE rescind_api_refused_total counter");
+    for (reason, v) in s.auth.refused_by_reason() {
+        let _ = writeln!(out, "rescind_api_refused_total{{reason=\"{reason}\"}} {v}");
+    }
+    if let Some(cb) = &s.callbacks {
+        let c = cb.stats();
+        let _ = writeln!(out, "# HELP rescind_callbacks_total PandaPon callback requests, by verdict (refused: unsigned, badly signed or stale; answered 401, not stored).\n# TYPE rescind_callbacks_total counter");
+        for (verdict, v) in [
+            ("refused", c.refused),
+            ("stored", c.stored),
+            ("duplicate", c.duplicates),
+            ("malformed", c.malformed),
+            ("store_error", c.store_errors),
+            ("store_full", c.store_full),
+        ] {
+            let _ = writeln!(out, "rescind_callbacks_total{{verdict=\"{verdict}\"}} {v}");
+        }
+    }
     let _ = writeln!(out, "# HELP rescind_step_latency_ms Channel call latency.\n# TYPE rescind_step_latency_ms histogram");
     let mut cumulative = 0;
     for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
@@ -773,6 +795,7 @@ pub async fn start_worker(
         journal: journal.journal(),
         callbacks: Some(callbacks.clone()),
         ready: ready.clone(),
+        auth: auth.clone(),
     })
     .layer(axum::middleware::from_fn_with_state(
         auth,
