@@ -173,6 +173,10 @@ pub struct RecoveryReport {
     pub failed: Vec<(SagaId, Error)>,
     /// Stuck sagas left for an operator ([`Engine::recover_orphans`] only).
     pub left_stuck: usize,
+    /// Sagas another worker took over between this worker's claim and its
+    /// first write (a shared journal fenced the write): theirs now, not a
+    /// failure.
+    pub taken_over: usize,
 }
 
 enum Msg {
@@ -631,6 +635,10 @@ impl Engine {
                     }
                     Err(Error::AlreadyFinished { .. }) => report.marked_finished += 1,
                     Err(Error::AlreadyRunning { .. }) => report.already_running += 1,
+                    Err(Error::Journal(JournalError::Fenced { .. })) => {
+                        tracing::info!(saga = %id, "saga taken over by another worker before it resumed here");
+                        report.taken_over += 1;
+                    }
                     Err(e) => {
                         tracing::warn!(saga = %id, error = %e, "saga not resumed");
                         report.failed.push((*id, e));
