@@ -60,6 +60,10 @@ pub enum JournalConfig {
         /// This worker's identity in the leases. `None`: host-pid-random.
         /// A worker restarted with the same id takes its own sagas back at once.
         worker_id: Option<String>,
+        /// The CA certificate(s) (PEM) the server's certificate must chain
+        /// up to (`ca_file`, relative to the configuration file); the same
+        /// as `sslrootcert=` in the URL.
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -105,6 +109,30 @@ pub struct WorkerConfig {
     /// retention (a PostgreSQL journal is not compacted here) and the
     /// callback store past `callback_retention_ms` (`0`: never).
     pub compact_interval_ms: u64,
+    /// A connection that has not sent a whole request head this long after
+    /// it opened (or after its last response) is closed (100–60000).
+    pub header_read_timeout_ms: u64,
+    /// A request not answered in this time gets 408 (100–600000).
+    pub request_timeout_ms: u64,
+    /// Connections open at once on each listener (16–1000000). At the cap,
+    /// the oldest connection still waiting for a request head is closed to
+    /// admit the new one. Lowered at start, with a warning, if the process's
+    /// open-file limit would not fit it.
+    pub max_connections: usize,
+    /// Largest request body, in KiB (1–65536); larger ones get 413.
+    pub max_body_kb: usize,
+}
+
+impl WorkerConfig {
+    /// The limits each listener is served under.
+    pub fn serve_limits(&self) -> crate::serve::ServeLimits {
+        crate::serve::ServeLimits {
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+            request_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
+            max_connections: self.max_connections,
+            body_limit_bytes: self.max_body_kb.saturating_mul(1024),
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -121,6 +149,10 @@ impl Default for WorkerConfig {
             recover_interval_ms: 5_000,
             shutdown_grace_ms: 5_000,
             compact_interval_ms: 3_600_000,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            max_connections: 1024,
+            max_body_kb: 256,
         }
     }
 }
@@ -292,16 +324,23 @@ impl Config {
                     Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(s),
                     Some(_) => return Err(bad("journal.worker_id", "must be a non-empty string")),
                 };
+                let ca_file = match t.remove("ca_file") {
+                    None => None,
+                    Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(base_dir.join(s)),
+                    Some(_) => return Err(bad("journal.ca_file", "must be a non-empty path")),
+                };
                 if let Some(k) = t.keys().next() {
                     return Err(bad(
                         format!("journal.{k}"),
-                        "unknown key (expected path, or postgres_url / postgres_url_env with lease_ttl_ms and worker_id)",
+                        "unknown key (expected path, or postgres_url / postgres_url_env with lease_ttl_ms, worker_id and ca_file)",
                     ));
                 }
-                if url.is_none() && (lease_ttl_ms.is_some() || worker_id.is_some()) {
+                if url.is_none()
+                    && (lease_ttl_ms.is_some() || worker_id.is_some() || ca_file.is_some())
+                {
                     return Err(bad(
                         "journal",
-                        "lease_ttl_ms and worker_id apply to a postgres_url journal only",
+                        "lease_ttl_ms, worker_id and ca_file apply to a postgres_url journal only",
                     ));
                 }
                 match (path, url) {
@@ -325,6 +364,7 @@ impl Config {
                             url: u,
                             lease_ttl_ms,
                             worker_id,
+                            ca_file,
                         }
                     }
                     (None, None) => JournalConfig::Sled {
@@ -358,6 +398,31 @@ impl Config {
                 "worker.callback_store_max_mb",
                 "must be between 1 and 1048576 (MiB)",
             ));
+        }
+        for (key, v, lo, hi) in [
+            (
+                "worker.header_read_timeout_ms",
+                worker.header_read_timeout_ms,
+                100,
+                60_000,
+            ),
+            (
+                "worker.request_timeout_ms",
+                worker.request_timeout_ms,
+                100,
+                600_000,
+            ),
+            (
+                "worker.max_connections",
+                worker.max_connections as u64,
+                16,
+                1_000_000,
+            ),
+            ("worker.max_body_kb", worker.max_body_kb as u64, 1, 65_536),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(bad(key, format!("must be between {lo} and {hi} (got {v})")));
+            }
         }
         let mut channels = BTreeMap::new();
         match root.remove("channels") {
@@ -497,6 +562,10 @@ user_id = "u"
             ("[engine]\nbackoff_initial_ms = 10\nbackoff_max_ms = 5", "engine.backoff_max_ms", "at least backoff_initial_ms"),
             ("[worker]\nlisten = \"nowhere\"", "worker.listen", "not an address"),
             ("[worker]\ncallback_store_max_mb = 0", "worker.callback_store_max_mb", "between 1"),
+            ("[worker]\nheader_read_timeout_ms = 0", "worker.header_read_timeout_ms", "between 100 and 60000 (got 0)"),
+            ("[worker]\nrequest_timeout_ms = 99", "worker.request_timeout_ms", "between 100"),
+            ("[worker]\nmax_connections = 2", "worker.max_connections", "between 16"),
+            ("[worker]\nmax_body_kb = 0", "worker.max_body_kb", "between 1"),
             ("[journal]\npostgres_url = \"mysql://x\"", "journal.postgres_url", "postgres://"),
             (
                 "[journal]\npostgres_url = \"postgres://u:hunter2-secret@h/d\"",
@@ -509,6 +578,8 @@ user_id = "u"
                 "postgres_url_env",
             ),
             ("[journal]\npath = \"j\"\nlease_ttl_ms = 500", "journal", "postgres_url journal only"),
+            ("[journal]\npath = \"j\"\nca_file = \"ca.pem\"", "journal", "postgres_url journal only"),
+            ("[journal]\npostgres_url = \"postgres://h/d\"\nca_file = 3", "journal.ca_file", "non-empty path"),
             ("[journal]\npostgres_url = \"postgres://h/d\"\nlease_ttl_ms = 5", "journal.lease_ttl_ms", "at least 100"),
             ("[channels.x]\ntype = \"ebay\"", "channels.x.type", "unknown channel type"),
             (

@@ -3,7 +3,8 @@
 //! rescind as a service, over the library crates: API tokens ([`auth`]),
 //! the configuration file
 //! ([`config`]), turning it into live channels and a journal ([`wiring`]),
-//! the HTTP worker ([`worker`]), operator views of sagas ([`inspect`]),
+//! the HTTP worker ([`worker`]) and how its listeners are served
+//! ([`serve`]: timeouts, body limits, a connection cap), operator views of sagas ([`inspect`]),
 //! reconciliation against the channels ([`reconcile`]) and, with feature
 //! `sim`, the channel tables for the bundled simulator ([`simconfig`]).
 //!
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod config;
 pub mod inspect;
 pub mod reconcile;
+pub mod serve;
 #[cfg(feature = "sim")]
 pub mod simconfig;
 pub mod wiring;

@@ -698,6 +698,11 @@ pub struct RunningWorker {
     pub callbacks: rescind_channel_pandapon::callback::CallbackReceiver,
     /// What recovery found at start.
     pub recovered: rescind_core::RecoveryReport,
+    /// The API listener's connection counters.
+    pub api_connections: crate::serve::Served,
+    /// The callback listener's connection counters (the API's when the
+    /// callback route shares its listener).
+    pub callback_connections: crate::serve::Served,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     reclaimer: tokio::task::JoinHandle<()>,
@@ -817,23 +822,27 @@ pub async fn start_worker(
     };
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let mut stopped2 = stopped.clone();
+    let mut limits = config.worker.serve_limits();
+    limits.max_connections = crate::serve::fit_max_connections(limits.max_connections);
+    let served_api = crate::serve::Served::default();
+    let served_callbacks = crate::serve::Served::default();
     if let Some(l) = callback_listener {
         let cb_app = callbacks.router();
         let mut cb_stopped = stop.subscribe();
+        let served = served_callbacks.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(l, cb_app)
-                .with_graceful_shutdown(async move {
-                    let _ = cb_stopped.wait_for(|s| *s).await;
-                })
-                .await;
-        });
-    }
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
+            crate::serve::serve(l, cb_app, limits, served, async move {
+                let _ = cb_stopped.wait_for(|s| *s).await;
             })
             .await;
+        });
+    }
+    let served = served_api.clone();
+    let server = tokio::spawn(async move {
+        crate::serve::serve(listener, app, limits, served, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await;
     });
     let recovered = match recover_and_replay(&engine, &callbacks).await {
         Ok(r) => r,
@@ -928,6 +937,12 @@ pub async fn start_worker(
         journal,
         callbacks,
         recovered,
+        api_connections: served_api.clone(),
+        callback_connections: if callback_addr == addr {
+            served_api
+        } else {
+            served_callbacks
+        },
         stop,
         server,
         reclaimer,
