@@ -104,7 +104,8 @@ pub async fn open_journal(config: &JournalConfig) -> Result<OpenJournal, Journal
             url,
             lease_ttl_ms,
             worker_id,
-        } => open_postgres(url, *lease_ttl_ms, worker_id.clone()).await,
+            ca_file,
+        } => open_postgres(url, *lease_ttl_ms, worker_id.clone(), ca_file.clone()).await,
     }
 }
 
@@ -113,8 +114,12 @@ async fn open_postgres(
     url: &str,
     lease_ttl_ms: Option<u64>,
     worker_id: Option<String>,
+    ca_file: Option<std::path::PathBuf>,
 ) -> Result<OpenJournal, JournalError> {
-    let mut cfg = rescind_journal_postgres::PgConfig::default();
+    let mut cfg = rescind_journal_postgres::PgConfig {
+        ca_file,
+        ..Default::default()
+    };
     if let Some(ttl) = lease_ttl_ms {
         cfg.lease_ttl_ms = ttl;
         // Renew well inside the lease, as the journal's defaults do (30 s / 10 s).
@@ -132,6 +137,7 @@ async fn open_postgres(
     url: &str,
     _: Option<u64>,
     _: Option<String>,
+    _: Option<std::path::PathBuf>,
 ) -> Result<OpenJournal, JournalError> {
     Err(JournalError::Backend(format!(
         "this build of rescind has no PostgreSQL support (feature `postgres`); cannot open {}",
