@@ -183,7 +183,7 @@ fn print_rows(rows: &[SagaSummary]) {
             r.order_state,
             r.steps,
             r.retries,
-            r.reason.clone().unwrap_or_default()
+            safe(r.reason.as_deref().unwrap_or_default())
         );
     }
 }

@@ -1,5 +1,6 @@
 //! `cancel`, `withdraw-refund`, `reconcile` and `worker`.
 
+use crate::journal_cmd::safe;
 use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rescind::config::Config;
@@ -145,12 +146,12 @@ async fn run_one(
     } else {
         match &exit {
             Some(SagaExit::Finished(o)) => println!("saga {id}: {}", describe_outcome(o)),
-            Some(SagaExit::Stuck { reason }) => println!("saga {id}: stuck: {reason}\n  resume it with `rescind journal resume {id}` once the cause is fixed"),
-            Some(SagaExit::Stopped { reason }) => println!("saga {id}: stopped: {reason}"),
+            Some(SagaExit::Stuck { reason }) => println!("saga {id}: stuck: {}\n  resume it with `rescind journal resume {id}` once the cause is fixed", safe(reason)),
+            Some(SagaExit::Stopped { reason }) => println!("saga {id}: stopped: {}", safe(reason)),
             None => println!(
                 "saga {id}: still running after {}s{}\n  it is durable: `rescind journal resume {id}` or a worker will finish it",
                 args.wait_secs,
-                last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
+                last_error.map(|e| format!("; last error: {}", safe(&e.to_string()))).unwrap_or_default()
             ),
         }
     }
@@ -161,13 +162,15 @@ pub(crate) fn describe_outcome(o: &SagaOutcome) -> String {
     match o {
         SagaOutcome::Completed { order, note } => format!(
             "completed, order {order}{}",
-            note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+            note.as_ref()
+                .map(|n| format!(" ({})", safe(n)))
+                .unwrap_or_default()
         ),
-        SagaOutcome::Failed { reason } => format!("failed: {reason}"),
+        SagaOutcome::Failed { reason } => format!("failed: {}", safe(reason)),
         SagaOutcome::Aborted {
             compensated,
             reason,
-        } => format!("aborted ({reason}); compensated: {compensated}"),
+        } => format!("aborted ({}); compensated: {compensated}", safe(reason)),
     }
 }
 

@@ -143,12 +143,16 @@ impl fmt::Display for ChannelError {
 
 impl ChannelError {
     /// A failure of the given class with our own message.
+    ///
+    /// Control characters in the message (an upstream gateway's text may
+    /// carry CR LF or escape sequences) are escaped here, once, so that no
+    /// log line, journal record, API answer or terminal shows them raw.
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
         ChannelError {
             class,
             code: None,
             sub_code: None,
-            message: message.into(),
+            message: escape_controls(message.into()),
         }
     }
     /// A retryable failure that may have been applied (timeout, lost reply).
@@ -196,16 +200,34 @@ impl ChannelError {
             format!("channel {channel} does not support {op}"),
         )
     }
-    /// Attach the channel's code and sub-code.
+    /// Attach the channel's code and sub-code (control characters escaped,
+    /// as in the message).
     pub fn with_codes(mut self, code: Option<String>, sub_code: Option<String>) -> Self {
-        self.code = code;
-        self.sub_code = sub_code;
+        self.code = code.map(escape_controls);
+        self.sub_code = sub_code.map(escape_controls);
         self
     }
     /// Is this retryable?
     pub fn is_retryable(&self) -> bool {
         matches!(self.class, ErrorClass::Retryable { .. })
     }
+}
+
+/// `text` with every control character (CR, LF, ESC, ...) written as its
+/// Rust escape (`\r`, `\n`, `\u{1b}`); text without any is returned as is.
+pub fn escape_controls(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A request to cancel an order (before or after payment).
@@ -509,5 +531,25 @@ impl Channels {
         v.sort();
         v.dedup();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_text_with_control_characters_is_escaped() {
+        let e = ChannelError::permanent(
+            PermanentReason::InvalidRequest,
+            "bad\r\n2026-01-01 INFO forged \u{1b}[2J",
+        )
+        .with_codes(Some("15\n".into()), Some("isv.x\u{1b}".into()));
+        assert_eq!(e.message, "bad\\r\\n2026-01-01 INFO forged \\u{1b}[2J");
+        assert_eq!(e.code.as_deref(), Some("15\\n"));
+        assert_eq!(e.sub_code.as_deref(), Some("isv.x\\u{1b}"));
+        assert!(!e.to_string().chars().any(char::is_control), "{e}");
+        // Plain text is left alone (no copy).
+        assert_eq!(escape_controls("订单 not found".into()), "订单 not found");
     }
 }

@@ -144,8 +144,8 @@ pub fn timeline(entries: &[Entry]) -> Vec<TimelineLine> {
 /// Render one record in a line of text.
 pub fn describe(r: &Record) -> String {
     match r {
-        Record::Started { input, .. } => format!(
-            "started {} for {} (order {}){}",
+        Record::Started { input, by } => format!(
+            "started {} for {} (order {}){}{}{}",
             input.kind,
             input.order,
             input.order_state,
@@ -153,7 +153,13 @@ pub fn describe(r: &Record) -> String {
                 .stock_lock
                 .as_ref()
                 .map(|l| format!(", stock lock {}:{}", l.channel, l.lock_id))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            input
+                .reason
+                .as_ref()
+                .map(|r| format!(", reason {r:?}"))
+                .unwrap_or_default(),
+            by.as_ref().map(|b| format!(", by {b}")).unwrap_or_default()
         ),
         Record::Intent { step, action } => format!(
             "intent  step {step}: {}{}",
