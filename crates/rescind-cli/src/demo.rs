@@ -195,6 +195,18 @@ fn workload(n: usize, seed: u64, sim: &Sim) -> Vec<Planned> {
     out
 }
 
+/// The environment variable the demo worker reads its API token from.
+const DEMO_TOKENS_ENV: &str = "RESCIND_DEMO_API_TOKENS";
+
+/// A write token for this run of the demo (never printed).
+fn demo_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 /// The environment variables the demo worker reads the simulator's secrets from.
 const DEMO_SECRETS: SimSecretsEnv<'static> = SimSecretsEnv {
     top_app_secret: "RESCIND_DEMO_TOP_SECRET",
@@ -228,6 +240,8 @@ refund_poll_max_ms = 1500
 
 [worker]
 listen = "127.0.0.1:0"
+# The demo talks to its worker with a token made for this run.
+api_tokens_env = "{DEMO_TOKENS_ENV}"
 callback_store = "callbacks.jsonl"
 recover_interval_ms = 2000
 shutdown_grace_ms = 2000
@@ -241,7 +255,7 @@ struct Worker {
     url: String,
 }
 
-async fn spawn_worker(cfg: &Path, dir: &Path, life: u32) -> Result<Worker> {
+async fn spawn_worker(cfg: &Path, dir: &Path, life: u32, token: &str) -> Result<Worker> {
     let exe = std::env::current_exe().context("cannot find the rescind binary")?;
     let log = std::fs::File::create(dir.join(format!("worker-{life}.log")))
         .context("cannot create the worker log")?;
@@ -251,6 +265,7 @@ async fn spawn_worker(cfg: &Path, dir: &Path, life: u32) -> Result<Worker> {
         .arg("-v")
         .arg("worker")
         .envs(DEMO_SECRETS.vars())
+        .env(DEMO_TOKENS_ENV, format!("demo:write:{token}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
@@ -379,11 +394,18 @@ pub async fn run(a: DemoArgs) -> Result<u8> {
             dir.join("journal").display()
         );
     }
-    // 2. The worker, as a child process.
-    let mut worker = spawn_worker(&cfg, &dir, 1).await?;
+    // 2. The worker, as a child process, with an API token made for this run.
+    let token = demo_token();
+    let mut worker = spawn_worker(&cfg, &dir, 1, &token).await?;
     sim.set_callback_url(Some(format!("{}/callbacks/pandapon", worker.url)));
+    let mut auth = reqwest::header::HeaderMap::new();
+    let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("the demo's API token")?;
+    bearer.set_sensitive(true);
+    auth.insert(reqwest::header::AUTHORIZATION, bearer);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .default_headers(auth)
         .build()
         .context("http client")?;
     // The buyer pays right after some unpaid cancels are submitted.
@@ -497,7 +519,7 @@ pub async fn run(a: DemoArgs) -> Result<u8> {
             ));
             pb.set_message("resumed after kill -9");
             life += 1;
-            worker = spawn_worker(&cfg, &dir, life).await?;
+            worker = spawn_worker(&cfg, &dir, life, &token).await?;
             sim.set_callback_url(Some(format!("{}/callbacks/pandapon", worker.url)));
             continue;
         }
