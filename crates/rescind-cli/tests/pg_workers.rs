@@ -405,6 +405,7 @@ async fn three_workers_on_postgres_with_kill_9() {
         url: db_url.clone(),
         lease_ttl_ms: None,
         worker_id: Some("pg-workers-checker".into()),
+        ca_file: None,
     };
     let journal = match rescind::wiring::open_journal(&journal_cfg).await {
         Ok(j) => j,

@@ -268,9 +268,28 @@ pub fn spawn_proc(
     log_name: &str,
     envs: &[(&str, &str)],
 ) -> Result<Proc, String> {
+    spawn_proc_nofile(args, dir, log_name, envs, None)
+}
+
+/// [`spawn_proc`], with the process's open-file limit (soft and hard) set
+/// to `nofile` when given (through `sh -c 'ulimit -n N; exec ...'`).
+pub fn spawn_proc_nofile(
+    args: &[&str],
+    dir: &Path,
+    log_name: &str,
+    envs: &[(&str, &str)],
+    nofile: Option<u64>,
+) -> Result<Proc, String> {
     let log = dir.join(log_name);
     let f = std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
-    let mut cmd = Command::new(exe());
+    let mut cmd = match nofile {
+        None => Command::new(exe()),
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), exe()]);
+            c
+        }
+    };
     cmd.args(args)
         .current_dir(dir)
         .envs(SECRETS.vars())
