@@ -68,7 +68,7 @@ fn expect_fenced(r: Result<(), JournalError>, saga: SagaId, stale: u64, what: &s
 async fn stale_worker_write_is_rejected_by_the_database() {
     let Some(url) = common::pg_url() else { return };
     let schema = common::fresh_schema("fence");
-    let a = common::open(&url, paused(&schema, "worker-a", 300)).await;
+    let a = common::open(&url, paused(&schema, "worker-a", 1_500)).await;
     let b = common::open(&url, common::cfg(&schema, "worker-b")).await;
     let s = SagaId::new_random();
 
@@ -87,7 +87,7 @@ async fn stale_worker_write_is_rejected_by_the_database() {
     );
 
     // A "pauses" past its lease; B takes over (token 2) and writes seq 2.
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
     assert_eq!(
         b.claim_unfinished().await.unwrap_or_else(|e| panic!("{e}")),
         vec![s]
