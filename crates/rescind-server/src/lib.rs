@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 pub mod inspect;
+pub mod metrics;
 pub mod reconcile;
 #[cfg(feature = "sim")]
 pub mod simconfig;
