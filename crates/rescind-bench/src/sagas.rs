@@ -216,10 +216,13 @@ async fn run_custom(
     let tmp = tempdir(&o.dir)?;
     let journal = mode.open(&tmp.path().join("j")).await?;
     let exec = Arc::new(PostExecutor::new(client.clone(), url.to_owned()));
+    // The worker's metrics sink, so the figures include what labelled
+    // metrics cost on the hot path.
     let engine = Engine::builder(journal.journal.clone())
         .saga(TwoPosts)
         .executor(custom::EXECUTOR, exec.clone())
         .limits(bench_limits())
+        .metrics(Arc::new(rescind::metrics::WorkerMetrics::default()))
         .build();
     let inputs: InputFn = Arc::new(|i| {
         Some(SagaInput::custom(

@@ -632,6 +632,27 @@ struct Counters {
     not_delivered: AtomicU64,
     unknown_type: AtomicU64,
     unmappable: AtomicU64,
+    /// Messages by type ([`MESSAGE_TYPE_LABELS`]) and verdict ([`MESSAGE_VERDICTS`]).
+    by_type: [[AtomicU64; MESSAGE_VERDICTS.len()]; MESSAGE_TYPE_LABELS.len()],
+}
+
+/// The message types counted apart in [`CallbackReceiver::messages_by_type`];
+/// every other `messageType` is counted as `other`, so a sender cannot grow
+/// the number of series.
+pub const MESSAGE_TYPE_LABELS: [&str; 3] = [REFUND_STATUS_CHANGE, ORDER_STATUS_CHANGE, "other"];
+/// What became of a parsed message: stored, duplicate, store_error, store_full.
+pub const MESSAGE_VERDICTS: [&str; 4] = ["stored", "duplicate", "store_error", "store_full"];
+
+impl Counters {
+    fn by_type(&self, message_type: &str, verdict: usize) {
+        let t = MESSAGE_TYPE_LABELS
+            .iter()
+            .position(|t| *t == message_type)
+            .unwrap_or(MESSAGE_TYPE_LABELS.len() - 1);
+        if let Some(c) = self.by_type.get(t).and_then(|row| row.get(verdict)) {
+            bump(c);
+        }
+    }
 }
 
 fn bump(c: &AtomicU64) {
@@ -862,6 +883,7 @@ impl CallbackReceiver {
         match self.inner.store.append(&rec).await {
             Ok(Appended::Duplicate) => {
                 bump(&c.duplicates);
+                c.by_type(&rec.message.message_type, 1);
                 tracing::debug!(key = %rec.key, message_type = %rec.message.message_type, "pandapon callback duplicate");
                 (
                     StatusCode::OK,
@@ -870,6 +892,7 @@ impl CallbackReceiver {
             }
             Ok(Appended::New) => {
                 bump(&c.stored);
+                c.by_type(&rec.message.message_type, 0);
                 self.inner.pending.fetch_add(1, Ordering::AcqRel);
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -885,6 +908,7 @@ impl CallbackReceiver {
             }
             Err(e @ Error::StoreFull { .. }) => {
                 bump(&c.store_full);
+                c.by_type(&rec.message.message_type, 3);
                 tracing::error!(error = %e, "pandapon callback store is full; answering 503 so it is re-pushed (compaction or a larger callback_store_max_mb frees room)");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -893,6 +917,7 @@ impl CallbackReceiver {
             }
             Err(e) => {
                 bump(&c.store_errors);
+                c.by_type(&rec.message.message_type, 2);
                 tracing::error!(error = %e, "pandapon callback could not be stored; answering 500 so it is re-pushed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -1061,6 +1086,19 @@ impl CallbackReceiver {
             unknown_type: g(&c.unknown_type),
             unmappable: g(&c.unmappable),
         }
+    }
+
+    /// Parsed messages by type and verdict: `(type, verdict, count)` for
+    /// every pair of [`MESSAGE_TYPE_LABELS`] and [`MESSAGE_VERDICTS`].
+    pub fn messages_by_type(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let c = &self.inner.counters;
+        let mut out = Vec::with_capacity(MESSAGE_TYPE_LABELS.len() * MESSAGE_VERDICTS.len());
+        for (t, row) in MESSAGE_TYPE_LABELS.iter().zip(c.by_type.iter()) {
+            for (v, n) in MESSAGE_VERDICTS.iter().zip(row.iter()) {
+                out.push((*t, *v, n.load(Ordering::Relaxed)));
+            }
+        }
+        out
     }
 
     /// Messages stored but not acted on (unknown type, unmappable), most

@@ -169,12 +169,18 @@ pub(crate) fn safe(text: &str) -> String {
 }
 
 fn print_rows(rows: &[SagaSummary]) {
-    println!(
+    outln!(
         "{:<36} {:<16} {:<10} {:<34} {:<18} {:>5} {:>7}  reason",
-        "saga", "kind", "state", "order", "order state", "steps", "retries"
+        "saga",
+        "kind",
+        "state",
+        "order",
+        "order state",
+        "steps",
+        "retries"
     );
     for r in rows {
-        println!(
+        outln!(
             "{:<36} {:<16} {:<10} {:<34} {:<18} {:>5} {:>7}  {}",
             r.id,
             safe(&r.plan),
@@ -225,7 +231,7 @@ pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
             rows.sort_by_key(|r| r.started_at_ms);
             rows.truncate(limit.unwrap_or(usize::MAX));
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "sagas": rows, "unreadable": bad })
                 );
@@ -245,13 +251,13 @@ pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
                 .await
                 .map_err(|e| anyhow!(e))?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "summary": SagaSummary::of(&state), "timeline": inspect::timeline(&entries) })
                 );
             } else {
                 let s = SagaSummary::of(&state);
-                println!(
+                outln!(
                     "saga {}  {} ({})  order {}  now {}",
                     s.id,
                     safe(&s.kind),
@@ -260,11 +266,11 @@ pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
                     safe(&s.order_state)
                 );
                 if let Some(r) = &s.reason {
-                    println!("  {}", safe(r));
+                    outln!("  {}", safe(r));
                 }
                 let t0 = entries.first().map(|e| e.at_ms).unwrap_or(0);
                 for e in &entries {
-                    println!(
+                    outln!(
                         "  {:>4} +{:>8} ms  {}",
                         e.seq,
                         e.at_ms.saturating_sub(t0),
@@ -290,32 +296,39 @@ pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
                 *by_channel.entry(r.channel.clone()).or_default() += 1;
             }
             let disk = match &j {
-                OpenJournal::Sled(s) => s
-                    .stats()
-                    .await
-                    .ok()
-                    .map(|st| serde_json::to_value(format!("{st:?}")).unwrap_or_default()),
+                OpenJournal::Sled(s) => s.stats().await.ok().map(|st| {
+                    serde_json::json!({
+                        "unfinished": st.unfinished,
+                        "finished": st.finished,
+                        "records": st.records,
+                        "record_bytes": st.record_bytes,
+                        "bytes_on_disk": st.bytes_on_disk,
+                    })
+                }),
                 OpenJournal::Other(_) => None,
             };
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "sagas": rows.len(), "by_state": by_state, "by_kind": by_kind, "by_channel": by_channel, "unreadable": bad.len(), "storage": disk })
                 );
             } else {
-                println!("sagas: {} ({} unreadable)", rows.len(), bad.len());
+                outln!("sagas: {} ({} unreadable)", rows.len(), bad.len());
                 for (title, m) in [
                     ("by state", &by_state),
                     ("by kind", &by_kind),
                     ("by channel", &by_channel),
                 ] {
-                    println!("{title}:");
+                    outln!("{title}:");
                     for (k, v) in m {
-                        println!("  {k:<20} {v:>8}");
+                        outln!("  {k:<20} {v:>8}");
                     }
                 }
                 if let Some(d) = disk {
-                    println!("storage: {}", d.as_str().unwrap_or_default());
+                    outln!(
+                        "storage: {} unfinished, {} finished, {} records ({} bytes), {} bytes on disk",
+                        d["unfinished"], d["finished"], d["records"], d["record_bytes"], d["bytes_on_disk"]
+                    );
                 }
             }
             Ok(0)
@@ -422,17 +435,17 @@ pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
 
 fn report_exit(id: SagaId, exit: &Option<SagaExit>, json: bool) {
     if json {
-        println!(
+        outln!(
             "{}",
-            serde_json::json!({ "saga_id": id, "exit": exit.as_ref().map(|e| format!("{e:?}")) })
+            serde_json::json!({ "saga_id": id, "exit": crate::ops::exit_json(exit.as_ref()) })
         );
         return;
     }
     match exit {
-        Some(SagaExit::Finished(o)) => println!("saga {id}: {}", safe(&describe_outcome(o))),
-        Some(SagaExit::Stuck { reason }) => println!("saga {id}: stuck: {}", safe(reason)),
-        Some(SagaExit::Stopped { reason }) => println!("saga {id}: stopped: {}", safe(reason)),
-        None => println!("saga {id}: still running; it stays durable"),
+        Some(SagaExit::Finished(o)) => outln!("saga {id}: {}", safe(&describe_outcome(o))),
+        Some(SagaExit::Stuck { reason }) => outln!("saga {id}: stuck: {}", safe(reason)),
+        Some(SagaExit::Stopped { reason }) => outln!("saga {id}: stopped: {}", safe(reason)),
+        None => outln!("saga {id}: still running; it stays durable"),
     }
 }
 

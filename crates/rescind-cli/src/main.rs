@@ -1,6 +1,34 @@
 //! `rescind`: the command line. Glue only — every capability is a library call
 //! in the `rescind` crate that an embedding backend can make too.
 
+/// `println!` that ends the process quietly (exit 0) when stdout is a
+/// closed pipe (`rescind journal list --json | head`), instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::write_line(format_args!(""))
+    };
+    ($($t:tt)*) => {
+        $crate::write_line(format_args!($($t)*))
+    };
+}
+
+/// Write one line to stdout; a closed pipe ends the process with 0 and no
+/// message (the reader has what it wanted), other errors are ignored like
+/// `println!` would not.
+pub(crate) fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
 mod demo;
 mod journal_cmd;
 mod ops;

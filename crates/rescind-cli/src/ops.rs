@@ -124,12 +124,12 @@ async fn run_one(
     if args.no_wait {
         engine.kill();
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "saga_id": id, "created": created })
             );
         } else {
-            println!("{id}");
+            outln!("{id}");
         }
         return Ok(0);
     }
@@ -139,16 +139,16 @@ async fn run_one(
     let summary = engine.load(id).await.ok().map(|s| SagaSummary::of(&s));
     drop(journal);
     if args.json {
-        println!(
+        outln!(
             "{}",
-            serde_json::json!({ "saga_id": id, "exit": exit.as_ref().map(|e| format!("{e:?}")), "summary": summary, "last_error": last_error })
+            serde_json::json!({ "saga_id": id, "exit": exit_json(exit.as_ref()), "summary": summary, "last_error": last_error })
         );
     } else {
         match &exit {
-            Some(SagaExit::Finished(o)) => println!("saga {id}: {}", describe_outcome(o)),
-            Some(SagaExit::Stuck { reason }) => println!("saga {id}: stuck: {}\n  resume it with `rescind journal resume {id}` once the cause is fixed", safe(reason)),
-            Some(SagaExit::Stopped { reason }) => println!("saga {id}: stopped: {}", safe(reason)),
-            None => println!(
+            Some(SagaExit::Finished(o)) => outln!("saga {id}: {}", describe_outcome(o)),
+            Some(SagaExit::Stuck { reason }) => outln!("saga {id}: stuck: {}\n  resume it with `rescind journal resume {id}` once the cause is fixed", safe(reason)),
+            Some(SagaExit::Stopped { reason }) => outln!("saga {id}: stopped: {}", safe(reason)),
+            None => outln!(
                 "saga {id}: still running after {}s{}\n  it is durable: `rescind journal resume {id}` or a worker will finish it",
                 args.wait_secs,
                 last_error.map(|e| format!("; last error: {}", safe(&e.to_string()))).unwrap_or_default()
@@ -265,24 +265,24 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 fn print_findings(findings: &[Finding], json: bool, csv: bool) {
     if json {
         for f in findings {
-            println!("{}", serde_json::to_string(f).unwrap_or_default());
+            outln!("{}", serde_json::to_string(f).unwrap_or_default());
         }
         let summary: serde_json::Map<String, serde_json::Value> = reconcile::summary(findings)
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.into()))
             .collect();
-        println!("{}", serde_json::json!({ "summary": summary }));
+        outln!("{}", serde_json::json!({ "summary": summary }));
         return;
     }
     if csv {
-        println!("channel,order_id,local_state,upstream_state,upstream_status,verdict,detail");
+        outln!("channel,order_id,local_state,upstream_state,upstream_status,verdict,detail");
         for f in findings {
             let (state, raw) = f
                 .upstream
                 .as_ref()
                 .map(|u| (u.state.to_string(), u.upstream.clone()))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{},{},{:?},{},{},{},\"{}\"",
                 f.local.channel,
                 f.local.order_id,
@@ -295,9 +295,13 @@ fn print_findings(findings: &[Finding], json: bool, csv: bool) {
         }
         return;
     }
-    println!(
+    outln!(
         "{:<18} {:<22} {:<11} {:<22} {:<30} detail",
-        "channel", "order", "local", "upstream", "verdict"
+        "channel",
+        "order",
+        "local",
+        "upstream",
+        "verdict"
     );
     for f in findings {
         let up = f
@@ -305,7 +309,7 @@ fn print_findings(findings: &[Finding], json: bool, csv: bool) {
             .as_ref()
             .map(|u| format!("{} ({})", u.state.name(), u.upstream))
             .unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "{:<18} {:<22} {:<11} {:<22} {:<30} {}",
             f.local.channel,
             f.local.order_id,
@@ -315,9 +319,9 @@ fn print_findings(findings: &[Finding], json: bool, csv: bool) {
             f.detail
         );
     }
-    println!();
+    outln!();
     for (verdict, n) in reconcile::summary(findings) {
-        println!("{verdict:<32} {n:>6}");
+        outln!("{verdict:<32} {n:>6}");
     }
 }
 
@@ -380,9 +384,9 @@ pub async fn reconcile(cfg_path: &Path, a: ReconcileArgs) -> Result<u8> {
     let again: Vec<_> = findings.iter().map(|f| f.local.clone()).collect();
     let after = reconcile::reconcile(&channels, again, a.concurrency, Arc::new(|| {})).await;
     let remaining = after.iter().filter(|f| f.verdict.is_mismatch()).count();
-    println!("\nafter --fix: {remaining} mismatch(es) remain");
+    outln!("\nafter --fix: {remaining} mismatch(es) remain");
     for (verdict, n) in reconcile::summary(&after) {
-        println!("{verdict:<32} {n:>6}");
+        outln!("{verdict:<32} {n:>6}");
     }
     Ok(u8::from(remaining > 0))
 }
@@ -418,7 +422,7 @@ pub async fn worker(cfg_path: &Path, a: WorkerArgs) -> Result<u8> {
     let w = rescind::worker::start_worker(&cfg, a.listen.as_deref())
         .await
         .map_err(|e| anyhow!(e))?;
-    println!("listening on http://{}", w.addr);
+    outln!("listening on http://{}", w.addr);
     if w.callback_addr != w.addr {
         eprintln!("callbacks on http://{}", w.callback_addr);
     }
@@ -433,4 +437,46 @@ pub async fn worker(cfg_path: &Path, a: WorkerArgs) -> Result<u8> {
     eprintln!("shutting down: letting sagas reach a safe point");
     w.shutdown().await;
     Ok(0)
+}
+
+/// How a saga's task ended, as JSON values a program can match on:
+/// `{"state": "finished", "outcome": {"result": "completed", …}}`,
+/// `{"state": "stuck", "reason": "…"}`, `{"state": "stopped", "reason": "…"}`,
+/// or `{"state": "running"}` when it had not ended when the command stopped waiting.
+pub fn exit_json(exit: Option<&SagaExit>) -> serde_json::Value {
+    match exit {
+        Some(SagaExit::Finished(o)) => serde_json::json!({
+            "state": "finished",
+            "outcome": serde_json::to_value(o).unwrap_or(serde_json::Value::Null),
+        }),
+        Some(SagaExit::Stuck { reason }) => serde_json::json!({"state": "stuck", "reason": reason}),
+        Some(SagaExit::Stopped { reason }) => {
+            serde_json::json!({"state": "stopped", "reason": reason})
+        }
+        None => serde_json::json!({"state": "running"}),
+    }
+}
+
+#[cfg(test)]
+mod exit_json_tests {
+    use super::exit_json;
+    use rescind_core::{SagaExit, SagaOutcome};
+
+    #[test]
+    fn exits_are_json_values_not_debug_strings() {
+        let v = exit_json(Some(&SagaExit::Stuck {
+            reason: "step 0 gave up".into(),
+        }));
+        assert_eq!(
+            v,
+            serde_json::json!({"state": "stuck", "reason": "step 0 gave up"})
+        );
+        let v = exit_json(Some(&SagaExit::Finished(SagaOutcome::Failed {
+            reason: "refused".into(),
+        })));
+        assert_eq!(v["state"], "finished");
+        assert_eq!(v["outcome"]["result"], "failed", "{v}");
+        assert_eq!(v["outcome"]["reason"], "refused", "{v}");
+        assert_eq!(exit_json(None), serde_json::json!({"state": "running"}));
+    }
 }

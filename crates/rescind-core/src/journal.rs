@@ -162,6 +162,13 @@ pub trait Journal: Send + Sync + 'static {
     async fn probe(&self) -> Result<(), JournalError> {
         Ok(())
     }
+
+    /// Group commits so far (records per commit, flush latency), for a
+    /// journal that commits in groups and counts them; `None` otherwise.
+    /// Cheap: a copy of a few counters, never a read of the journal.
+    fn group_commits(&self) -> Option<crate::metrics::GroupCommitSnapshot> {
+        None
+    }
 }
 
 /// Where a scheduled [`MemoryJournal`] crash lands, relative to one append.

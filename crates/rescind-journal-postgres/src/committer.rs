@@ -112,7 +112,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<AppendReq>) 
             }
         }
         deferred = later;
+        let size = batch.len() as u64;
+        let started = std::time::Instant::now();
         write_batch(&shared, &mut conn, batch).await;
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        shared.groups.observe(size, us);
     }
 }
 

@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pool: Pool,
     cfg: PgConfig,
     leases: Mutex<HashMap<SagaId, Lease>>,
+    /// Group sizes and commit latencies of the committer, for metrics.
+    groups: rescind_core::metrics::GroupCommitStats,
 }
 
 impl Shared {
@@ -282,6 +284,7 @@ impl PgJournal {
             pool,
             cfg: config,
             leases: Mutex::new(HashMap::new()),
+            groups: Default::default(),
         });
         tokio::spawn(committer::run(Arc::clone(&shared), rx));
         let renewer = (renew_every > 0)
@@ -342,6 +345,10 @@ impl Journal for PgJournal {
     /// Reaches the database and checks that it takes writes
     /// (`SHOW transaction_read_only`, which PostgreSQL and compatible
     /// engines answer): a replica or a read-only database is unhealthy.
+    fn group_commits(&self) -> Option<rescind_core::metrics::GroupCommitSnapshot> {
+        Some(self.shared.groups.snapshot())
+    }
+
     async fn probe(&self) -> Result<(), JournalError> {
         let client = self.shared.client().await?;
         let rows = client

@@ -137,6 +137,8 @@ pub(crate) struct Counters {
     pub flushes: AtomicU64,
     /// Requests made durable by those flushes.
     pub records: AtomicU64,
+    /// Group sizes and flush latencies, for metrics.
+    pub groups: rescind_core::metrics::GroupCommitStats,
 }
 
 pub(crate) struct Committer {
@@ -285,7 +287,9 @@ impl Committer {
             }
             return;
         }
+        let flush_started = Instant::now();
         let outcome = self.apply_and_flush(writes);
+        let flush_us = u64::try_from(flush_started.elapsed().as_micros()).unwrap_or(u64::MAX);
         if let Err(e) = &outcome {
             // Records may be in sled's memory but not durable; nothing
             // later may be acknowledged on top of them.
@@ -299,6 +303,7 @@ impl Committer {
             self.counters
                 .records
                 .fetch_add(pending.len() as u64, Ordering::Relaxed);
+            self.counters.groups.observe(pending.len() as u64, flush_us);
         }
         for (req, n) in pending {
             match &outcome {

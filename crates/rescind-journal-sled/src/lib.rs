@@ -441,6 +441,10 @@ fn read_saga(tree: &sled::Tree, path: &Path, saga: SagaId) -> Result<Vec<Entry>,
 impl Journal for SledJournal {
     /// Writes and flushes one small key in a tree of its own (`health`), so
     /// a disk that refuses writes is seen even when no saga is writing.
+    fn group_commits(&self) -> Option<rescind_core::metrics::GroupCommitSnapshot> {
+        Some(self.counters.groups.snapshot())
+    }
+
     async fn probe(&self) -> Result<(), JournalError> {
         let db = self.db.clone();
         let done = tokio::task::spawn_blocking(move || {

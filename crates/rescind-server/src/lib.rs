@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod config;
 pub mod inspect;
+pub mod metrics;
 pub mod reconcile;
 pub mod serve;
 #[cfg(feature = "sim")]

@@ -22,13 +22,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rescind_core::metrics::LATENCY_BUCKETS_MS;
 use rescind_core::{
     Engine, Error, InputError, Journal, OrderRef, RefundId, SagaId, SagaInput, SagaSet,
     StockLockRef,
 };
 use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// A request to start one saga.
@@ -125,6 +123,9 @@ pub struct ApiState {
     /// The API's authentication, whose refusals `/metrics` counts. The
     /// router does not apply it: layer [`crate::auth::middleware`] on top.
     pub auth: crate::auth::ApiAuth,
+    /// The metrics `/metrics` encodes; the engine should have been built
+    /// with it as its sink (`EngineBuilder::metrics`) for the labelled series.
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 impl ApiState {
@@ -136,6 +137,7 @@ impl ApiState {
             callbacks: None,
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             auth: crate::auth::ApiAuth::open(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -202,6 +204,12 @@ fn engine_err(e: Error) -> Response {
 /// The API router (without the callback receiver; merge it in with
 /// [`Router::merge`]).
 pub fn router(state: ApiState) -> Router {
+    state.metrics.attach(crate::metrics::Sources {
+        engine: state.engine.clone(),
+        journal: state.journal.clone(),
+        callbacks: state.callbacks.clone(),
+        auth: state.auth.clone(),
+    });
     Router::new()
         .route("/sagas", post(start).get(list))
         .route("/sagas/{id}", get(show))
@@ -523,98 +531,23 @@ async fn stats(State(s): State<ApiState>) -> Response {
     }
 }
 
+/// `/metrics`: every series from counters kept as things happen; a scrape
+/// costs O(number of series), never a read of the journal.
 async fn metrics(State(s): State<ApiState>) -> Response {
-    let st = s.engine.stats();
-    let (unfinished, finished) = match collect(&s).await {
-        Ok(c) => (c.unfinished, c.finished),
-        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e),
-    };
-    let mut out = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(
+    match s.metrics.encode() {
+        Ok(out) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            )],
             out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    };
-    counter(
-        "rescind_sagas_started_total",
-        "Sagas started by this worker.",
-        st.started,
-    );
-    counter(
-        "rescind_retries_total",
-        "Retryable channel failures retried.",
-        st.retries,
-    );
-    counter(
-        "rescind_in_doubt_total",
-        "In-doubt steps met on resume.",
-        st.in_doubt,
-    );
-    counter(
-        "rescind_in_doubt_resolved_by_lookup_total",
-        "In-doubt steps a lookup found applied.",
-        st.resolved_by_lookup,
-    );
-    counter(
-        "rescind_sagas_stuck_total",
-        "Sagas that became stuck.",
-        st.stuck,
-    );
-    let _ = writeln!(out, "# HELP rescind_sagas_finished_total Sagas finished by this worker, by outcome.\n# TYPE rescind_sagas_finished_total counter");
-    for (outcome, v) in [
-        ("completed", st.completed),
-        ("failed", st.failed),
-        ("aborted", st.aborted),
-    ] {
-        let _ = writeln!(
-            out,
-            "rescind_sagas_finished_total{{outcome=\"{outcome}\"}} {v}"
-        );
+        )
+            .into_response(),
+        Err(e) => err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        ),
     }
-    let _ = writeln!(
-        out,
-        "# HELP rescind_sagas Sagas in the journal by state.\n# TYPE rescind_sagas gauge"
-    );
-    let _ = writeln!(out, "rescind_sagas{{state=\"unfinished\"}} {unfinished}\nrescind_sagas{{state=\"finished\"}} {finished}");
-    let _ = writeln!(out, "# HELP rescind_sagas_running Sagas in this worker (with a task, or parked).\n# TYPE rescind_sagas_running gauge\nrescind_sagas_running {}", st.running);
-    let _ = writeln!(out, "# HELP rescind_sagas_parked Sagas parked without a task, waiting for a refund.\n# TYPE rescind_sagas_parked gauge\nrescind_sagas_parked {}", st.parked);
-    let _ = writeln!(out, "# HELP rescind_api_refused_total API requests refused (401/403), by reason: missing token, unknown token, token without the scope.\n# TYPE rescind_api_refused_total counter");
-    for (reason, v) in s.auth.refused_by_reason() {
-        let _ = writeln!(out, "rescind_api_refused_total{{reason=\"{reason}\"}} {v}");
-    }
-    if let Some(cb) = &s.callbacks {
-        let c = cb.stats();
-        let _ = writeln!(out, "# HELP rescind_callbacks_total PandaPon callback requests, by verdict (refused: unsigned, badly signed or stale; answered 401, not stored).\n# TYPE rescind_callbacks_total counter");
-        for (verdict, v) in [
-            ("refused", c.refused),
-            ("stored", c.stored),
-            ("duplicate", c.duplicates),
-            ("malformed", c.malformed),
-            ("store_error", c.store_errors),
-            ("store_full", c.store_full),
-        ] {
-            let _ = writeln!(out, "rescind_callbacks_total{{verdict=\"{verdict}\"}} {v}");
-        }
-    }
-    let _ = writeln!(out, "# HELP rescind_step_latency_ms Channel call latency.\n# TYPE rescind_step_latency_ms histogram");
-    let mut cumulative = 0;
-    for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
-        cumulative += st.latency_buckets.get(i).copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "rescind_step_latency_ms_bucket{{le=\"{bound}\"}} {cumulative}"
-        );
-    }
-    let _ = writeln!(out, "rescind_step_latency_ms_bucket{{le=\"+Inf\"}} {}\nrescind_step_latency_ms_sum {}\nrescind_step_latency_ms_count {}", st.steps, st.latency_sum_ms, st.steps);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
-        .into_response()
 }
 
 async fn bind(addr: &str) -> Result<tokio::net::TcpListener, WorkerError> {
@@ -768,9 +701,11 @@ pub async fn start_worker(
         .await
         .map_err(WorkerError::Journal)?;
     let channels = crate::wiring::build_channels(config)?;
+    let metrics = Arc::new(crate::metrics::WorkerMetrics::default());
     let engine = Engine::builder(journal.journal())
         .channels(channels)
         .limits(config.engine.clone())
+        .metrics(metrics.clone())
         .build();
     // A torn last line or a corrupt line is logged (warn) by open, never fatal.
     let store = rescind_channel_pandapon::callback::FileCallbackStore::open_with(
@@ -801,6 +736,7 @@ pub async fn start_worker(
         callbacks: Some(callbacks.clone()),
         ready: ready.clone(),
         auth: auth.clone(),
+        metrics,
     })
     .layer(axum::middleware::from_fn_with_state(
         auth,

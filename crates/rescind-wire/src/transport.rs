@@ -131,16 +131,44 @@ impl ReqwestTransport {
     }
 }
 
-/// Map a reqwest error onto the transport's two failure kinds. The URL is
-/// stripped: some channels carry parameters in the query string.
-fn map_reqwest_error(e: reqwest::Error) -> TransportError {
+/// Map a reqwest error onto the transport's two failure kinds. The message
+/// names where the request went (scheme, host, port and path: never the
+/// query string, where some channels carry signed parameters, nor any user
+/// info) and the root cause (`Connection refused (os error 111)`), which
+/// reqwest's own message leaves to its source chain.
+fn map_reqwest_error(e: reqwest::Error, url: &str) -> TransportError {
     // A connect timeout is both `is_connect` and `is_timeout`: nothing was sent.
     let not_sent = e.is_connect() || e.is_builder();
-    let text = e.without_url().to_string();
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        source = cause.source();
+    }
+    let text = format!("{} ({text})", where_to(url));
     if not_sent {
         TransportError::NotSent(text)
     } else {
         TransportError::NoResponse(text)
+    }
+}
+
+/// `scheme://host:port/path` of a URL: no user info, no query, no fragment.
+fn where_to(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default(),
+            u.path()
+        ),
+        Err(_) => "an unparsable URL".to_owned(),
     }
 }
 
@@ -155,7 +183,7 @@ impl Transport for ReqwestTransport {
             .body(req.body)
             .send()
             .await
-            .map_err(map_reqwest_error)?;
+            .map_err(|e| map_reqwest_error(e, &req.url))?;
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
@@ -687,6 +715,38 @@ pub fn layered_transport(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_names_the_url_and_the_cause_but_not_the_query() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let t = ReqwestTransport::new(ReqwestSettings::default()).expect("client");
+        let err = t
+            .send(HttpRequest {
+                method: http::Method::POST,
+                url: format!("http://user:pw@127.0.0.1:{port}/router/rest?sign=SECRETSIGN"),
+                headers: vec![],
+                body: Bytes::new(),
+            })
+            .await
+            .expect_err("nothing listens there");
+        let TransportError::NotSent(text) = &err else {
+            panic!("a refused connection was certainly not sent: {err:?}");
+        };
+        assert!(
+            text.contains(&format!("http://127.0.0.1:{port}/router/rest")),
+            "names the URL: {text}"
+        );
+        assert!(
+            text.to_ascii_lowercase().contains("connection refused"),
+            "names the cause: {text}"
+        );
+        assert!(
+            !text.contains("SECRETSIGN") && !text.contains("pw@"),
+            "{text}"
+        );
+    }
     use rescind_core::TokioClock;
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicU32, Ordering};

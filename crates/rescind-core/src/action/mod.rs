@@ -83,6 +83,18 @@ impl Action {
         self.kind().name()
     }
 
+    /// The channel the action calls (the stock lock's for `release_stock`);
+    /// `None` for a custom step, whose executor decides.
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            Action::CancelUnpaid(a) => Some(a.order.channel.as_str()),
+            Action::CancelPaid(a) => Some(a.order.channel.as_str()),
+            Action::WithdrawRefund(a) => Some(a.order.channel.as_str()),
+            Action::ReleaseStock(a) => Some(a.lock.channel.as_str()),
+            Action::Custom(_) => None,
+        }
+    }
+
     /// Once applied, can it be taken back? (A cancel cannot.)
     pub fn irreversible(&self) -> bool {
         self.kind().irreversible()

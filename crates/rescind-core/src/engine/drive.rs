@@ -286,14 +286,19 @@ impl Engine {
             channels: &inner.channels,
             executors: &inner.executors,
         };
+        let channel = action
+            .channel()
+            .unwrap_or(state.input.order.channel.as_str());
         let mut event = StepEvent::Begin;
         loop {
             let effect = machine
                 .step(event, inner.clock.now_ms(), inner.rng.as_ref())
                 .map_err(|e| DriveStop::Stuck(e.to_string()))?;
             event = match effect {
-                StepEffect::Call => StepEvent::Called(self.call(&ctx, action, step).await),
-                StepEffect::Lookup => StepEvent::LookedUp(self.look_up(&ctx, action, step).await),
+                StepEffect::Call => StepEvent::Called(self.call(&ctx, channel, action, step).await),
+                StepEffect::Lookup => {
+                    StepEvent::LookedUp(self.look_up(&ctx, channel, action, step).await)
+                }
                 StepEffect::Sleep { ms } => {
                     if let Some(e) = machine.last_error() {
                         *lock(&me.last_error) = Some(e.to_string());
@@ -318,6 +323,7 @@ impl Engine {
     pub(super) async fn call(
         &self,
         ctx: &Ctx<'_>,
+        channel: &str,
         action: &Action,
         step: u32,
     ) -> std::result::Result<StepOutcome, ChannelError> {
@@ -328,7 +334,19 @@ impl Engine {
             .instrument(span)
             .await;
         let stats = &self.inner.stats;
-        stats.step_latency(self.inner.clock.now_ms().saturating_sub(t0));
+        let latency_ms = self.inner.clock.now_ms().saturating_sub(t0);
+        stats.step_latency(latency_ms);
+        if self.inner.metrics.is_some() {
+            self.emit(MetricEvent::Call {
+                channel,
+                action: action.name(),
+                result: CallResult::of(&result),
+                latency_ms,
+            });
+            if let Err(e) = &result {
+                self.emit_upstream_error(channel, e);
+            }
+        }
         if let Err(e) = &result {
             if e.is_retryable() {
                 tracing::debug!(error = %e, "retryable failure");
@@ -342,6 +360,7 @@ impl Engine {
     pub(super) async fn look_up(
         &self,
         ctx: &Ctx<'_>,
+        channel: &str,
         action: &Action,
         step: u32,
     ) -> std::result::Result<Lookup, ChannelError> {
@@ -352,10 +371,23 @@ impl Engine {
             .await;
         match &result {
             Ok(Lookup::Applied(_)) => self.inner.stats.resolved_by_lookup(),
-            Err(e) => tracing::debug!(error = %e, "in-doubt lookup failed"),
+            Err(e) => {
+                tracing::debug!(error = %e, "in-doubt lookup failed");
+                self.emit_upstream_error(channel, e);
+            }
             Ok(_) => {}
         }
         result
+    }
+
+    /// An upstream error, by the channel's code and sub-code. Errors of our
+    /// own making (a timeout, a refused connection) carry no code.
+    fn emit_upstream_error(&self, channel: &str, e: &ChannelError) {
+        self.emit(MetricEvent::UpstreamError {
+            channel,
+            code: e.code.as_deref(),
+            sub_code: e.sub_code.as_deref(),
+        });
     }
 
     pub(super) async fn with_timeout<T>(

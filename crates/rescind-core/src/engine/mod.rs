@@ -14,13 +14,13 @@ use crate::channel::{ChannelError, Channels, InputError};
 use crate::ids::{OrderRef, RefundId, SagaId, SagaKind};
 use crate::journal::{Journal, JournalError};
 pub use crate::limits::{LimitError, Limits};
-use crate::metrics::{EngineStats, StatsSnapshot};
+use crate::metrics::{CallResult, EngineStats, MetricEvent, MetricsSink, SagaEnd, StatsSnapshot};
 use crate::record::{Action, Entry, Observation, Record, SagaInput, SagaOutcome, StepOutcome, Via};
 use crate::runtime::{Clock, IdGen, RandomIds, Rng, SplitMix64, TokioClock};
 use crate::saga::{Decision, FoldError, SagaDefinition, SagaState};
 use crate::step::{StepEffect, StepEvent, StepMachine, StepSpec};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -243,6 +243,13 @@ struct Inner {
     permits: Arc<Semaphore>,
     stopping: AtomicBool,
     stats: EngineStats,
+    /// Where labelled metric events go, if anywhere.
+    metrics: Option<Arc<dyn MetricsSink>>,
+    /// Sagas parked now (kept beside `running` so a scrape does not walk it).
+    parked: AtomicUsize,
+    /// Sagas this engine left stuck, until they run again.
+    stuck: Mutex<std::collections::HashSet<SagaId>>,
+    stuck_len: AtomicUsize,
     protections: Protections,
 }
 
@@ -270,9 +277,16 @@ pub struct EngineBuilder {
     sagas: HashMap<SagaKind, Arc<dyn SagaDefinition>>,
     executors: HashMap<String, Arc<dyn StepExecutor>>,
     protections: Protections,
+    metrics: Option<Arc<dyn MetricsSink>>,
 }
 
 impl EngineBuilder {
+    /// Send labelled metric events (sagas started and ended, calls, upstream
+    /// errors) to this sink. Without one the engine keeps only its counters.
+    pub fn metrics(mut self, sink: Arc<dyn MetricsSink>) -> Self {
+        self.metrics = Some(sink);
+        self
+    }
     /// Use these channels.
     pub fn channels(mut self, channels: Channels) -> Self {
         self.channels = channels;
@@ -337,6 +351,10 @@ impl EngineBuilder {
                 permits,
                 stopping: AtomicBool::new(false),
                 stats: EngineStats::default(),
+                metrics: self.metrics,
+                parked: AtomicUsize::new(0),
+                stuck: Mutex::new(std::collections::HashSet::new()),
+                stuck_len: AtomicUsize::new(0),
                 protections: self.protections,
             }),
         }
@@ -390,6 +408,7 @@ impl Engine {
             sagas,
             executors: HashMap::new(),
             protections: Protections::default(),
+            metrics: None,
         }
     }
 
@@ -410,12 +429,23 @@ impl Engine {
 
     /// Counters since this engine was built.
     pub fn stats(&self) -> StatsSnapshot {
-        let (running, parked) = {
-            let map = lock(&self.inner.running);
-            let parked = map.values().filter(|r| lock(&r.parked).is_some()).count();
-            (map.len(), parked)
-        };
-        self.inner.stats.snapshot(running, parked)
+        let running = lock(&self.inner.running).len();
+        let parked = self.inner.parked.load(Ordering::Relaxed);
+        let in_flight = self
+            .inner
+            .limits
+            .in_flight_max
+            .max(1)
+            .saturating_sub(self.inner.permits.available_permits());
+        let stuck = self.inner.stuck_len.load(Ordering::Relaxed);
+        self.inner.stats.snapshot(running, parked, in_flight, stuck)
+    }
+
+    /// Report a metric event to the sink, if there is one.
+    pub(super) fn emit(&self, event: MetricEvent<'_>) {
+        if let Some(m) = &self.inner.metrics {
+            m.record(event);
+        }
     }
 
     fn definition(&self, kind: &SagaKind, saga: Option<SagaId>) -> Result<Arc<dyn SagaDefinition>> {
@@ -532,6 +562,10 @@ impl Engine {
             return Err(e.into());
         }
         self.inner.stats.started();
+        self.emit(MetricEvent::SagaStarted {
+            kind: input.kind.as_str(),
+            channel: input.order.channel.as_str(),
+        });
         self.launch(SagaState::new(id, input, at_ms), def, slot, None);
         Ok(id)
     }
@@ -859,6 +893,7 @@ impl Engine {
             r.notify.notify_one();
             // Parked sagas are at a safe point already (everything durable).
             if lock(&r.parked).take().is_some() {
+                self.inner.parked.fetch_sub(1, Ordering::Relaxed);
                 self.unreserve(*id, r);
                 r.finish_with(Some(SagaExit::Stopped {
                     reason: "engine stopping".into(),

@@ -53,14 +53,43 @@ impl Engine {
         );
         let engine = self.clone();
         let r2 = running.clone();
+        // A saga that runs again is no longer stuck (it may become so again).
+        if self.inner.stuck_len.load(Ordering::Relaxed) > 0 {
+            let mut stuck = lock(&self.inner.stuck);
+            stuck.remove(&id);
+            self.inner.stuck_len.store(stuck.len(), Ordering::Relaxed);
+        }
+        let kind = state.input.kind.clone();
+        let started_at_ms = state.started_at_ms;
         let handle = tokio::spawn(
             async move {
                 match engine.drive(state, def, &r2, wait).await {
                     TaskEnd::Exit(exit) => {
-                        match &exit {
-                            SagaExit::Finished(o) => engine.inner.stats.finished(o),
-                            SagaExit::Stuck { .. } => engine.inner.stats.stuck(),
-                            SagaExit::Stopped { .. } => {}
+                        let end = match &exit {
+                            SagaExit::Finished(o) => {
+                                engine.inner.stats.finished(o);
+                                Some(SagaEnd::of(o))
+                            }
+                            SagaExit::Stuck { .. } => {
+                                engine.inner.stats.stuck();
+                                let mut stuck = lock(&engine.inner.stuck);
+                                stuck.insert(id);
+                                engine.inner.stuck_len.store(stuck.len(), Ordering::Relaxed);
+                                Some(SagaEnd::Stuck)
+                            }
+                            SagaExit::Stopped { .. } => None,
+                        };
+                        if let Some(end) = end {
+                            engine.emit(MetricEvent::SagaEnded {
+                                kind: kind.as_str(),
+                                channel: r2.order.channel.as_str(),
+                                end,
+                                duration_ms: engine
+                                    .inner
+                                    .clock
+                                    .now_ms()
+                                    .saturating_sub(started_at_ms),
+                            });
                         }
                         engine.unreserve(id, &r2);
                         r2.finish_with(Some(exit));
@@ -92,7 +121,9 @@ impl Engine {
         progress: WaitProgress,
     ) {
         *lock(&r.task) = None;
-        *lock(&r.parked) = Some(progress);
+        if lock(&r.parked).replace(progress).is_none() {
+            self.inner.parked.fetch_add(1, Ordering::Relaxed);
+        }
         lock(&self.inner.timers).insert((wake_at_ms, id));
         self.ensure_timer();
         self.inner.timers_changed.notify_one();
@@ -108,6 +139,7 @@ impl Engine {
         let Some(progress) = lock(&r.parked).take() else {
             return;
         };
+        self.inner.parked.fetch_sub(1, Ordering::Relaxed);
         let engine = self.clone();
         let r = r.clone();
         tokio::spawn(async move {

@@ -1,0 +1,80 @@
+//! The CLI's output, run as the real binary: `--json` carries structured
+//! values (not Rust `Debug` strings), and a closed stdout pipe
+//! (`rescind journal list --json | head`) ends the command quietly.
+
+mod common;
+
+use std::process::Stdio;
+
+fn config(dir: &std::path::Path) -> std::path::PathBuf {
+    let cfg = dir.join("rescind.toml");
+    std::fs::write(
+        &cfg,
+        format!("[journal]\npath = \"{}\"\n", dir.join("journal").display()),
+    )
+    .expect("write config");
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_stats_json_has_numbers_for_storage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let out = tokio::process::Command::new(common::exe())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["journal", "stats", "--json"])
+        .env_remove("RESCIND_CONFIG")
+        .output()
+        .await
+        .expect("run rescind");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let storage = &v["storage"];
+    assert!(
+        storage.is_object(),
+        "storage is an object, not a Debug string: {v}"
+    );
+    for key in [
+        "unfinished",
+        "finished",
+        "records",
+        "record_bytes",
+        "bytes_on_disk",
+    ] {
+        assert!(storage[key].is_u64(), "storage.{key} is a number: {v}");
+    }
+    assert_eq!(storage["unfinished"], 0, "{v}");
+    assert_eq!(v["sagas"], 0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_pipe_ends_journal_list_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    for args in [&["journal", "list", "--json"][..], &["journal", "list"][..]] {
+        let mut child = tokio::process::Command::new(common::exe())
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env_remove("RESCIND_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rescind");
+        // The reader goes away before the command writes (as `head` does).
+        drop(child.stdout.take());
+        let out = child.wait_with_output().await.expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked")
+                && !stderr.contains("Broken pipe")
+                && !stderr.contains("error"),
+            "{args:?}: quiet on a closed pipe, got: {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
