@@ -517,6 +517,28 @@ async fn slow_header_sockets_cannot_starve_the_worker() {
     );
     let (status, took) = health(rig.url.clone()).await;
     assert_eq!(status, 200, "{took:?}");
+    // The worker counted what it did: idle sockets evicted at the cap.
+    let page = rig
+        .http
+        .get(format!("{}/metrics", rig.url))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    let evicted = metric(
+        &page,
+        "rescind_http_connections_total{listener=\"api\",event=\"evicted\"}",
+    )
+    .unwrap_or_else(|| panic!("no eviction series:\n{page}"));
+    assert!(
+        evicted >= (sockets - 512) as f64,
+        "{evicted} evictions for {sockets} sockets under a 512 file limit"
+    );
+    let open_now = metric(&page, "rescind_http_connections_open{listener=\"api\"}")
+        .unwrap_or_else(|| panic!("no open-connections gauge:\n{page}"));
+    assert!(open_now <= 4.0, "{open_now} connections still open");
     let log = std::fs::read_to_string(rig.dir.path().join("worker-1.log")).unwrap_or_default();
     assert!(
         !log.contains("Too many open files"),

@@ -505,8 +505,8 @@ async fn worker_serves_api_metrics_and_stops_on_sigterm() {
         .await
         .unwrap();
     for m in [
-        "rescind_sagas_started_total 1",
-        "rescind_sagas_finished_total{outcome=\"completed\"} 1",
+        "rescind_sagas_started_total{kind=\"cancel_unpaid\",channel=\"tmall-tbc\"} 1",
+        "rescind_sagas_finished_total{kind=\"cancel_unpaid\",channel=\"tmall-tbc\",outcome=\"completed\"} 1",
         "rescind_step_latency_ms_bucket",
     ] {
         assert!(metrics.contains(m), "{m} missing in {metrics}");

@@ -103,7 +103,11 @@ pub struct WorkerMetrics {
     series: Series,
     error_series: Mutex<HashSet<ErrorLabels>>,
     registry: OnceLock<Registry>,
+    /// The listeners whose connections are counted (`api`, `callbacks`).
+    listeners: Listeners,
 }
+
+type Listeners = Arc<Mutex<Vec<(&'static str, crate::serve::Served)>>>;
 
 impl std::fmt::Debug for WorkerMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,6 +129,7 @@ impl Default for WorkerMetrics {
             },
             error_series: Mutex::new(HashSet::new()),
             registry: OnceLock::new(),
+            listeners: Arc::default(),
         }
     }
 }
@@ -183,9 +188,17 @@ impl WorkerMetrics {
                 "Channel errors (calls and lookups), by channel, the channel's code and sub_code (empty when it gave none)",
                 s.upstream_errors,
             );
-            r.register_collector(Box::new(Scraped(sources)));
+            r.register_collector(Box::new(Scraped(sources, self.listeners.clone())));
             r
         });
+    }
+
+    /// Count the connections of a listener served by [`crate::serve::serve`]
+    /// under `name` (`rescind_http_connections_open`, `rescind_http_connections_total`).
+    pub fn watch_listener(&self, name: &'static str, served: crate::serve::Served) {
+        let mut l = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        l.retain(|(n, _)| *n != name);
+        l.push((name, served));
     }
 
     /// The Prometheus text (format 0.0.4) of every series. Before
@@ -299,7 +312,7 @@ impl MetricsSink for WorkerMetrics {
 }
 
 /// The values read at scrape time.
-struct Scraped(Sources);
+struct Scraped(Sources, Listeners);
 
 impl std::fmt::Debug for Scraped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -410,6 +423,39 @@ impl Collector for Scraped {
             "Sagas this worker left stuck and nobody resumed since",
             st.stuck_now,
         )?;
+        let listeners: Vec<(&'static str, crate::serve::ServeStats)> = self
+            .1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, s)| (*n, s.stats()))
+            .collect();
+        if !listeners.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "rescind_http_connections_open",
+                "Connections open now, by listener (api, callbacks)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, st) in &listeners {
+                let labels = vec![("listener", *name)];
+                let fam = m.encode_family(&labels)?;
+                ConstGauge::new(i64::try_from(st.open).unwrap_or(i64::MAX)).encode(fam)?;
+            }
+            labelled(
+                &mut enc,
+                "rescind_http_connections",
+                "Connections by listener and event: accepted; evicted (closed at the cap while waiting for a request head); refused (at the cap, every connection busy)",
+                listeners.iter().flat_map(|(name, st)| {
+                    [
+                        ("accepted", st.accepted),
+                        ("evicted", st.evicted),
+                        ("refused", st.refused),
+                    ]
+                    .map(|(event, v)| (vec![("listener", *name), ("event", event)], v))
+                }),
+            )?;
+        }
         if let Some(g) = src.journal.group_commits() {
             histogram(
                 &mut enc,

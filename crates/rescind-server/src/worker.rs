@@ -736,7 +736,7 @@ pub async fn start_worker(
         callbacks: Some(callbacks.clone()),
         ready: ready.clone(),
         auth: auth.clone(),
-        metrics,
+        metrics: metrics.clone(),
     })
     .layer(axum::middleware::from_fn_with_state(
         auth,
@@ -762,6 +762,10 @@ pub async fn start_worker(
     limits.max_connections = crate::serve::fit_max_connections(limits.max_connections);
     let served_api = crate::serve::Served::default();
     let served_callbacks = crate::serve::Served::default();
+    metrics.watch_listener("api", served_api.clone());
+    if callback_listener.is_some() {
+        metrics.watch_listener("callbacks", served_callbacks.clone());
+    }
     if let Some(l) = callback_listener {
         let cb_app = callbacks.router();
         let mut cb_stopped = stop.subscribe();
