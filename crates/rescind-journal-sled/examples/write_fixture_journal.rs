@@ -34,7 +34,9 @@ async fn put(j: &SledJournal, saga: SagaId, records: Vec<Record>) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let dir = std::env::args().nth(1).expect("usage: write_fixture_journal DIR");
+    let dir = std::env::args()
+        .nth(1)
+        .expect("usage: write_fixture_journal DIR");
     let j = SledJournal::open(&dir, SledConfig::default())
         .await
         .expect("open");
