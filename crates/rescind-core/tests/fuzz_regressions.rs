@@ -10,8 +10,8 @@ use std::path::Path;
 
 #[test]
 fn journal_record_decode_regressions_hold() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/regressions/journal_record_decode");
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/journal_record_decode");
     let mut n = 0;
     for file in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = file.expect("dir entry").path();
