@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod bare;
 mod builtin;
 mod chart;
 mod custom;

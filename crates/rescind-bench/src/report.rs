@@ -67,13 +67,13 @@ pub fn sagas_markdown(r: &SagasReport) -> String {
         let _ = writeln!(s, "\n### Generic two-step saga\n");
         let _ = writeln!(
             s,
-            "| concurrency | journal | sagas/s | p50 ms | p99 ms | records/flush | vs flush-per-append |"
+            "| concurrency | journal | sagas/s | p50 ms | p99 ms | records/flush | vs flush-per-append | vs bare loop |"
         );
-        let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|");
         for c in &r.custom {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
                 c.concurrency,
                 c.label,
                 c.run.per_sec,
@@ -86,6 +86,9 @@ pub fn sagas_markdown(r: &SagasReport) -> String {
                 },
                 c.vs_baseline
                     .map(|v| format!("{v:.2}×"))
+                    .unwrap_or_else(|| "–".into()),
+                c.vs_bare
+                    .map(|v| format!("{:.0}%", v * 100.0))
                     .unwrap_or_else(|| "–".into())
             );
         }
@@ -149,7 +152,7 @@ pub fn write_sagas(out: &Path, r: &SagasReport) -> Result<()> {
     let svg = out.join("sagas.svg");
     chart::draw(
         &svg,
-        "rescind: generic two-step saga (2 POSTs, 7 durable writes) vs concurrency",
+        "rescind: generic two-step saga (2 POSTs, 4 durable writes) vs concurrency",
         &series,
     )?;
     eprintln!("wrote {} and {}", p.display(), svg.display());

@@ -2,6 +2,7 @@
 //! the built-in sagas against the simulator, at several concurrencies, plus
 //! the raw-call and single-writer flush references.
 
+use crate::bare;
 use crate::builtin::{self, Workload};
 use crate::custom::{self, PostExecutor, TwoPosts};
 use crate::driver::{closed_loop, InputFn, JournalMode};
@@ -53,7 +54,14 @@ pub struct CustomRow {
     /// Median over repetitions of (this / flush-per-append at the same
     /// durability in the same repetition); sled group-commit rows only.
     pub vs_baseline: Option<f64>,
+    /// Median over repetitions of (this / the bare group-commit loop in the
+    /// same repetition); sled group-commit rows at power-loss durability only
+    /// (the bare loop's durability).
+    pub vs_bare: Option<f64>,
 }
+
+/// The label of the bare group-commit loop's row.
+pub const BARE_LABEL: &str = "bare group-commit loop (no engine), power-loss";
 
 /// One row of the built-in table.
 #[derive(Debug, Serialize)]
@@ -337,18 +345,31 @@ pub async fn run(o: &SagasOpts) -> Result<SagasReport> {
                 mean_us: s.mean_us(),
             });
         }
-        eprintln!("\ngeneric two-step saga (2 POSTs, 7 durable writes per saga)");
+        eprintln!("\ngeneric two-step saga (2 POSTs, 4 durable writes per saga)");
         eprintln!("conc | journal | sagas/s | p50 ms | p99 ms | batch");
         let modes = custom_modes();
         for &c in &o.concurrency {
             // runs[mode][rep]
             let mut runs: Vec<Vec<RunSummary>> = vec![Vec::new(); modes.len()];
+            let mut bare_runs: Vec<RunSummary> = Vec::new();
             for _rep in 0..o.reps.max(1) {
                 for (mi, &m) in modes.iter().enumerate() {
                     let r = run_custom(m, c, o, &client, &url).await?;
                     eprintln!("{c:>5} | {:<38} | {}", m.label(), fmt_row(&r));
                     runs[mi].push(r);
                 }
+                let tmp = tempdir(&o.dir)?;
+                let r = bare::run_bare(
+                    &tmp.path().join("j"),
+                    c,
+                    Duration::from_secs_f64(o.warmup_secs),
+                    Duration::from_secs_f64(o.secs),
+                    &client,
+                    &url,
+                )
+                .await?;
+                eprintln!("{c:>5} | {:<38} | {}", BARE_LABEL, fmt_row(&r));
+                bare_runs.push(r);
             }
             for (mi, &m) in modes.iter().enumerate() {
                 let vs = match m {
@@ -369,6 +390,16 @@ pub async fn run(o: &SagasOpts) -> Result<SagasReport> {
                     }
                     _ => None,
                 };
+                let vs_bare = match m {
+                    JournalMode::Group(Durability::PowerLoss) => Some(median(
+                        runs[mi]
+                            .iter()
+                            .zip(&bare_runs)
+                            .map(|(g, b)| g.per_sec / b.per_sec.max(1e-9))
+                            .collect(),
+                    )),
+                    _ => None,
+                };
                 let per_sec_runs = runs[mi].iter().map(|r| r.per_sec).collect();
                 let run =
                     median_run(std::mem::take(&mut runs[mi])).ok_or_else(|| anyhow!("no runs"))?;
@@ -383,8 +414,19 @@ pub async fn run(o: &SagasOpts) -> Result<SagasReport> {
                     run,
                     per_sec_runs,
                     vs_baseline: vs,
+                    vs_bare,
                 });
             }
+            let per_sec_runs = bare_runs.iter().map(|r| r.per_sec).collect();
+            report.custom.push(CustomRow {
+                concurrency: c,
+                mode: "bare-power-loss".into(),
+                label: BARE_LABEL.into(),
+                run: median_run(bare_runs).ok_or_else(|| anyhow!("no bare runs"))?,
+                per_sec_runs,
+                vs_baseline: None,
+                vs_bare: None,
+            });
         }
         drop(up);
     }

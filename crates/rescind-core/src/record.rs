@@ -1,9 +1,23 @@
 //! Journal records: the versioned, serde-encoded protocol every journal stores.
 //!
 //! A saga's state is the fold of its records ([`crate::saga::SagaState::apply`]).
-//! Journals store each record as the bytes of [`encode`]; every record carries
-//! the format version `v`, and [`decode`] refuses a newer version with a typed
-//! error naming the saga and sequence instead of guessing.
+//! Journals store each record as the bytes of [`encode`]. Two encodings exist,
+//! told apart by the first byte (`docs/journal-format.md`):
+//!
+//! - **format 2, binary** (what [`encode`] writes): the byte
+//!   [`RECORD_FORMAT_VERSION`] (`0x02`), then the record in
+//!   [postcard](https://docs.rs/postcard), free-form JSON values carried as
+//!   their JSON text;
+//! - **format 1, JSON** (what earlier releases wrote, still read): a JSON
+//!   object starting with `{`, with the version in its `v` field
+//!   ([`encode_json`] still writes it, for tests and tools).
+//!
+//! [`decode`] reads both and refuses a newer version with a typed error
+//! naming the saga and sequence instead of guessing. Either way a record
+//! decodes to exactly what was encoded, floats in JSON values included
+//! (serde_json's `float_roundtrip`).
+
+mod binary;
 
 pub use crate::action::{Action, StepOutcome, Via};
 use crate::channel::{OrderStatus, RefundStatus};
@@ -12,8 +26,18 @@ use crate::journal::JournalError;
 use crate::machine::OrderState;
 use serde::{Deserialize, Serialize};
 
-/// The record format version this build writes and the newest it reads.
-pub const RECORD_FORMAT_VERSION: u16 = 1;
+/// The record format version this build writes (the binary encoding) and
+/// the newest it reads.
+pub const RECORD_FORMAT_VERSION: u16 = binary::BINARY_VERSION as u16;
+
+/// The version of the JSON encoding (record format 1): what a JSON record's
+/// `v` must say. Still read; written only by [`encode_json`].
+pub const JSON_RECORD_VERSION: u16 = 1;
+
+/// The highest first byte that can be a binary record's version: versions of
+/// the binary encoding stay below `{` (`0x7B`), the first byte of a JSON
+/// record. A first byte above this (and not `{`) is not a record at all.
+const BINARY_VERSION_MAX: u8 = 0x3F;
 
 /// What a saga was asked to do. Journaled in [`Record::Started`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,45 +305,81 @@ struct WireIn {
     record: Record,
 }
 
-/// Encode an entry's record as the bytes a journal stores (JSON, with `v`).
+/// Encode an entry's record as the bytes a journal stores: the binary
+/// encoding (record format [`RECORD_FORMAT_VERSION`]).
 pub fn encode(entry: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    binary::encode_into(entry, &mut out);
+    out
+}
+
+/// Encode an entry as a JSON record (format [`JSON_RECORD_VERSION`], what
+/// earlier releases wrote). Journals never write it any more; it is here for
+/// tests and tools that need an old-format record.
+pub fn encode_json(entry: &Entry) -> Vec<u8> {
     // Serialising our own types into a Vec cannot fail: no maps with non-string
     // keys, no I/O. A failure here is a programming error in this module.
     serde_json::to_vec(&WireOut {
-        v: RECORD_FORMAT_VERSION,
+        v: JSON_RECORD_VERSION,
         at_ms: entry.at_ms,
         record: &entry.record,
     })
     .unwrap_or_else(|e| unreachable!("record serialisation cannot fail: {e}"))
 }
 
-/// Decode stored bytes. Garbage is [`JournalError::Corrupt`]; a newer format
-/// is [`JournalError::UnsupportedVersion`]; both name saga and sequence.
+/// Decode stored bytes, binary (format 2) or JSON (format 1). Garbage is
+/// [`JournalError::Corrupt`]; a newer format is
+/// [`JournalError::UnsupportedVersion`]; both name saga and sequence.
 pub fn decode(saga: SagaId, seq: u64, bytes: &[u8]) -> Result<Entry, JournalError> {
-    let version: WireVersion =
-        serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
-            saga,
-            seq,
-            detail: format!("record header unreadable: {e}"),
-        })?;
-    if version.v > RECORD_FORMAT_VERSION || version.v == 0 {
-        return Err(JournalError::UnsupportedVersion {
-            saga,
-            seq,
-            found: version.v,
-            supported: RECORD_FORMAT_VERSION,
-        });
-    }
-    let wire: WireIn = serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
+    let corrupt = |detail: String| JournalError::Corrupt { saga, seq, detail };
+    let unsupported = |found: u16| JournalError::UnsupportedVersion {
         saga,
         seq,
-        detail: format!("record body unreadable: {e}"),
-    })?;
-    Ok(Entry {
-        seq,
-        at_ms: wire.at_ms,
-        record: wire.record,
-    })
+        found,
+        supported: RECORD_FORMAT_VERSION,
+    };
+    let (at_ms, record) = match bytes.first() {
+        None => return Err(corrupt("empty record".into())),
+        Some(b'{') => decode_json(bytes).map_err(|e| match e {
+            JsonError::Version(v) => unsupported(v),
+            JsonError::Corrupt(detail) => corrupt(detail),
+        })?,
+        Some(&b) if u16::from(b) == RECORD_FORMAT_VERSION => {
+            binary::decode_body(&bytes[1..]).map_err(corrupt)?
+        }
+        Some(&b) if b != 0 && b <= BINARY_VERSION_MAX && u16::from(b) > RECORD_FORMAT_VERSION => {
+            return Err(unsupported(u16::from(b)))
+        }
+        Some(&b) => {
+            return Err(corrupt(format!(
+                "unknown record encoding: first byte {b:#04x} is neither a binary \
+                 record version nor the `{{` of a JSON record"
+            )))
+        }
+    };
+    Ok(Entry { seq, at_ms, record })
+}
+
+enum JsonError {
+    Version(u16),
+    Corrupt(String),
+}
+
+fn decode_json(bytes: &[u8]) -> Result<(u64, Record), JsonError> {
+    let version: WireVersion = serde_json::from_slice(bytes)
+        .map_err(|e| JsonError::Corrupt(format!("record header unreadable: {e}")))?;
+    if version.v == RECORD_FORMAT_VERSION {
+        return Err(JsonError::Corrupt(format!(
+            "a JSON record claims version {}, which is binary only",
+            version.v
+        )));
+    }
+    if version.v != JSON_RECORD_VERSION {
+        return Err(JsonError::Version(version.v));
+    }
+    let wire: WireIn = serde_json::from_slice(bytes)
+        .map_err(|e| JsonError::Corrupt(format!("record body unreadable: {e}")))?;
+    Ok((wire.at_ms, wire.record))
 }
 
 #[cfg(test)]
@@ -384,7 +444,123 @@ mod tests {
                 record,
             };
             let bytes = encode(&e);
+            assert_eq!(bytes[0], 2, "binary records start with their version");
             assert_eq!(decode(sid(), e.seq, &bytes).unwrap(), e);
+            let json = encode_json(&e);
+            assert_eq!(json[0], b'{');
+            assert_eq!(decode(sid(), e.seq, &json).unwrap(), e);
+            assert!(
+                bytes.len() < json.len(),
+                "binary {} bytes, JSON {} bytes",
+                bytes.len(),
+                json.len()
+            );
+        }
+    }
+
+    fn outcome_value(value: serde_json::Value) -> Entry {
+        Entry {
+            seq: 0,
+            at_ms: 0,
+            record: Record::Outcome {
+                step: 0,
+                outcome: StepOutcome::Custom { value },
+                via: Via::Reply,
+                attempts: 0,
+            },
+        }
+    }
+
+    /// Issue 18's input: without serde_json's `float_roundtrip` it decoded to
+    /// 1.0000000000000001e-24, which re-encodes and decodes to 1e-24.
+    #[test]
+    fn a_float_in_a_json_record_decodes_exactly() {
+        let bytes = br#"{"v":1,"at_ms":0,"type":"outcome","step":0,"outcome":{"outcome":"custom","value":1e-24}}"#;
+        let entry = decode(sid(), 0, bytes).unwrap();
+        assert_eq!(entry, outcome_value(serde_json::json!(1e-24_f64)));
+        match &entry.record {
+            Record::Outcome {
+                outcome: StepOutcome::Custom { value },
+                ..
+            } => assert_eq!(value.as_f64().map(f64::to_bits), Some(1e-24_f64.to_bits())),
+            other => panic!("expected a custom outcome, got {other:?}"),
+        }
+        assert_eq!(decode(sid(), 0, &encode(&entry)).unwrap(), entry);
+        assert_eq!(decode(sid(), 0, &encode_json(&entry)).unwrap(), entry);
+    }
+
+    #[test]
+    fn binary_versions_above_ours_are_refused_by_number() {
+        let mut bytes = encode(&outcome_value(serde_json::json!(1)));
+        for v in [3u8, 0x3F] {
+            bytes[0] = v;
+            match decode(sid(), 5, &bytes) {
+                Err(JournalError::UnsupportedVersion {
+                    saga, seq, found, ..
+                }) => assert_eq!((saga, seq, found), (sid(), 5, u16::from(v))),
+                other => panic!("expected UnsupportedVersion for {v}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_binary_records_are_corrupt_and_say_why() {
+        let good = encode(&outcome_value(serde_json::json!({"a": [1, 2.5]})));
+        let mut trailing = good.clone();
+        trailing.push(0);
+        // version 2, at_ms 0, Outcome (variant 2), step 0, Custom (variant 6),
+        // a value whose JSON text is `"x` (2 bytes: not JSON), via, attempts.
+        let not_json = vec![2, 0, 2, 0, 6, 2, b'"', b'x', 0, 0];
+        let mut as_json = not_json.clone();
+        as_json[5] = 3;
+        as_json.insert(8, b'"');
+        assert_eq!(
+            decode(sid(), 0, &as_json).unwrap(),
+            outcome_value(serde_json::json!("x")),
+            "the layout this test assumes"
+        );
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (good[..good.len() - 1].to_vec(), "binary record unreadable"),
+            (trailing, "trailing bytes"),
+            (not_json, "not JSON"),
+            (vec![0x00, 1, 2], "unknown record encoding"),
+            (vec![0x01], "unknown record encoding"),
+            (vec![0x80], "first byte 0x80"),
+            (vec![], "empty record"),
+            (
+                br#"{"v":2,"at_ms":1,"type":"stuck","reason":"x"}"#.to_vec(),
+                "binary only",
+            ),
+        ];
+        for (bytes, want) in cases {
+            match decode(sid(), 6, &bytes) {
+                Err(e @ JournalError::Corrupt { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(want), "{bytes:?}: {msg}");
+                    assert!(
+                        msg.contains(&sid().to_string()) && msg.contains("seq 6"),
+                        "{msg}"
+                    );
+                }
+                other => panic!("{bytes:?}: expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Any finite float (and any integer) inside a free-form value comes
+        /// back bit for bit, through either encoding, and again.
+        #[test]
+        fn floats_round_trip_exactly(f in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL | proptest::num::f64::ZERO, i in proptest::prelude::any::<i64>(), u in proptest::prelude::any::<u64>()) {
+            let entry = outcome_value(serde_json::json!({"f": f, "i": i, "u": u, "list": [f, -f]}));
+            for bytes in [encode(&entry), encode_json(&entry)] {
+                let back = decode(sid(), 0, &bytes).unwrap();
+                proptest::prop_assert_eq!(&back, &entry);
+                if let Record::Outcome { outcome: StepOutcome::Custom { value }, .. } = &back.record {
+                    proptest::prop_assert_eq!(value["f"].as_f64().map(f64::to_bits), Some(f.to_bits()));
+                }
+                proptest::prop_assert_eq!(decode(sid(), 0, &encode(&back)).unwrap(), back);
+            }
         }
     }
 

@@ -6,7 +6,9 @@
 //! envelope and callback proptests).
 
 use proptest::prelude::*;
-use rescind_core::record::{decode, encode, RECORD_FORMAT_VERSION};
+use rescind_core::record::{
+    decode, encode, encode_json, JSON_RECORD_VERSION, RECORD_FORMAT_VERSION,
+};
 use rescind_core::{
     Action, Entry, JournalError, OrderRef, Record, RefundId, SagaId, SagaInput, StepOutcome, Via,
 };
@@ -37,15 +39,18 @@ fn samples() -> Vec<Vec<u8>> {
             attempts: 3,
         },
     ];
+    // The binary form (what journals write) and the JSON form (what older
+    // journals hold) of each record.
     records
         .into_iter()
         .enumerate()
-        .map(|(i, record)| {
-            encode(&Entry {
+        .flat_map(|(i, record)| {
+            let entry = Entry {
                 seq: i as u64,
                 at_ms: 1_762_189_240_000,
                 record,
-            })
+            };
+            [encode(&entry), encode_json(&entry)]
         })
         .collect()
 }
@@ -84,7 +89,7 @@ proptest! {
 
     #[test]
     fn mutated_records_decode_to_a_typed_result(
-        which in 0usize..3,
+        which in 0usize..6,
         edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
         cut in proptest::option::of(any::<usize>()),
     ) {
@@ -101,11 +106,15 @@ proptest! {
 
     #[test]
     fn versions_other_than_ours_are_refused_by_number(v in any::<u16>()) {
-        let good = String::from_utf8(samples()[1].clone()).expect("utf-8");
-        let bytes = good.replacen(&format!("\"v\":{RECORD_FORMAT_VERSION}"), &format!("\"v\":{v}"), 1);
+        // A JSON record (format 1) with its `v` changed.
+        let good = String::from_utf8(samples()[3].clone()).expect("utf-8");
+        let bytes = good.replacen(&format!("\"v\":{JSON_RECORD_VERSION}"), &format!("\"v\":{v}"), 1);
         let r = decode(sid(), 3, bytes.as_bytes());
-        if v == RECORD_FORMAT_VERSION {
+        if v == JSON_RECORD_VERSION {
             prop_assert!(r.is_ok());
+        } else if v == RECORD_FORMAT_VERSION {
+            // The binary encoding's version: no JSON record can claim it.
+            prop_assert!(matches!(r, Err(JournalError::Corrupt { .. })), "{:?}", r);
         } else if v == 0 || v > RECORD_FORMAT_VERSION {
             let refused = matches!(r, Err(JournalError::UnsupportedVersion { found, .. }) if found == v);
             prop_assert!(refused);
