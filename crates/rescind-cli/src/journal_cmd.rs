@@ -136,9 +136,7 @@ fn parse_id(s: &str) -> Result<SagaId> {
 
 async fn open(cfg_path: &Path) -> Result<OpenJournal> {
     let cfg = load_config(cfg_path)?;
-    rescind::wiring::open_journal(&cfg.journal).await.map_err(|e| {
-        anyhow!("cannot open the journal: {e}\n  (a running `rescind worker` holds a sled journal; stop it, or use its HTTP API)")
-    })
+    crate::ops::open_journal(&cfg).await
 }
 
 fn now_ms() -> u64 {

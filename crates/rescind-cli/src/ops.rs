@@ -7,7 +7,7 @@ use rescind::config::Config;
 use rescind::inspect::SagaSummary;
 use rescind::reconcile::{self, Finding};
 use rescind_core::{
-    Engine, OrderRef, RefundId, SagaExit, SagaId, SagaInput, SagaOutcome, StockLockRef,
+    Engine, JournalError, OrderRef, RefundId, SagaExit, SagaId, SagaInput, SagaOutcome, StockLockRef,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -73,10 +73,28 @@ pub(crate) fn load_config(path: &Path) -> Result<Config> {
     Config::load(path).map_err(|e| anyhow!("{} ({})", e, path.display()))
 }
 
-pub(crate) async fn engine_for(cfg: &Config) -> Result<(Engine, rescind::wiring::OpenJournal)> {
-    let journal = rescind::wiring::open_journal(&cfg.journal)
+/// Open the configured journal for a one-shot command.
+pub(crate) async fn open_journal(cfg: &Config) -> Result<rescind::wiring::OpenJournal> {
+    rescind::wiring::open_journal(&cfg.journal)
         .await
-        .map_err(|e| anyhow!("cannot open the journal: {e}\n  (a running `rescind worker` holds a sled journal: stop it, or send the request to its HTTP API)"))?;
+        .map_err(journal_open_error)
+}
+
+/// The error of a journal that did not open. The hint about a running worker
+/// goes only with [`JournalError::Locked`] (another process holds the sled
+/// directory); a PostgreSQL configuration or connection error, a corrupt or
+/// newer journal, gets no hint that would send the operator the wrong way.
+pub(crate) fn journal_open_error(e: JournalError) -> anyhow::Error {
+    match e {
+        JournalError::Locked { .. } => anyhow!(
+            "cannot open the journal: {e}\n  (a running `rescind worker` holds a sled journal: stop it, or send the request to its HTTP API)"
+        ),
+        other => anyhow!("cannot open the journal: {other}"),
+    }
+}
+
+pub(crate) async fn engine_for(cfg: &Config) -> Result<(Engine, rescind::wiring::OpenJournal)> {
+    let journal = open_journal(cfg).await?;
     let channels = rescind::wiring::build_channels(cfg).map_err(|e| anyhow!("{e}"))?;
     let engine = Engine::builder(journal.journal())
         .channels(channels)
@@ -454,6 +472,39 @@ pub fn exit_json(exit: Option<&SagaExit>) -> serde_json::Value {
             serde_json::json!({"state": "stopped", "reason": reason})
         }
         None => serde_json::json!({"state": "running"}),
+    }
+}
+
+#[cfg(test)]
+mod journal_open_error_tests {
+    use super::journal_open_error;
+    use rescind_core::JournalError;
+
+    const HINT: &str = "holds a sled journal";
+
+    #[test]
+    fn the_worker_hint_goes_only_with_a_lock_error() {
+        let locked = journal_open_error(JournalError::Locked {
+            path: "/var/lib/rescind/journal".into(),
+            detail: "another process has the sled database open".into(),
+        })
+        .to_string();
+        assert!(locked.contains(HINT), "{locked}");
+        assert!(locked.contains("/var/lib/rescind/journal"), "{locked}");
+        for other in [
+            JournalError::Backend(
+                "invalid configuration: sslmode=verify-full checks the server's certificate against a CA"
+                    .into(),
+            ),
+            JournalError::NewerFormat {
+                found: 9,
+                supported: 1,
+            },
+        ] {
+            let text = journal_open_error(other.clone()).to_string();
+            assert!(!text.contains(HINT), "{other:?}: {text}");
+            assert!(text.contains(&other.to_string()), "{text}");
+        }
     }
 }
 

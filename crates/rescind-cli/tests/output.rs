@@ -78,3 +78,76 @@ async fn a_closed_stdout_pipe_ends_journal_list_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// `rescind --config CFG journal list` with `env` set; its stderr.
+async fn journal_list_stderr(cfg: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = tokio::process::Command::new(common::exe());
+    cmd.arg("--config")
+        .arg(cfg)
+        .args(["journal", "list"])
+        .env_remove("RESCIND_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("run rescind");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const WORKER_HINT: &str = "holds a sled journal";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_configuration_error_carries_no_sled_hint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("rescind.toml");
+    std::fs::write(
+        &cfg,
+        "[journal]\npostgres_url_env = \"RESCIND_TEST_HINT_URL\"\n",
+    )
+    .expect("write config");
+    // verify-full without a CA file: refused before any connection is tried.
+    let (ok, stderr) = journal_list_stderr(
+        &cfg,
+        &[(
+            "RESCIND_TEST_HINT_URL",
+            "postgres://rescind@127.0.0.1:1/rescind?sslmode=verify-full",
+        )],
+    )
+    .await;
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("sslmode=verify-full"),
+        "the TLS configuration error is shown: {stderr}"
+    );
+    assert!(
+        !stderr.contains(WORKER_HINT) && !stderr.contains("rescind worker"),
+        "no sled-lock hint on a PostgreSQL configuration error: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_journal_held_by_another_process_gets_the_worker_hint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    // This test process holds the journal, as a running worker would.
+    let holder = rescind_journal_sled::SledJournal::open(
+        dir.path().join("journal"),
+        rescind_journal_sled::SledConfig::default(),
+    )
+    .await
+    .expect("open the journal in the test");
+    let (ok, stderr) = journal_list_stderr(&cfg, &[]).await;
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("locked"), "{stderr}");
+    assert!(
+        stderr.contains(WORKER_HINT),
+        "the hint goes with the lock error: {stderr}"
+    );
+    holder.close().await.expect("close the journal");
+    // Once it is free, the same command works and no hint appears.
+    let (ok, stderr) = journal_list_stderr(&cfg, &[]).await;
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains(WORKER_HINT), "{stderr}");
+}
