@@ -7,7 +7,8 @@ use rescind::config::Config;
 use rescind::inspect::SagaSummary;
 use rescind::reconcile::{self, Finding};
 use rescind_core::{
-    Engine, JournalError, OrderRef, RefundId, SagaExit, SagaId, SagaInput, SagaOutcome, StockLockRef,
+    Engine, JournalError, OrderRef, RefundId, SagaExit, SagaId, SagaInput, SagaOutcome,
+    StockLockRef,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -313,33 +314,46 @@ fn print_findings(findings: &[Finding], json: bool, csv: bool) {
         }
         return;
     }
-    outln!(
-        "{:<18} {:<22} {:<11} {:<22} {:<30} detail",
-        "channel",
-        "order",
-        "local",
-        "upstream",
-        "verdict"
-    );
+    use crate::table::{Align, Table};
+    let mut t = Table::new(&[
+        ("channel", Align::Left),
+        ("order", Align::Left),
+        ("local", Align::Left),
+        ("upstream", Align::Left),
+        ("verdict", Align::Left),
+        ("detail", Align::Left),
+    ]);
     for f in findings {
         let up = f
             .upstream
             .as_ref()
             .map(|u| format!("{} ({})", u.state.name(), u.upstream))
             .unwrap_or_else(|| "-".into());
-        outln!(
-            "{:<18} {:<22} {:<11} {:<22} {:<30} {}",
-            f.local.channel,
-            f.local.order_id,
+        t.row([
+            f.local.channel.to_string(),
+            f.local.order_id.to_string(),
             format!("{:?}", f.local.local_state),
             up,
-            f.verdict.name(),
-            f.detail
-        );
+            f.verdict.name().to_string(),
+            f.detail.clone(),
+        ]);
+    }
+    for line in t.lines() {
+        outln!("{line}");
     }
     outln!();
-    for (verdict, n) in reconcile::summary(findings) {
-        outln!("{verdict:<32} {n:>6}");
+    print_summary(&reconcile::summary(findings));
+}
+
+/// Mismatch counts by verdict, aligned.
+fn print_summary<K: AsRef<str>>(counts: &[(K, usize)]) {
+    use crate::table::{Align, Table};
+    let mut t = Table::new(&[("verdict", Align::Left), ("orders", Align::Right)]);
+    for (verdict, n) in counts {
+        t.row([verdict.as_ref().to_owned(), n.to_string()]);
+    }
+    for line in t.lines() {
+        outln!("{line}");
     }
 }
 
@@ -403,9 +417,7 @@ pub async fn reconcile(cfg_path: &Path, a: ReconcileArgs) -> Result<u8> {
     let after = reconcile::reconcile(&channels, again, a.concurrency, Arc::new(|| {})).await;
     let remaining = after.iter().filter(|f| f.verdict.is_mismatch()).count();
     outln!("\nafter --fix: {remaining} mismatch(es) remain");
-    for (verdict, n) in reconcile::summary(&after) {
-        outln!("{verdict:<32} {n:>6}");
-    }
+    print_summary(&reconcile::summary(&after));
     Ok(u8::from(remaining > 0))
 }
 

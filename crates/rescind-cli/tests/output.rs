@@ -151,3 +151,105 @@ async fn a_sled_journal_held_by_another_process_gets_the_worker_hint() {
     assert!(ok, "{stderr}");
     assert!(!stderr.contains(WORKER_HINT), "{stderr}");
 }
+
+/// The display column (CJK counts two) at which the cell after the first
+/// occurrence of `cell` starts in `line`.
+fn next_cell_column(line: &str, cell: &str) -> usize {
+    use unicode_width::UnicodeWidthStr;
+    let start = line
+        .find(cell)
+        .unwrap_or_else(|| panic!("{cell:?} not in {line:?}"));
+    let rest = &line[start + cell.len()..];
+    let next = rest.len() - rest.trim_start_matches(' ').len();
+    UnicodeWidthStr::width(&line[..start + cell.len() + next])
+}
+
+/// The display column at which `cell` starts in `line`.
+fn cell_column(line: &str, cell: &str) -> usize {
+    use unicode_width::UnicodeWidthStr;
+    let start = line
+        .find(cell)
+        .unwrap_or_else(|| panic!("{cell:?} not in {line:?}"));
+    UnicodeWidthStr::width(&line[..start])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_list_aligns_columns_after_cjk_text() {
+    use rescind_core::{Entry, Journal as _, OrderRef, Record, SagaId, SagaInput};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    // Two sagas written straight into the journal (channel validation would
+    // refuse a CJK order id at start; a journal may still hold one, e.g.
+    // from a channel that allows it): one with a CJK order id and reason.
+    let rows = [
+        ("订单号-甲乙丙", "买家要求取消：库存不足", "\u{1b}[2J"),
+        ("1234567890", "upstream said no", ""),
+    ];
+    {
+        let j = rescind_journal_sled::SledJournal::open(
+            dir.path().join("journal"),
+            rescind_journal_sled::SledConfig::default(),
+        )
+        .await
+        .expect("open journal");
+        for (i, (order, reason, tail)) in rows.iter().enumerate() {
+            let id = SagaId::from_u128(i as u128 + 1);
+            for (seq, record) in [
+                Record::Started {
+                    input: SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", *order)),
+                    by: None,
+                },
+                Record::Stuck {
+                    reason: format!("{reason}{tail}"),
+                },
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let entry = Entry {
+                    seq: seq as u64,
+                    at_ms: 1_700_000_000_000 + i as u64,
+                    record,
+                };
+                j.append(id, &entry).await.expect("append");
+            }
+        }
+        j.close().await.expect("close");
+    }
+    let out = tokio::process::Command::new(common::exe())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["journal", "list"])
+        .env_remove("RESCIND_CONFIG")
+        .output()
+        .await
+        .expect("run rescind");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two rows:\n{stdout}");
+    // The column after the order id, and the reason column, start at the
+    // same display column in the header and in both rows.
+    let after_order = [
+        next_cell_column(lines[0], "order "),
+        next_cell_column(lines[1], rows[0].0),
+        next_cell_column(lines[2], rows[1].0),
+    ];
+    assert!(
+        after_order.iter().all(|c| *c == after_order[0]),
+        "columns after the order id: {after_order:?}\n{stdout}"
+    );
+    let reason = [
+        cell_column(lines[0], "reason"),
+        cell_column(lines[1], rows[0].1),
+        cell_column(lines[2], rows[1].1),
+    ];
+    assert!(
+        reason.iter().all(|c| *c == reason[0]),
+        "reason columns: {reason:?}\n{stdout}"
+    );
+    // Control characters stay escaped in a cell.
+    assert!(!stdout.contains('\u{1b}'), "{stdout:?}");
+    assert!(lines[1].contains("\\u{1b}[2J"), "{stdout}");
+}
