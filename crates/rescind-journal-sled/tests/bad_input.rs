@@ -218,11 +218,17 @@ async fn a_locked_journal_is_a_clear_error() {
     let first = SledJournal::open(dir.path(), SledConfig::default())
         .await
         .expect("first open");
-    expect_locked(SledJournal::open(dir.path(), SledConfig::default()).await, dir.path());
+    expect_locked(
+        SledJournal::open(dir.path(), SledConfig::default()).await,
+        dir.path(),
+    );
     // Also a raw sled holder (another process would hold the same lock).
     drop(first);
     let holder = sled::open(dir.path()).expect("raw open after close");
-    expect_locked(SledJournal::open(dir.path(), SledConfig::default()).await, dir.path());
+    expect_locked(
+        SledJournal::open(dir.path(), SledConfig::default()).await,
+        dir.path(),
+    );
     drop(holder);
     SledJournal::open(dir.path(), SledConfig::default())
         .await
@@ -261,7 +267,10 @@ async fn waiting_for_the_lock_does_not_block_the_runtime() {
 
     // The lock stays held: the wait ends in the "locked" error...
     let t0 = Instant::now();
-    expect_locked(SledJournal::open(dir.path(), config.clone()).await, dir.path());
+    expect_locked(
+        SledJournal::open(dir.path(), config.clone()).await,
+        dir.path(),
+    );
     let waited = t0.elapsed();
     let during = ticks.load(Ordering::SeqCst);
     assert!(
