@@ -505,8 +505,8 @@ async fn worker_serves_api_metrics_and_stops_on_sigterm() {
         .await
         .unwrap();
     for m in [
-        "rescind_sagas_started_total 1",
-        "rescind_sagas_finished_total{outcome=\"completed\"} 1",
+        "rescind_sagas_started_total{kind=\"cancel_unpaid\",channel=\"tmall-tbc\"} 1",
+        "rescind_sagas_finished_total{kind=\"cancel_unpaid\",channel=\"tmall-tbc\",outcome=\"completed\"} 1",
         "rescind_step_latency_ms_bucket",
     ] {
         assert!(metrics.contains(m), "{m} missing in {metrics}");
@@ -514,6 +514,9 @@ async fn worker_serves_api_metrics_and_stops_on_sigterm() {
     // While the worker holds the journal, the CLI says so instead of failing obscurely.
     let locked = env.run(&["journal", "list"]).await;
     locked.assert_clean_failure(2, "cannot open the journal");
+    // ...and the "a running worker holds it" hint comes with this error.
+    locked.assert_clean_failure(2, "is locked");
+    locked.assert_clean_failure(2, "holds a sled journal");
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
