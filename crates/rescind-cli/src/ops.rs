@@ -452,10 +452,12 @@ pub async fn worker(cfg_path: &Path, a: WorkerArgs) -> Result<u8> {
     let w = rescind::worker::start_worker(&cfg, a.listen.as_deref())
         .await
         .map_err(|e| anyhow!(e))?;
-    outln!("listening on http://{}", w.addr);
+    // The callback address first: a supervisor that waits for `listening on`
+    // (stdout) then reads the log (stderr) must find it already there.
     if w.callback_addr != w.addr {
         eprintln!("callbacks on http://{}", w.callback_addr);
     }
+    outln!("listening on http://{}", w.addr);
     eprintln!(
         "recovered {} saga(s) ({} in doubt, {} finished before the stop and marked now, {} could not be resumed)",
         w.recovered.resumed,
