@@ -668,20 +668,23 @@ fn summarise(
 }
 
 fn print_summary(s: &DemoSummary) {
-    println!(
-        "\n{:<18} {:>10} {:>8} {:>8} {:>8} {:>8}",
-        "saga kind", "completed", "failed", "aborted", "stuck", "running"
-    );
+    use crate::table::{Align, Table};
+    let states = ["completed", "failed", "aborted", "stuck", "running"];
+    let mut t = Table::new(&[
+        ("saga kind", Align::Left),
+        ("completed", Align::Right),
+        ("failed", Align::Right),
+        ("aborted", Align::Right),
+        ("stuck", Align::Right),
+        ("running", Align::Right),
+    ]);
     for (kind, m) in &s.by_kind {
-        let g = |k: &str| m.get(k).copied().unwrap_or(0);
-        println!(
-            "{kind:<18} {:>10} {:>8} {:>8} {:>8} {:>8}",
-            g("completed"),
-            g("failed"),
-            g("aborted"),
-            g("stuck"),
-            g("running")
-        );
+        let counts = states.map(|k| m.get(k).copied().unwrap_or(0).to_string());
+        t.row(std::iter::once(kind.clone()).chain(counts));
+    }
+    println!();
+    for line in t.lines() {
+        println!("{line}");
     }
     println!(
         "\nby channel: {}",

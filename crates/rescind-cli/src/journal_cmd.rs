@@ -136,9 +136,7 @@ fn parse_id(s: &str) -> Result<SagaId> {
 
 async fn open(cfg_path: &Path) -> Result<OpenJournal> {
     let cfg = load_config(cfg_path)?;
-    rescind::wiring::open_journal(&cfg.journal).await.map_err(|e| {
-        anyhow!("cannot open the journal: {e}\n  (a running `rescind worker` holds a sled journal; stop it, or use its HTTP API)")
-    })
+    crate::ops::open_journal(&cfg).await
 }
 
 fn now_ms() -> u64 {
@@ -169,28 +167,31 @@ pub(crate) fn safe(text: &str) -> String {
 }
 
 fn print_rows(rows: &[SagaSummary]) {
-    outln!(
-        "{:<36} {:<16} {:<10} {:<34} {:<18} {:>5} {:>7}  reason",
-        "saga",
-        "kind",
-        "state",
-        "order",
-        "order state",
-        "steps",
-        "retries"
-    );
+    use crate::table::{Align, Table};
+    let mut t = Table::new(&[
+        ("saga", Align::Left),
+        ("kind", Align::Left),
+        ("state", Align::Left),
+        ("order", Align::Left),
+        ("order state", Align::Left),
+        ("steps", Align::Right),
+        ("retries", Align::Right),
+        ("reason", Align::Left),
+    ]);
     for r in rows {
-        outln!(
-            "{:<36} {:<16} {:<10} {:<34} {:<18} {:>5} {:>7}  {}",
-            r.id,
-            safe(&r.plan),
-            r.state,
-            safe(&r.order),
-            r.order_state,
-            r.steps,
-            r.retries,
-            safe(r.reason.as_deref().unwrap_or_default())
-        );
+        t.row([
+            r.id.to_string(),
+            r.plan.clone(),
+            r.state.clone(),
+            r.order.clone(),
+            r.order_state.clone(),
+            r.steps.to_string(),
+            r.retries.to_string(),
+            r.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    for line in t.lines() {
+        outln!("{line}");
     }
 }
 
@@ -320,8 +321,18 @@ pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
                     ("by channel", &by_channel),
                 ] {
                     outln!("{title}:");
-                    for (k, v) in m {
-                        outln!("  {k:<20} {v:>8}");
+                    let keys: Vec<String> = m.keys().map(|k| safe(k)).collect();
+                    let width = keys
+                        .iter()
+                        .map(|k| crate::table::display_width(k))
+                        .max()
+                        .unwrap_or(0)
+                        .max(20);
+                    for (k, v) in keys.iter().zip(m.values()) {
+                        outln!(
+                            "  {} {v:>8}",
+                            crate::table::pad(k, width, crate::table::Align::Left)
+                        );
                     }
                 }
                 if let Some(d) = disk {

@@ -32,6 +32,7 @@ pub(crate) fn write_line(args: std::fmt::Arguments<'_>) {
 mod demo;
 mod journal_cmd;
 mod ops;
+mod table;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -7,7 +7,8 @@ use rescind::config::Config;
 use rescind::inspect::SagaSummary;
 use rescind::reconcile::{self, Finding};
 use rescind_core::{
-    Engine, OrderRef, RefundId, SagaExit, SagaId, SagaInput, SagaOutcome, StockLockRef,
+    Engine, JournalError, OrderRef, RefundId, SagaExit, SagaId, SagaInput, SagaOutcome,
+    StockLockRef,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -73,10 +74,28 @@ pub(crate) fn load_config(path: &Path) -> Result<Config> {
     Config::load(path).map_err(|e| anyhow!("{} ({})", e, path.display()))
 }
 
-pub(crate) async fn engine_for(cfg: &Config) -> Result<(Engine, rescind::wiring::OpenJournal)> {
-    let journal = rescind::wiring::open_journal(&cfg.journal)
+/// Open the configured journal for a one-shot command.
+pub(crate) async fn open_journal(cfg: &Config) -> Result<rescind::wiring::OpenJournal> {
+    rescind::wiring::open_journal(&cfg.journal)
         .await
-        .map_err(|e| anyhow!("cannot open the journal: {e}\n  (a running `rescind worker` holds a sled journal: stop it, or send the request to its HTTP API)"))?;
+        .map_err(journal_open_error)
+}
+
+/// The error of a journal that did not open. The hint about a running worker
+/// goes only with [`JournalError::Locked`] (another process holds the sled
+/// directory); a PostgreSQL configuration or connection error, a corrupt or
+/// newer journal, gets no hint that would send the operator the wrong way.
+pub(crate) fn journal_open_error(e: JournalError) -> anyhow::Error {
+    match e {
+        JournalError::Locked { .. } => anyhow!(
+            "cannot open the journal: {e}\n  (a running `rescind worker` holds a sled journal: stop it, or send the request to its HTTP API)"
+        ),
+        other => anyhow!("cannot open the journal: {other}"),
+    }
+}
+
+pub(crate) async fn engine_for(cfg: &Config) -> Result<(Engine, rescind::wiring::OpenJournal)> {
+    let journal = open_journal(cfg).await?;
     let channels = rescind::wiring::build_channels(cfg).map_err(|e| anyhow!("{e}"))?;
     let engine = Engine::builder(journal.journal())
         .channels(channels)
@@ -295,33 +314,46 @@ fn print_findings(findings: &[Finding], json: bool, csv: bool) {
         }
         return;
     }
-    outln!(
-        "{:<18} {:<22} {:<11} {:<22} {:<30} detail",
-        "channel",
-        "order",
-        "local",
-        "upstream",
-        "verdict"
-    );
+    use crate::table::{Align, Table};
+    let mut t = Table::new(&[
+        ("channel", Align::Left),
+        ("order", Align::Left),
+        ("local", Align::Left),
+        ("upstream", Align::Left),
+        ("verdict", Align::Left),
+        ("detail", Align::Left),
+    ]);
     for f in findings {
         let up = f
             .upstream
             .as_ref()
             .map(|u| format!("{} ({})", u.state.name(), u.upstream))
             .unwrap_or_else(|| "-".into());
-        outln!(
-            "{:<18} {:<22} {:<11} {:<22} {:<30} {}",
-            f.local.channel,
-            f.local.order_id,
+        t.row([
+            f.local.channel.to_string(),
+            f.local.order_id.to_string(),
             format!("{:?}", f.local.local_state),
             up,
-            f.verdict.name(),
-            f.detail
-        );
+            f.verdict.name().to_string(),
+            f.detail.clone(),
+        ]);
+    }
+    for line in t.lines() {
+        outln!("{line}");
     }
     outln!();
-    for (verdict, n) in reconcile::summary(findings) {
-        outln!("{verdict:<32} {n:>6}");
+    print_summary(&reconcile::summary(findings));
+}
+
+/// Mismatch counts by verdict, aligned.
+fn print_summary<K: AsRef<str>>(counts: &[(K, usize)]) {
+    use crate::table::{Align, Table};
+    let mut t = Table::new(&[("verdict", Align::Left), ("orders", Align::Right)]);
+    for (verdict, n) in counts {
+        t.row([verdict.as_ref().to_owned(), n.to_string()]);
+    }
+    for line in t.lines() {
+        outln!("{line}");
     }
 }
 
@@ -385,9 +417,7 @@ pub async fn reconcile(cfg_path: &Path, a: ReconcileArgs) -> Result<u8> {
     let after = reconcile::reconcile(&channels, again, a.concurrency, Arc::new(|| {})).await;
     let remaining = after.iter().filter(|f| f.verdict.is_mismatch()).count();
     outln!("\nafter --fix: {remaining} mismatch(es) remain");
-    for (verdict, n) in reconcile::summary(&after) {
-        outln!("{verdict:<32} {n:>6}");
-    }
+    print_summary(&reconcile::summary(&after));
     Ok(u8::from(remaining > 0))
 }
 
@@ -422,10 +452,12 @@ pub async fn worker(cfg_path: &Path, a: WorkerArgs) -> Result<u8> {
     let w = rescind::worker::start_worker(&cfg, a.listen.as_deref())
         .await
         .map_err(|e| anyhow!(e))?;
-    outln!("listening on http://{}", w.addr);
+    // The callback address first: a supervisor that waits for `listening on`
+    // (stdout) then reads the log (stderr) must find it already there.
     if w.callback_addr != w.addr {
         eprintln!("callbacks on http://{}", w.callback_addr);
     }
+    outln!("listening on http://{}", w.addr);
     eprintln!(
         "recovered {} saga(s) ({} in doubt, {} finished before the stop and marked now, {} could not be resumed)",
         w.recovered.resumed,
@@ -454,6 +486,39 @@ pub fn exit_json(exit: Option<&SagaExit>) -> serde_json::Value {
             serde_json::json!({"state": "stopped", "reason": reason})
         }
         None => serde_json::json!({"state": "running"}),
+    }
+}
+
+#[cfg(test)]
+mod journal_open_error_tests {
+    use super::journal_open_error;
+    use rescind_core::JournalError;
+
+    const HINT: &str = "holds a sled journal";
+
+    #[test]
+    fn the_worker_hint_goes_only_with_a_lock_error() {
+        let locked = journal_open_error(JournalError::Locked {
+            path: "/var/lib/rescind/journal".into(),
+            detail: "another process has the sled database open".into(),
+        })
+        .to_string();
+        assert!(locked.contains(HINT), "{locked}");
+        assert!(locked.contains("/var/lib/rescind/journal"), "{locked}");
+        for other in [
+            JournalError::Backend(
+                "invalid configuration: sslmode=verify-full checks the server's certificate against a CA"
+                    .into(),
+            ),
+            JournalError::NewerFormat {
+                found: 9,
+                supported: 1,
+            },
+        ] {
+            let text = journal_open_error(other.clone()).to_string();
+            assert!(!text.contains(HINT), "{other:?}: {text}");
+            assert!(text.contains(&other.to_string()), "{text}");
+        }
     }
 }
 

@@ -514,6 +514,9 @@ async fn worker_serves_api_metrics_and_stops_on_sigterm() {
     // While the worker holds the journal, the CLI says so instead of failing obscurely.
     let locked = env.run(&["journal", "list"]).await;
     locked.assert_clean_failure(2, "cannot open the journal");
+    // ...and the "a running worker holds it" hint comes with this error.
+    locked.assert_clean_failure(2, "is locked");
+    locked.assert_clean_failure(2, "holds a sled journal");
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

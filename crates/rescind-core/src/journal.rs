@@ -67,6 +67,15 @@ pub enum JournalError {
         /// Newest version this build supports.
         supported: u32,
     },
+    /// The journal's storage is held by another process (a sled directory
+    /// open in a running worker): nothing was read or written.
+    #[error("journal at {path} is locked: {detail}")]
+    Locked {
+        /// Where the journal is (a directory, for sled).
+        path: String,
+        /// What the backend said, and who may hold it.
+        detail: String,
+    },
     /// A simulated crash: this journal handle is dead (tests only).
     #[error("the journal crashed (simulated)")]
     Crashed,

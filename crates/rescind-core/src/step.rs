@@ -241,8 +241,26 @@ impl StepMachine {
             Ok(Lookup::Applied(o) | Lookup::Moved(o)) => self.done(o, Via::Lookup),
             Ok(Lookup::NotApplied | Lookup::Unknown) => self.call(),
             Err(e) => {
-                if let Some(reason) = self.operator_needed(&e, "lookup") {
-                    return StepEffect::Stuck { reason };
+                // The lookup was to settle a doubt: a refusal that needs an
+                // operator leaves the step in doubt, and says so (it is not
+                // the step's own failure).
+                if let ErrorClass::Permanent(r) = &e.class {
+                    if let Some(kind) = credentials_kind(r) {
+                        return StepEffect::Stuck {
+                            reason: format!(
+                                "{kind}: the lookup of {} was refused: {e}; fix it, then resume the \
+                                 saga (the step is still in doubt: the channel may have applied it)",
+                                self.spec.label
+                            ),
+                        };
+                    }
+                    if let Some(owed) = &self.spec.owed {
+                        return StepEffect::Stuck {
+                            reason: self.in_doubt_reason(&format!(
+                                "its lookup failed: {e}; work is still owed: {owed}"
+                            )),
+                        };
+                    }
                 }
                 if let ErrorClass::Retryable { wait_ms, .. } = &e.class {
                     self.asked_wait_ms = *wait_ms;
@@ -326,6 +344,18 @@ impl StepMachine {
         )
     }
 
+    /// Why a step that may have taken effect upstream stops here: it is in
+    /// doubt (whatever the last error's class), and an operator must find
+    /// out what the channel did before anything is re-sent.
+    fn in_doubt_reason(&self, what: &str) -> String {
+        format!(
+            "{} is still in doubt ({what}): the channel may have applied it; \
+             verify it upstream, then resolve the step (`journal resolve --applied` or \
+             `--not-applied`), or resume the saga once lookups work",
+            self.spec.label
+        )
+    }
+
     fn retry_or_give_up(&mut self, now_ms: u64, rng: &dyn Rng) -> StepEffect {
         let elapsed = now_ms.saturating_sub(self.spec.started_ms);
         if self.rounds >= self.limits.attempts_max.max(1) || elapsed >= self.limits.step_deadline_ms
@@ -335,18 +365,18 @@ impl StepMachine {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_else(|| "no error recorded".into());
-            return StepEffect::Stuck {
-                reason: format!(
-                    "{} gave up after {} tries over {elapsed} ms{}: {why}",
-                    self.spec.label,
-                    self.rounds,
-                    if self.in_doubt {
-                        " and is still in doubt"
-                    } else {
-                        ""
-                    },
-                ),
+            let reason = if self.in_doubt {
+                self.in_doubt_reason(&format!(
+                    "gave up after {} tries over {elapsed} ms; last error: {why}",
+                    self.rounds
+                ))
+            } else {
+                format!(
+                    "{} gave up after {} tries over {elapsed} ms: {why}",
+                    self.spec.label, self.rounds
+                )
             };
+            return StepEffect::Stuck { reason };
         }
         StepEffect::Sleep {
             ms: self.backoff(rng),

@@ -156,10 +156,11 @@ impl SledJournal {
     /// blocking pool.
     ///
     /// Fails with a [`JournalError::Backend`] naming the path if `path` is not
-    /// a directory, is a non-empty directory that is not a sled database, is
-    /// locked by another process, or sled cannot recover it (sled panics are
-    /// caught and reported, never propagated); with [`JournalError::NewerFormat`]
-    /// if a newer rescind wrote it.
+    /// a directory, is a non-empty directory that is not a sled database, or
+    /// sled cannot recover it (sled panics are caught and reported, never
+    /// propagated); with [`JournalError::Locked`] if another process (or
+    /// another journal in this one) holds it; with
+    /// [`JournalError::NewerFormat`] if a newer rescind wrote it.
     pub fn open_blocking(
         path: impl AsRef<Path>,
         config: SledConfig,

@@ -40,10 +40,14 @@ fn is_lock_error(e: &sled::Error) -> bool {
 /// Explain a sled error met while opening.
 fn explain(path: &Path, e: sled::Error) -> JournalError {
     match e {
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => err(
-            path,
-            format_args!("the database is locked: another process (or another journal in this one) has it open ({io})"),
-        ),
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            JournalError::Locked {
+                path: path.display().to_string(),
+                detail: format!(
+                    "another process (or another journal in this one) has the sled database open ({io})"
+                ),
+            }
+        }
         sled::Error::Io(io) => err(path, format_args!("cannot open the database: {io}")),
         sled::Error::Corruption { at, .. } => err(
             path,

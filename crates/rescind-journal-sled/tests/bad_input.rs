@@ -48,6 +48,22 @@ fn expect_backend_error(r: Result<SledJournal, JournalError>, path: &Path, needl
     }
 }
 
+/// The typed lock error, naming the path (the CLI attaches its "stop the
+/// worker" hint to this variant only).
+fn expect_locked(r: Result<SledJournal, JournalError>, path: &Path) {
+    let Err(e) = r else {
+        panic!("opened {} but expected it locked", path.display())
+    };
+    match &e {
+        JournalError::Locked { path: at, detail } => {
+            assert_eq!(at, &path.display().to_string(), "{e}");
+            assert!(detail.contains("another process"), "{e}");
+            assert!(e.to_string().contains("locked"), "{e}");
+        }
+        other => panic!("expected JournalError::Locked, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_truncated_and_missing_records_are_typed_and_others_stay_readable() {
     let dir = tempfile::tempdir().unwrap();
@@ -202,18 +218,16 @@ async fn a_locked_journal_is_a_clear_error() {
     let first = SledJournal::open(dir.path(), SledConfig::default())
         .await
         .expect("first open");
-    expect_backend_error(
+    expect_locked(
         SledJournal::open(dir.path(), SledConfig::default()).await,
         dir.path(),
-        "locked",
     );
     // Also a raw sled holder (another process would hold the same lock).
     drop(first);
     let holder = sled::open(dir.path()).expect("raw open after close");
-    expect_backend_error(
+    expect_locked(
         SledJournal::open(dir.path(), SledConfig::default()).await,
         dir.path(),
-        "locked",
     );
     drop(holder);
     SledJournal::open(dir.path(), SledConfig::default())
@@ -253,10 +267,9 @@ async fn waiting_for_the_lock_does_not_block_the_runtime() {
 
     // The lock stays held: the wait ends in the "locked" error...
     let t0 = Instant::now();
-    expect_backend_error(
+    expect_locked(
         SledJournal::open(dir.path(), config.clone()).await,
         dir.path(),
-        "locked",
     );
     let waited = t0.elapsed();
     let during = ticks.load(Ordering::SeqCst);
@@ -301,7 +314,9 @@ async fn waiting_for_the_lock_does_not_block_the_runtime() {
     .join()
     .unwrap();
     match r {
-        Err(JournalError::Backend(msg)) => assert!(msg.contains("locked"), "{msg}"),
+        Err(JournalError::Locked { detail, .. }) => {
+            assert!(detail.contains("another process"), "{detail}")
+        }
         other => panic!("expected the lock error, got {other:?}"),
     }
     drop(second);

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use crate::book::{Mix, OrderSeed};
 use crate::faults::FaultProfile;
 use crate::{Sim, SimConfig, SimServer};
+use rescind_wire::sign::Secret;
 
 /// The simulator's flags.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -44,6 +45,47 @@ pub struct SimArgs {
     /// Push PandaPon-style callbacks to this URL.
     #[arg(long, value_name = "URL")]
     pub callback_url: Option<String>,
+    /// The TOP app secret the gateway verifies signatures with (default: the
+    /// test secret in `rescind_sim::defaults`). Prefer the environment
+    /// variable: a flag's value is visible to other users in `ps`.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "RESCIND_SIM_TOP_APP_SECRET",
+        hide_env_values = true,
+        value_parser = parse_secret
+    )]
+    pub top_app_secret: Option<Secret>,
+    /// The Damai supplier secret head signatures are checked with (default:
+    /// the test secret in `rescind_sim::defaults`).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "RESCIND_SIM_DAMAI_SUPPLIER_SECRET",
+        hide_env_values = true,
+        value_parser = parse_secret
+    )]
+    pub damai_supplier_secret: Option<Secret>,
+    /// The PandaPon secret requests are verified and callbacks signed with
+    /// (default: the test secret in `rescind_sim::defaults`).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "RESCIND_SIM_PANDAPON_SECRET",
+        hide_env_values = true,
+        value_parser = parse_secret
+    )]
+    pub pandapon_secret: Option<Secret>,
+}
+
+/// A secret from a flag or the environment; an empty one is refused (it would
+/// make every signature trivially forgeable).
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    if s.is_empty() {
+        Err("a secret must not be empty".into())
+    } else {
+        Ok(Secret::new(s))
+    }
 }
 
 /// Why the simulator could not start.
@@ -137,13 +179,24 @@ pub fn load_faults(path: &Path) -> Result<FaultProfile, CliError> {
     })
 }
 
-/// The configuration the flags describe (default test credentials).
+/// The configuration the flags describe: the test credentials of
+/// [`defaults`](crate::defaults), except the secrets given by flag or
+/// environment variable.
 pub fn config(args: &SimArgs) -> Result<SimConfig, CliError> {
     let mut cfg = SimConfig {
         seed: args.seed,
         callback_url: args.callback_url.clone(),
         ..SimConfig::default()
     };
+    if let Some(s) = &args.top_app_secret {
+        cfg.app_secret = s.clone();
+    }
+    if let Some(s) = &args.damai_supplier_secret {
+        cfg.supplier_secret = s.clone();
+    }
+    if let Some(s) = &args.pandapon_secret {
+        cfg.pandapon_secret = s.clone();
+    }
     if let Some(p) = &args.fixture {
         cfg.fixture = load_fixture(p)?;
     }
@@ -186,4 +239,52 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
     let _ = tokio::signal::ctrl_c().await;
     server.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    #[test]
+    fn secrets_come_from_flags_and_default_to_the_test_secrets() {
+        let given = Cli::try_parse_from([
+            "sim",
+            "--top-app-secret",
+            "t-1",
+            "--damai-supplier-secret",
+            "d-2",
+            "--pandapon-secret",
+            "p-3",
+        ])
+        .expect("parse");
+        let cfg = config(&given.sim).expect("config");
+        assert_eq!(cfg.app_secret.expose(), "t-1");
+        assert_eq!(cfg.supplier_secret.expose(), "d-2");
+        assert_eq!(cfg.pandapon_secret.expose(), "p-3");
+        let debug = format!("{:?}", given.sim);
+        for s in ["t-1", "d-2", "p-3"] {
+            assert!(!debug.contains(s), "{debug}");
+        }
+
+        let none = Cli::try_parse_from(["sim"]).expect("parse");
+        let cfg = config(&none.sim).expect("config");
+        assert_eq!(cfg.app_secret.expose(), crate::defaults::APP_SECRET);
+        assert_eq!(
+            cfg.supplier_secret.expose(),
+            crate::defaults::SUPPLIER_SECRET
+        );
+        assert_eq!(
+            cfg.pandapon_secret.expose(),
+            crate::defaults::PANDAPON_SECRET
+        );
+
+        assert!(Cli::try_parse_from(["sim", "--top-app-secret", ""]).is_err());
+    }
 }

@@ -272,10 +272,94 @@ fn giving_up_after_attempts_max_rounds_says_whether_still_in_doubt() {
     let reason = stuck_reason(&fx[5]);
     assert!(
         reason.starts_with(
-            "step 1 (release_stock) gave up after 3 tries over 5 ms and is still in doubt"
+            "step 1 (release_stock) is still in doubt (gave up after 3 tries over 5 ms; last error: retryable (may have been applied): lost reply)"
         ),
         "{reason}"
     );
+    assert!(
+        reason.contains("the channel may have applied it") && reason.contains("journal resolve"),
+        "{reason}"
+    );
+}
+
+/// An in-doubt step whose lookups keep failing with a permanent error gives
+/// up *in doubt*: the reason leads with the doubt and what to do, and never
+/// reads as the step's own permanent failure.
+#[test]
+fn a_step_still_in_doubt_after_its_retries_is_reported_in_doubt_not_permanent() {
+    let s = StepSpec {
+        in_doubt: true,
+        ..spec()
+    };
+    let refused = || permanent(PermanentReason::NotFound);
+    let (_, fx) = run(
+        s,
+        vec![
+            (StepEvent::Begin, 0),
+            (StepEvent::LookedUp(Err(refused())), 1),
+            (StepEvent::Woke, 2),
+            (StepEvent::LookedUp(Err(refused())), 3),
+            (StepEvent::Woke, 4),
+            (StepEvent::LookedUp(Err(refused())), 5),
+        ],
+    );
+    assert_eq!(fx[0], StepEffect::Lookup);
+    let reason = stuck_reason(&fx[5]);
+    assert!(
+        reason.starts_with("step 1 (release_stock) is still in doubt (gave up after 3 tries"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("the channel may have applied it; verify it upstream"),
+        "{reason}"
+    );
+    assert!(!reason.starts_with("permanent"), "{reason}");
+
+    // The same lookup failure while work is owed: stuck at once, in doubt,
+    // not "failed after an irreversible step".
+    let owing = StepSpec {
+        in_doubt: true,
+        owed: Some("release stock lock damai:L1".into()),
+        ..spec()
+    };
+    let (_, fx) = run(
+        owing,
+        vec![
+            (StepEvent::Begin, 0),
+            (StepEvent::LookedUp(Err(refused())), 1),
+        ],
+    );
+    let reason = stuck_reason(&fx[1]);
+    assert!(
+        reason.starts_with(
+            "step 1 (release_stock) is still in doubt (its lookup failed: permanent (NotFound)"
+        ),
+        "{reason}"
+    );
+    assert!(reason.contains("release stock lock damai:L1"), "{reason}");
+    assert!(
+        !reason.contains("failed after an irreversible step"),
+        "{reason}"
+    );
+
+    // Not in doubt: a step that gave up on plain retryable errors says only that.
+    let (_, fx) = run(
+        spec(),
+        vec![
+            (StepEvent::Begin, 0),
+            (StepEvent::Called(Err(not_applied())), 1),
+            (StepEvent::Woke, 2),
+            (StepEvent::Called(Err(not_applied())), 3),
+            (StepEvent::Woke, 4),
+            (StepEvent::Called(Err(not_applied())), 5),
+        ],
+    );
+    let reason = stuck_reason(&fx[5]);
+    assert!(
+        reason.starts_with("step 1 (release_stock) gave up after 3 tries over 5 ms: retryable"),
+        "{reason}"
+    );
+    assert!(!reason.contains("in doubt"), "{reason}");
 }
 
 #[test]
@@ -439,7 +523,12 @@ fn credentials_and_clock_failures_make_the_saga_stuck_on_any_step() {
             ),
         ],
     );
-    assert!(stuck_reason(&fx[1]).starts_with("credentials: the lookup of step 1"));
+    let reason = stuck_reason(&fx[1]);
+    assert!(
+        reason.starts_with("credentials: the lookup of step 1"),
+        "{reason}"
+    );
+    assert!(reason.contains("still in doubt"), "{reason}");
 }
 
 /// A machine driven into `phase`.
