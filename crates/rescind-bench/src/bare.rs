@@ -259,18 +259,7 @@ pub async fn run_bare(
         writer.flushes.load(Ordering::Relaxed),
         writer.writes.load(Ordering::Relaxed),
     );
-    let mut all = Samples::with_capacity(64 * 1024);
-    let mut failed = 0;
-    let mut first_failure = None;
-    for t in tasks {
-        let (s, f, ff) = t.await.context("a bare-loop task panicked")?;
-        all.extend(s);
-        failed += f;
-        first_failure = first_failure.or(ff);
-    }
-    if let Some(ff) = &first_failure {
-        eprintln!("  warning: {failed} bare-loop saga(s) failed; first: {ff}");
-    }
+    let (mut all, failed) = crate::stats::gather(tasks, "bare-loop").await?;
     drop(writer);
     let n = all.len();
     Ok(RunSummary {

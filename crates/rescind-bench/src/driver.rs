@@ -155,18 +155,7 @@ pub async fn closed_loop(
     }
     tokio::time::sleep_until(deadline.into()).await;
     let (f1, r1) = journal.counters();
-    let mut all = Samples::with_capacity(64 * 1024);
-    let mut failed = 0;
-    let mut first_failure = None;
-    for t in tasks {
-        let (s, f, ff) = t.await.context("a driver task panicked")?;
-        all.extend(s);
-        failed += f;
-        first_failure = first_failure.or(ff);
-    }
-    if let Some(ff) = &first_failure {
-        eprintln!("  warning: {failed} saga(s) did not complete; first: {ff}");
-    }
+    let (mut all, failed) = crate::stats::gather(tasks, "driver").await?;
     let (f0, r0) = flush0
         .lock()
         .unwrap_or_else(|p| p.into_inner())

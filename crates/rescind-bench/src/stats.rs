@@ -86,6 +86,32 @@ pub fn median_run(mut runs: Vec<RunSummary>) -> Option<RunSummary> {
     Some(runs.swap_remove(i))
 }
 
+/// What one closed-loop task returns: its latency samples, how many of its
+/// sagas failed, and the first failure's text.
+pub type TaskResult = (Samples, usize, Option<String>);
+
+/// Join the closed-loop tasks and merge what they measured, with the count
+/// of failed sagas; warns (naming `what`) when some failed.
+pub async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<TaskResult>>,
+    what: &str,
+) -> anyhow::Result<(Samples, usize)> {
+    use anyhow::Context;
+    let mut all = Samples::with_capacity(64 * 1024);
+    let mut failed = 0;
+    let mut first_failure = None;
+    for t in tasks {
+        let (s, f, ff) = t.await.with_context(|| format!("a {what} task panicked"))?;
+        all.extend(s);
+        failed += f;
+        first_failure = first_failure.or(ff);
+    }
+    if let Some(ff) = &first_failure {
+        eprintln!("  warning: {failed} {what} saga(s) did not complete; first: {ff}");
+    }
+    Ok((all, failed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
