@@ -171,7 +171,7 @@ async fn run_one(
     } else {
         match &exit {
             Some(SagaExit::Finished(o)) => outln!("saga {id}: {}", describe_outcome(o)),
-            Some(SagaExit::Stuck { reason }) => outln!("saga {id}: stuck: {}\n  resume it with `rescind journal resume {id}` once the cause is fixed", safe(reason)),
+            Some(SagaExit::Stuck { reason }) => outln!("saga {id}: stuck: {}\n  {}", safe(reason), stuck_hint(id, reason)),
             Some(SagaExit::Stopped { reason }) => outln!("saga {id}: stopped: {}", safe(reason)),
             None => outln!(
                 "saga {id}: still running after {}s{}\n  it is durable: `rescind journal resume {id}` or a worker will finish it",
@@ -196,6 +196,20 @@ pub(crate) fn describe_outcome(o: &SagaOutcome) -> String {
             compensated,
             reason,
         } => format!("aborted ({}); compensated: {compensated}", safe(reason)),
+    }
+}
+
+/// What an operator does about a stuck saga: an in-doubt step is verified
+/// upstream and resolved (resuming would only look it up again); anything
+/// else is fixed, then resumed.
+pub(crate) fn stuck_hint(id: rescind_core::SagaId, reason: &str) -> String {
+    if reason.contains("resolve the step") {
+        format!(
+            "verify the step upstream, then record what you found with `rescind journal resolve {id} \
+             --step N --applied|--not-applied --reason TEXT` (N: see `rescind journal show {id}`)"
+        )
+    } else {
+        format!("resume it with `rescind journal resume {id}` once the cause is fixed")
     }
 }
 
@@ -559,5 +573,31 @@ mod exit_json_tests {
         assert_eq!(v["outcome"]["result"], "failed", "{v}");
         assert_eq!(v["outcome"]["reason"], "refused", "{v}");
         assert_eq!(exit_json(None), serde_json::json!({"state": "running"}));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stuck_hint;
+    use rescind_core::SagaId;
+
+    #[test]
+    fn an_in_doubt_stuck_saga_is_pointed_at_resolve_not_resume() {
+        let id = SagaId::from_u128(7);
+        let in_doubt = "cancel_unpaid tmall-tbc:D1 is still in doubt (its lookup failed): the \
+                        channel may have applied it; verify it upstream, then resolve the step \
+                        (`journal resolve --applied` or `--not-applied`)";
+        let hint = stuck_hint(id, in_doubt);
+        assert!(
+            hint.contains(&format!("rescind journal resolve {id}")),
+            "{hint}"
+        );
+        assert!(!hint.contains("journal resume"), "{hint}");
+        let creds = "credentials: account shop-7: the call of release_stock damai:L1 was refused";
+        let hint = stuck_hint(id, creds);
+        assert!(
+            hint.contains(&format!("rescind journal resume {id}")),
+            "{hint}"
+        );
     }
 }
