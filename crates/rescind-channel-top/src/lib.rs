@@ -62,7 +62,7 @@ pub use tbc::{
     map_tbc_order_status, map_tbc_refund_status, TbcChannel, TbcOrder, TBC_ORDER_STATUSES,
     TBC_REFUND_STATUSES,
 };
-pub use tmc::{TmcConfig, TmcConsumer, TmcHandle, TmcSink, TmcStats};
+pub use tmc::{TmcConfig, TmcConsumer, TmcHandle, TmcProbe, TmcSink, TmcStats};
 
 /// The channel names rescind registers these channels under.
 pub mod names {

@@ -478,8 +478,10 @@ impl TmcConsumer {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let counters = self.counters.clone();
         let clock = self.clock().clone();
+        let channel = self.channel.clone();
         let task = tokio::spawn(self.run(rx));
         TmcHandle {
+            channel,
             stop: tx,
             task,
             counters,
@@ -528,6 +530,7 @@ impl TmcConsumer {
 
 /// A running [`TmcConsumer`].
 pub struct TmcHandle {
+    channel: ChannelName,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     counters: Arc<Counters>,
@@ -543,10 +546,53 @@ impl std::fmt::Debug for TmcHandle {
     }
 }
 
-impl TmcHandle {
+/// A cheap, cloneable view of a running consumer's counters and liveness
+/// (for metrics and health checks).
+#[derive(Clone)]
+pub struct TmcProbe {
+    counters: Arc<Counters>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for TmcProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TmcProbe")
+            .field("stats", &self.stats())
+            .field("live", &self.is_live())
+            .finish()
+    }
+}
+
+impl TmcProbe {
     /// Counters so far.
     pub fn stats(&self) -> TmcStats {
         self.counters.snapshot()
+    }
+
+    /// Not stopped, and its last successful consume is younger than `live_ttl_ms`.
+    pub fn is_live(&self) -> bool {
+        !self.counters.stopped.load(Ordering::Relaxed)
+            && self.counters.live_until_ms.load(Ordering::Relaxed) > self.clock.now_ms()
+    }
+}
+
+impl TmcHandle {
+    /// The channel its news is delivered under.
+    pub fn channel(&self) -> &ChannelName {
+        &self.channel
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> TmcStats {
+        self.counters.snapshot()
+    }
+
+    /// A view of the counters and liveness that outlives borrowing the handle.
+    pub fn probe(&self) -> TmcProbe {
+        TmcProbe {
+            counters: self.counters.clone(),
+            clock: self.clock.clone(),
+        }
     }
 
     /// Running, and its last successful consume is younger than `live_ttl_ms`.
