@@ -139,7 +139,11 @@ impl DamaiChannel {
 
 #[async_trait]
 impl ReleaseStock for DamaiChannel {
-    async fn release_stock(&self, lock: &StockLockRef) -> Result<(), ChannelError> {
+    async fn release_stock(
+        &self,
+        lock: &StockLockRef,
+        _account: Option<&rescind_core::AccountId>,
+    ) -> Result<(), ChannelError> {
         let method = self.config.method.as_str();
         let param = self.cancel_param(lock.lock_id.as_str());
         let response = self

@@ -263,7 +263,11 @@ impl CancelOrder for TbcChannel {
 
 #[async_trait]
 impl OrderLookup for TbcChannel {
-    async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError> {
+    async fn order_status(
+        &self,
+        order: &OrderRef,
+        _account: Option<&rescind_core::AccountId>,
+    ) -> Result<OrderStatus, ChannelError> {
         let o = self.get_order(order).await?;
         Ok(OrderStatus {
             state: o.state()?,
@@ -275,6 +279,7 @@ impl OrderLookup for TbcChannel {
         &self,
         order: &OrderRef,
         refund_id: &RefundId,
+        _account: Option<&rescind_core::AccountId>,
     ) -> Result<RefundStatus, ChannelError> {
         let o = self.get_order(order).await?;
         match &o.refund {

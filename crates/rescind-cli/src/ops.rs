@@ -32,6 +32,9 @@ pub struct CancelArgs {
     /// Reason sent upstream where the channel takes one.
     #[arg(long)]
     pub reason: Option<String>,
+    /// The account (shop, seller) to act for, where the channel serves many.
+    #[arg(long)]
+    pub account: Option<String>,
     #[command(flatten)]
     pub common: RunArgs,
 }
@@ -48,6 +51,9 @@ pub struct WithdrawArgs {
     /// The refund (reverse order) to withdraw.
     #[arg(long)]
     pub refund: String,
+    /// The account (shop, seller) to act for, where the channel serves many.
+    #[arg(long)]
+    pub account: Option<String>,
     #[command(flatten)]
     pub common: RunArgs,
 }
@@ -195,7 +201,7 @@ pub(crate) fn describe_outcome(o: &SagaOutcome) -> String {
 
 /// The idempotency key a command uses when `--key` is not given: it covers
 /// every argument that changes what the saga does (kind, channel, order,
-/// order state and refund id, stock lock, reason), so running the same
+/// order state and refund id, stock lock, reason, account), so running the same
 /// command twice names one saga and a different command never reuses it.
 pub(crate) fn default_key(command: &str, input: &SagaInput) -> String {
     let lock = input
@@ -203,7 +209,7 @@ pub(crate) fn default_key(command: &str, input: &SagaInput) -> String {
         .as_ref()
         .map(|l| format!("{}:{}", l.channel, l.lock_id))
         .unwrap_or_default();
-    let parts = [
+    let mut parts = vec![
         input.kind.as_str().to_owned(),
         input.order.channel.to_string(),
         input.order.order_id.to_string(),
@@ -211,6 +217,10 @@ pub(crate) fn default_key(command: &str, input: &SagaInput) -> String {
         lock,
         input.reason.clone().unwrap_or_default(),
     ];
+    // Keys of sagas without an account are those of earlier releases.
+    if let Some(a) = &input.account {
+        parts.push(format!("account={a}"));
+    }
     // JSON quoting keeps a ':' inside a value from shifting the fields.
     let fields = serde_json::to_string(&parts).unwrap_or_default();
     format!("cli:{command}:v2:{fields}")
@@ -233,15 +243,21 @@ pub async fn cancel(cfg: &Path, a: CancelArgs) -> Result<u8> {
     if let Some(r) = &a.reason {
         input = input.with_reason(r.clone());
     }
+    if let Some(acc) = &a.account {
+        input = input.with_account(acc.as_str());
+    }
     let key = default_key("cancel", &input);
     run_one(cfg, input, key, &a.common).await
 }
 
 pub async fn withdraw(cfg: &Path, a: WithdrawArgs) -> Result<u8> {
-    let input = SagaInput::withdraw_refund(
+    let mut input = SagaInput::withdraw_refund(
         OrderRef::new(a.channel.as_str(), a.order.as_str()),
         RefundId::from(a.refund.as_str()),
     );
+    if let Some(acc) = &a.account {
+        input = input.with_account(acc.as_str());
+    }
     let key = default_key("withdraw", &input);
     run_one(cfg, input, key, &a.common).await
 }
@@ -249,7 +265,7 @@ pub async fn withdraw(cfg: &Path, a: WithdrawArgs) -> Result<u8> {
 /// Arguments of `rescind reconcile`.
 #[derive(clap::Args, Debug)]
 pub struct ReconcileArgs {
-    /// Local orders: CSV with a header (channel,order_id,local_state,refund_id) or JSON lines.
+    /// Local orders: CSV with a header (channel,order_id,local_state, optional refund_id and account) or JSON lines.
     #[arg(long)]
     pub orders: std::path::PathBuf,
     /// Lookups in flight at once (each channel's rate limit still applies).
