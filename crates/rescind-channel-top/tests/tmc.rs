@@ -93,6 +93,7 @@ async fn refund_news_reaches_the_sink_and_every_message_is_confirmed() {
         });
         tbc.cancel_paid(&CancelRequest {
             order: OrderRef::new("tmall-tbc", id.as_str()),
+            account: None,
             reason: None,
             remark: None,
         })
