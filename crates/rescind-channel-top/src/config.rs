@@ -111,6 +111,10 @@ pub struct TopConfig {
     /// Order lookup. **Assumed** (not public); default `tmall.tbc.order.get`.
     #[serde(default = "default_order_get_method")]
     pub order_get_method: String,
+    /// The TOP message service consumer (`[channels.NAME.tmc]`): refund and
+    /// order-close news pushed to waiting sagas. Off by default.
+    #[serde(default)]
+    pub tmc: crate::tmc::TmcConfig,
 }
 
 fn default_source_site() -> String {
@@ -144,6 +148,7 @@ impl TopConfig {
             cancel_method: default_cancel_method(),
             paid_cancel_method: default_paid_cancel_method(),
             order_get_method: default_order_get_method(),
+            tmc: crate::tmc::TmcConfig::default(),
         }
     }
 
@@ -160,7 +165,7 @@ impl TopConfig {
                 return Err(bad(field, "empty"));
             }
         }
-        Ok(())
+        self.tmc.validate()
     }
 }
 

@@ -8,6 +8,9 @@
 //!   by `tmall.tbc.order.cancel` before payment and the configured
 //!   post-payment method after, and [`OrderLookup`](rescind_core::OrderLookup)
 //!   by the configured order lookup method;
+//! - [`TmcConsumer`]: the TOP message service (TMC) consumer of a
+//!   `tmall-tbc` channel, which pushes refund and order-close news to
+//!   waiting sagas so they need not poll;
 //! - [`DamaiChannel`] (`damai`): [`ReleaseStock`](rescind_core::ReleaseStock)
 //!   by `alibaba.damai.yuntoc.order.cancellockstock`, with a pluggable
 //!   `head.signed` signer.
@@ -46,6 +49,7 @@ pub mod config;
 pub mod damai;
 pub mod envelope;
 pub mod tbc;
+pub mod tmc;
 
 pub use classify::{
     ban_wait, check_tbc_result, classify_error_response, classify_response, classify_transport,
@@ -58,6 +62,7 @@ pub use tbc::{
     map_tbc_order_status, map_tbc_refund_status, TbcChannel, TbcOrder, TBC_ORDER_STATUSES,
     TBC_REFUND_STATUSES,
 };
+pub use tmc::{TmcConfig, TmcConsumer, TmcHandle, TmcProbe, TmcSink, TmcStats};
 
 /// The channel names rescind registers these channels under.
 pub mod names {

@@ -34,6 +34,12 @@ pub struct Limits {
     /// task and is parked: kept as a few hundred bytes until its timer, a
     /// callback or an abort wakes it, then re-read from the journal.
     pub park_after_ms: u64,
+    /// Poll interval while the saga's channel has a live push source (a
+    /// message consumer that called [`crate::Engine::push_heartbeat`] or
+    /// [`crate::Engine::set_push_live`]): news is expected to arrive pushed,
+    /// so the lookup is only a slow fallback. Back-off resumes as soon as
+    /// the push source stops being live.
+    pub refund_poll_with_push_ms: u64,
 }
 
 impl Default for Limits {
@@ -51,6 +57,7 @@ impl Default for Limits {
             refund_poll_max_ms: 5 * 60_000,
             refund_wait_max_ms: 14 * 24 * 3_600_000,
             park_after_ms: 1_000,
+            refund_poll_with_push_ms: 5 * 60_000,
         }
     }
 }
@@ -68,7 +75,7 @@ pub struct LimitError {
 impl Limits {
     /// Check every rule; the first broken one is the error.
     pub fn validate(&self) -> Result<(), LimitError> {
-        let rules: [(bool, &'static str, &'static str); 7] = [
+        let rules: [(bool, &'static str, &'static str); 8] = [
             (
                 self.in_flight_max >= 1,
                 "in_flight_max",
@@ -99,6 +106,11 @@ impl Limits {
                 self.refund_poll_max_ms >= self.refund_poll_initial_ms,
                 "refund_poll_max_ms",
                 "must be at least refund_poll_initial_ms",
+            ),
+            (
+                self.refund_poll_with_push_ms >= 1,
+                "refund_poll_with_push_ms",
+                "must be at least 1",
             ),
         ];
         match rules.iter().find(|(ok, _, _)| !ok) {
@@ -166,6 +178,13 @@ mod tests {
                     ..Limits::default()
                 },
                 "refund_poll_max_ms",
+            ),
+            (
+                Limits {
+                    refund_poll_with_push_ms: 0,
+                    ..Limits::default()
+                },
+                "refund_poll_with_push_ms",
             ),
         ];
         for (limits, name) in cases {

@@ -597,6 +597,16 @@ user_id = "u"
                 "channels.t.gateway.url",
                 "http",
             ),
+            (
+                "[channels.t]\ntype = \"tmall-tbc\"\n[channels.t.gateway]\nurl = \"http://h\"\napp_key = \"k\"\napp_secret_env = \"TOP_SECRET\"\n[channels.t.tmc]\nenabled = true\nquantity = 500",
+                "channels.t.tmc.quantity",
+                "between 1 and 200",
+            ),
+            (
+                "[channels.t]\ntype = \"tmall-tbc\"\n[channels.t.gateway]\nurl = \"http://h\"\napp_key = \"k\"\napp_secret_env = \"TOP_SECRET\"\n[channels.t.tmc]\nenabled = true\npoll_intervall_ms = 5",
+                "channels.t",
+                "poll_intervall_ms",
+            ),
             ("this is = not toml [", "", "not valid TOML"),
         ];
         for (text, key, reason) in cases {
@@ -643,6 +653,11 @@ user_id = "u"
         match (&c.channels["tmall-tbc"], &c.channels["pandapon-taobao"]) {
             (ChannelConfig::TmallTbc(t), ChannelConfig::PandaponTaobao(p)) => {
                 assert_eq!(t.gateway.transport, defaults);
+                assert_eq!(
+                    t.tmc,
+                    rescind_channel_top::TmcConfig::default(),
+                    "[channels.tmall-tbc.tmc] in the example must show the defaults"
+                );
                 assert_eq!(p.transport, defaults);
             }
             other => panic!("{other:?}"),

@@ -105,9 +105,12 @@ pub struct WorkerMetrics {
     registry: OnceLock<Registry>,
     /// The listeners whose connections are counted (`api`, `callbacks`).
     listeners: Listeners,
+    /// The TMC consumers, by channel.
+    tmc: TmcProbes,
 }
 
 type Listeners = Arc<Mutex<Vec<(&'static str, crate::serve::Served)>>>;
+type TmcProbes = Arc<Mutex<Vec<(String, rescind_channel_top::TmcProbe)>>>;
 
 impl std::fmt::Debug for WorkerMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,6 +133,7 @@ impl Default for WorkerMetrics {
             error_series: Mutex::new(HashSet::new()),
             registry: OnceLock::new(),
             listeners: Arc::default(),
+            tmc: Arc::default(),
         }
     }
 }
@@ -188,7 +192,11 @@ impl WorkerMetrics {
                 "Channel errors (calls and lookups), by channel, the channel's code and sub_code (empty when it gave none)",
                 s.upstream_errors,
             );
-            r.register_collector(Box::new(Scraped(sources, self.listeners.clone())));
+            r.register_collector(Box::new(Scraped(
+                sources,
+                self.listeners.clone(),
+                self.tmc.clone(),
+            )));
             r
         });
     }
@@ -199,6 +207,14 @@ impl WorkerMetrics {
         let mut l = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         l.retain(|(n, _)| *n != name);
         l.push((name, served));
+    }
+
+    /// Count what the TMC consumer of `channel` does (`rescind_tmc`,
+    /// `rescind_tmc_live`).
+    pub fn watch_tmc(&self, channel: &str, probe: rescind_channel_top::TmcProbe) {
+        let mut l = self.tmc.lock().unwrap_or_else(|p| p.into_inner());
+        l.retain(|(n, _)| n != channel);
+        l.push((channel.to_owned(), probe));
     }
 
     /// The Prometheus text (format 0.0.4) of every series. Before
@@ -312,7 +328,7 @@ impl MetricsSink for WorkerMetrics {
 }
 
 /// The values read at scrape time.
-struct Scraped(Sources, Listeners);
+struct Scraped(Sources, Listeners, TmcProbes);
 
 impl std::fmt::Debug for Scraped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -504,6 +520,44 @@ impl Collector for Scraped {
                     .into_iter()
                     .map(|(t, verdict, v)| (vec![("type", t), ("verdict", verdict)], v)),
             )?;
+        }
+        let tmc: Vec<(String, rescind_channel_top::TmcStats, bool)> = self
+            .2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(c, p)| (c.clone(), p.stats(), p.is_live()))
+            .collect();
+        if !tmc.is_empty() {
+            labelled(
+                &mut enc,
+                "rescind_tmc",
+                "TOP message service consumer, by channel and event: consumes, messages received, delivered (news), matched (reached a saga), confirmed, unknown_topic, malformed; errors (failed consume or confirm)",
+                tmc.iter().flat_map(|(channel, st, _)| {
+                    [
+                        ("consumes", st.consumes),
+                        ("received", st.received),
+                        ("delivered", st.delivered),
+                        ("matched", st.matched),
+                        ("confirmed", st.confirmed),
+                        ("unknown_topic", st.unknown_topic),
+                        ("malformed", st.malformed),
+                        ("errors", st.errors),
+                    ]
+                    .map(|(event, v)| (vec![("channel", channel.as_str()), ("event", event)], v))
+                }),
+            )?;
+            let mut m = enc.encode_descriptor(
+                "rescind_tmc_live",
+                "1 while the channel's TMC consumer is live (its sagas poll only as a fallback), else 0",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (channel, _, live) in &tmc {
+                let labels = vec![("channel", channel.as_str())];
+                let fam = m.encode_family(&labels)?;
+                ConstGauge::new(i64::from(*live)).encode(fam)?;
+            }
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use crate::config::{ChannelConfig, Config, ConfigError, JournalConfig};
 use rescind_channel_pandapon::callback::CallbackChannels;
 use rescind_channel_pandapon::status::Platform;
 use rescind_channel_pandapon::{Pandapon1688, PandaponClient, PandaponTaobao};
-use rescind_channel_top::{DamaiChannel, TbcChannel};
+use rescind_channel_top::{DamaiChannel, TbcChannel, TmcConsumer, TmcSink, TopClient};
 use rescind_core::{Channels, Journal, JournalError};
 use std::sync::Arc;
 
@@ -50,6 +50,34 @@ pub fn build_channels(config: &Config) -> Result<Channels, ConfigError> {
         };
     }
     Ok(channels)
+}
+
+/// The TOP message service consumers the configuration enables (one per
+/// `tmall-tbc` channel with `[channels.NAME.tmc] enabled = true`), each
+/// delivering under its channel's name to `sink` (the engine). Not started.
+pub fn build_tmc_consumers(
+    config: &Config,
+    sink: Arc<dyn TmcSink>,
+) -> Result<Vec<TmcConsumer>, ConfigError> {
+    let mut out = Vec::new();
+    for (name, cfg) in &config.channels {
+        let ChannelConfig::TmallTbc(c) = cfg else {
+            continue;
+        };
+        if !c.tmc.enabled {
+            continue;
+        }
+        let err = |field: &str, e: String| ConfigError {
+            key: format!("channels.{name}.{field}"),
+            reason: e,
+        };
+        let client =
+            TopClient::connect(c.gateway.clone()).map_err(|e| err("gateway", e.to_string()))?;
+        let consumer = TmcConsumer::new(client, c.tmc.clone(), name.as_str(), sink.clone())
+            .map_err(|e| err(e.field, e.reason))?;
+        out.push(consumer);
+    }
+    Ok(out)
 }
 
 /// The names the PandaPon channels are registered under (the config's

@@ -643,9 +643,12 @@ pub struct RunningWorker {
     /// The callback listener's connection counters (the API's when the
     /// callback route shares its listener).
     pub callback_connections: crate::serve::Served,
+    /// The TOP message service consumers, by channel (counters, liveness).
+    pub tmc: Vec<(String, rescind_channel_top::TmcProbe)>,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     reclaimer: tokio::task::JoinHandle<()>,
+    tmc_handles: Vec<rescind_channel_top::TmcHandle>,
     grace: std::time::Duration,
 }
 
@@ -714,6 +717,7 @@ pub async fn start_worker(
         .limits(config.engine.clone())
         .metrics(metrics.clone())
         .build();
+    let consumers = crate::wiring::build_tmc_consumers(config, Arc::new(engine.clone()))?;
     // A torn last line or a corrupt line is logged (warn) by open, never fatal.
     let store = rescind_channel_pandapon::callback::FileCallbackStore::open_with(
         &config.worker.callback_store,
@@ -800,6 +804,17 @@ pub async fn start_worker(
             return Err(e);
         }
     };
+    // Pushed news after recovery: a message for a saga not running here yet
+    // would reach no one (it is confirmed; the saga's fallback poll finds it).
+    let tmc_handles: Vec<rescind_channel_top::TmcHandle> =
+        consumers.into_iter().map(|c| c.spawn()).collect();
+    let tmc: Vec<(String, rescind_channel_top::TmcProbe)> = tmc_handles
+        .iter()
+        .map(|h| (h.channel().to_string(), h.probe()))
+        .collect();
+    for (channel, probe) in &tmc {
+        metrics.watch_tmc(channel, probe.clone());
+    }
     ready.store(true, std::sync::atomic::Ordering::Release);
     // Claim and resume sagas whose worker died (shared journal); stuck ones
     // wait for their operator (resume, resolve) or the next start.
@@ -890,9 +905,11 @@ pub async fn start_worker(
         } else {
             served_callbacks
         },
+        tmc,
         stop,
         server,
         reclaimer,
+        tmc_handles,
         grace: std::time::Duration::from_millis(config.worker.shutdown_grace_ms),
     })
 }
@@ -928,6 +945,10 @@ impl RunningWorker {
     /// a crash.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        // No more pushed news: an interrupted round's messages come back later.
+        for h in self.tmc_handles {
+            h.stop().await;
+        }
         let bound = self.grace.max(std::time::Duration::from_secs(1));
         // A claim in progress finishes first, so nothing is claimed after the
         // release (one stuck past the bound is abandoned: its claims expire).

@@ -228,3 +228,23 @@ pub async fn set_callback(State(sim): State<Sim>, req: Request) -> Response {
         Err(r) => r,
     }
 }
+
+/// `GET /_admin/tmc`: the message service's settings and counters (messages
+/// published, consumed, confirmed; TBC order lookups and refund polls per order).
+pub async fn get_tmc(State(sim): State<Sim>) -> Response {
+    ok(json!({"settings": sim.tmc_settings(), "stats": sim.tmc_stats()}))
+}
+
+/// `POST /_admin/tmc {enabled, group_name, redeliver_after_ms,
+/// duplicate_probability, reorder}`: replace the settings (a missing field
+/// takes its default); answers with the settings now in force.
+pub async fn set_tmc(State(sim): State<Sim>, req: Request) -> Response {
+    let settings: crate::tmc::TmcSettings = match body_json(req).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match sim.set_tmc(settings) {
+        Ok(()) => ok(json!({"settings": sim.tmc_settings()})),
+        Err(e) => bad(e),
+    }
+}

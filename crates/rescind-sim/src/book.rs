@@ -383,7 +383,8 @@ pub(crate) enum Refusal {
     NoSuchLock,
 }
 
-/// A callback message the book wants pushed (PandaPon channels only).
+/// A message the book wants pushed: a PandaPon callback, or for Tmall TBC a
+/// TMC message (`tmc.rs`; never a callback).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct Notice {
     pub channel: String,
@@ -559,8 +560,9 @@ impl Book {
         refund_phase(channel, &r.status)
     }
 
+    /// News of an order: PandaPon callbacks, or (TBC) a TMC message.
     fn order_notice(channel: &str, order_id: &str, status: &str) -> Option<Notice> {
-        if channel != PANDAPON_TAOBAO && channel != PANDAPON_1688 {
+        if channel != PANDAPON_TAOBAO && channel != PANDAPON_1688 && channel != TMALL_TBC {
             return None;
         }
         Some(Notice {
@@ -576,7 +578,7 @@ impl Book {
         refund_id: &str,
         status: &str,
     ) -> Option<Notice> {
-        if channel != PANDAPON_TAOBAO && channel != PANDAPON_1688 {
+        if channel != PANDAPON_TAOBAO && channel != PANDAPON_1688 && channel != TMALL_TBC {
             return None;
         }
         Some(Notice {

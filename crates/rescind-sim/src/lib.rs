@@ -42,6 +42,7 @@ pub mod cli;
 pub mod faults;
 mod http_util;
 pub mod pandapon;
+pub mod tmc;
 pub mod top;
 pub mod transport;
 
@@ -52,6 +53,7 @@ pub use book::{
 pub use callbacks::{CallbackConfig, CallbackSink, PushRecord};
 pub use cli::SimArgs;
 pub use faults::{FaultKind, FaultProfile, FaultSpec, LostResponseMode};
+pub use tmc::{TmcSettings, TmcStats};
 pub use transport::SimTransport;
 
 use book::{Book, Notice};
@@ -149,6 +151,8 @@ pub struct SimConfig {
     pub top_timestamp_skew_max_ms: u64,
     /// PandaPon timestamp window, ms.
     pub pandapon_timestamp_skew_max_ms: u64,
+    /// The TOP message service (TMC) at start; off by default.
+    pub tmc: TmcSettings,
 }
 
 impl Default for SimConfig {
@@ -177,6 +181,7 @@ impl Default for SimConfig {
             body_bytes_max: BODY_BYTES_MAX,
             top_timestamp_skew_max_ms: TOP_TIMESTAMP_SKEW_MAX_MS,
             pandapon_timestamp_skew_max_ms: PANDAPON_TIMESTAMP_SKEW_MAX_MS,
+            tmc: TmcSettings::default(),
         }
     }
 }
@@ -197,6 +202,7 @@ impl std::fmt::Debug for SimConfig {
             .field("faults", &self.faults)
             .field("callback_url", &self.callback_url)
             .field("fixture_rows", &self.fixture.len())
+            .field("tmc", &self.tmc)
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +219,8 @@ pub(crate) struct Inner {
     pub http: std::sync::OnceLock<reqwest::Client>,
     pub callback_url: Mutex<Option<String>>,
     pub callback_sink: Mutex<Option<Arc<dyn CallbackSink>>>,
+    /// The TOP message service's queues and counters.
+    pub tmc: Mutex<tmc::TmcState>,
 }
 
 /// The simulator: cheap to clone (an `Arc` inside); every clone is the same
@@ -285,6 +293,7 @@ impl Sim {
                 rng: SplitMix64::new(cfg.seed),
                 callback_url: Mutex::new(cfg.callback_url.clone()),
                 callback_sink: Mutex::new(None),
+                tmc: Mutex::new(tmc::TmcState::new(cfg.tmc.clone())),
                 cfg,
                 book: Mutex::new(Book::default()),
                 faults: Mutex::new(faults),
@@ -364,6 +373,7 @@ impl Sim {
             .route("/_admin/schedule", post(admin::schedule))
             .route("/_admin/pushes", get(admin::pushes))
             .route("/_admin/callback", post(admin::set_callback))
+            .route("/_admin/tmc", get(admin::get_tmc).post(admin::set_tmc))
             .fallback(pandapon::fallback)
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(s)
@@ -500,6 +510,7 @@ impl Sim {
     pub fn reset(&self) {
         *lock(&self.inner.book) = Book::default();
         lock(&self.inner.pushes).clear();
+        self.tmc_reset();
         self.set_faults(self.inner.cfg.faults.clone());
         self.load_fixture();
     }
@@ -551,6 +562,10 @@ impl Sim {
     }
 
     pub(crate) fn dispatch(&self, notices: Vec<Notice>) {
+        if notices.is_empty() {
+            return;
+        }
+        let notices = self.tmc_publish(notices);
         if notices.is_empty() {
             return;
         }

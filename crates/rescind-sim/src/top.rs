@@ -13,7 +13,7 @@ use rescind_wire::sign::{signatures_match, top_sign, DamaiHeadFields, SignMethod
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-use crate::book::{Refusal, RequestSummary, TMALL_TBC};
+use crate::book::{refund_phase, RefundPhase, Refusal, RequestSummary, TMALL_TBC};
 use crate::defaults::{CANCEL_METHOD, DAMAI_CANCEL_METHOD};
 use crate::faults::{self, Decision, FaultKind, FaultReplies};
 use crate::http_util::{self, BodyError};
@@ -304,6 +304,8 @@ fn check_system(
         DAMAI_CANCEL_METHOD,
         cfg.paid_cancel_method.as_str(),
         cfg.order_get_method.as_str(),
+        crate::tmc::CONSUME_METHOD,
+        crate::tmc::CONFIRM_METHOD,
     ];
     if !known.contains(&method.as_str()) {
         return Err(TopError::new(22, "Invalid Method", "", ""));
@@ -463,6 +465,8 @@ fn dispatch(
         tbc_get(sim, p)
     } else if method == DAMAI_CANCEL_METHOD {
         damai_cancel(sim, method, p, reply, http_method, path)
+    } else if method == crate::tmc::CONSUME_METHOD || method == crate::tmc::CONFIRM_METHOD {
+        tmc_call(sim, method, p)
     } else {
         Err(TopError::new(22, "Invalid Method", "", ""))
     };
@@ -521,6 +525,14 @@ fn tbc_get(sim: &Sim, p: &BTreeMap<String, String>) -> Result<Value, TopError> {
     let order_id = required(p, "out_order_no")?;
     required(p, "source_site")?;
     let view = sim.with_book(|b, _, _| b.order_view(TMALL_TBC, order_id));
+    if let Some(v) = &view {
+        let open = v
+            .refund_status
+            .as_deref()
+            .and_then(|rs| refund_phase(TMALL_TBC, rs))
+            == Some(RefundPhase::Open);
+        sim.tmc_count_lookup(order_id, open);
+    }
     Ok(match view {
         None => tbc_result(Err(Refusal::NotFound)),
         Some(v) => {
@@ -531,6 +543,28 @@ fn tbc_get(sim: &Sim, p: &BTreeMap<String, String>) -> Result<Value, TopError> {
             }
             json!({"result": {"success": true, "order": order}})
         }
+    })
+}
+
+/// `taobao.tmc.messages.consume` / `.confirm` (the queues live in `tmc.rs`).
+fn tmc_call(sim: &Sim, method: &str, p: &BTreeMap<String, String>) -> Result<Value, TopError> {
+    use crate::tmc::TmcRefusal;
+    let app_key = p.get("app_key").map(String::as_str).unwrap_or_default();
+    let group = p.get("group_name").map(String::as_str);
+    let r = if method == crate::tmc::CONSUME_METHOD {
+        sim.tmc_consume(app_key, group, p.get("quantity").map(String::as_str))
+    } else {
+        sim.tmc_confirm(app_key, group, p.get("s_message_ids").map(String::as_str))
+    };
+    r.map_err(|e| match e {
+        TmcRefusal::Disabled => TopError::new(
+            11,
+            "Insufficient ISV Permissions",
+            "isv.tmc-not-enabled",
+            "the message service is not enabled for this app",
+        ),
+        TmcRefusal::Quantity(why) => TopError::invalid_arg("quantity", &why),
+        TmcRefusal::Ids(why) => TopError::invalid_arg("s_message_ids", &why),
     })
 }
 

@@ -48,6 +48,8 @@ pub fn sim_limits() -> Limits {
         // As in production: refund waits park (2 s polls), so the harness
         // covers parked sagas woken by timers, callbacks, aborts and crashes.
         park_after_ms: 1_000,
+        // No push source runs in simulation; the value only has to be valid.
+        refund_poll_with_push_ms: 60_000,
     }
 }
 

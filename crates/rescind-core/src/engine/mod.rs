@@ -11,7 +11,7 @@
 use crate::action::{Ctx, Lookup, OperatorApplied};
 pub use crate::action::{Resolved, StepExecutor};
 use crate::channel::{ChannelError, Channels, InputError};
-use crate::ids::{OrderRef, RefundId, SagaId, SagaKind};
+use crate::ids::{ChannelName, OrderRef, RefundId, SagaId, SagaKind};
 use crate::journal::{Journal, JournalError};
 pub use crate::limits::{LimitError, Limits};
 use crate::metrics::{CallResult, EngineStats, MetricEvent, MetricsSink, SagaEnd, StatsSnapshot};
@@ -217,6 +217,10 @@ struct WaitProgress {
     /// When the next poll is due (ms since the epoch), once scheduled. A park
     /// lasts until then; a saga woken earlier (news, abort) keeps the time.
     next_poll_at_ms: Option<u64>,
+    /// The next poll was scheduled while a push source was live on the
+    /// channel (`refund_poll_with_push_ms` away): when the source stops
+    /// being live, it is brought forward to the back-off schedule.
+    push_scheduled: bool,
 }
 
 /// How a saga task ended.
@@ -253,6 +257,9 @@ struct Inner {
     stuck: Mutex<std::collections::HashSet<SagaId>>,
     stuck_len: AtomicUsize,
     protections: Protections,
+    /// Channels with a live push source: until when (ms since the epoch;
+    /// `u64::MAX`: until told otherwise).
+    push: Mutex<HashMap<ChannelName, u64>>,
 }
 
 /// Switches that disable a protection, for proving that the test harness
@@ -358,6 +365,7 @@ impl EngineBuilder {
                 stuck: Mutex::new(std::collections::HashSet::new()),
                 stuck_len: AtomicUsize::new(0),
                 protections: self.protections,
+                push: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -737,13 +745,20 @@ impl Engine {
         if !in_doubt && matches!(def.decide(&state), Decision::AwaitRefund { .. }) {
             let limits = &self.inner.limits;
             let delay = limits.refund_poll_initial_ms.max(1);
-            if delay >= limits.park_after_ms {
+            let push = self.is_push_live(&state.input.order.channel);
+            let first = if push {
+                limits.refund_poll_with_push_ms.max(1)
+            } else {
+                delay
+            };
+            if first >= limits.park_after_ms {
                 let now = self.inner.clock.now_ms();
-                let wake_at_ms = now.saturating_add(delay);
+                let wake_at_ms = now.saturating_add(first);
                 let progress = WaitProgress {
                     started_ms: now,
                     delay_ms: delay,
                     next_poll_at_ms: Some(wake_at_ms),
+                    push_scheduled: push,
                 };
                 self.park(id, &slot, wake_at_ms, progress);
                 return Ok(Some(false));
@@ -883,6 +898,106 @@ impl Engine {
             self.wake(*id, r);
         }
         targets.len()
+    }
+
+    /// Declare a push source of news (a message consumer such as TOP's TMC)
+    /// live or not on `channel`. While one is live, a saga waiting for a
+    /// refund on that channel polls only every `refund_poll_with_push_ms`
+    /// (the news is expected to arrive through [`Engine::deliver`]); when
+    /// it stops being live, waiting sagas go back to the back-off schedule
+    /// at once, parked ones included. `true` lasts until `false`; prefer
+    /// [`Engine::push_heartbeat`], which lapses by itself if the source dies.
+    pub fn set_push_live(&self, channel: &ChannelName, live: bool) {
+        if live {
+            self.push_until(channel, u64::MAX);
+        } else {
+            let was = lock(&self.inner.push).remove(channel);
+            if was.is_some_and(|until| until > self.inner.clock.now_ms()) {
+                self.push_fell_back(channel);
+            }
+        }
+    }
+
+    /// The push source on `channel` is live for `valid_for` from now. A
+    /// source beats after each successful receive; one that stops beating
+    /// (hung, crashed, cut off) lapses when this runs out, and the waiting
+    /// sagas on the channel fall back to polling by themselves.
+    pub fn push_heartbeat(&self, channel: &ChannelName, valid_for: Duration) {
+        let ms = u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX);
+        let until = self.inner.clock.now_ms().saturating_add(ms);
+        self.push_until(channel, until);
+    }
+
+    /// Does `channel` have a live push source now?
+    pub fn is_push_live(&self, channel: &ChannelName) -> bool {
+        let now = self.inner.clock.now_ms();
+        lock(&self.inner.push)
+            .get(channel)
+            .is_some_and(|until| *until > now)
+    }
+
+    fn push_until(&self, channel: &ChannelName, until: u64) {
+        let fresh = lock(&self.inner.push)
+            .insert(channel.clone(), until)
+            .is_none();
+        // The timer loop watches heartbeats lapse; it needs a runtime.
+        if fresh && tokio::runtime::Handle::try_current().is_ok() {
+            self.ensure_timer();
+            self.inner.timers_changed.notify_one();
+        }
+    }
+
+    /// The push source on `channel` stopped being live: every saga waiting
+    /// there on the long push interval goes back to its back-off schedule
+    /// (parked ones are re-timed, running ones re-plan their wait).
+    fn push_fell_back(&self, channel: &ChannelName) {
+        tracing::info!(channel = %channel, "push source no longer live: refund waits poll again");
+        let now = self.inner.clock.now_ms();
+        let targets: Vec<(SagaId, Arc<Running>)> = lock(&self.inner.running)
+            .iter()
+            .filter(|(_, r)| &r.order.channel == channel)
+            .map(|(id, r)| (*id, r.clone()))
+            .collect();
+        for (id, r) in targets {
+            let mut parked = lock(&r.parked);
+            match parked.as_mut() {
+                Some(p) if p.push_scheduled => {
+                    p.push_scheduled = false;
+                    let at = now.saturating_add(p.delay_ms);
+                    if let Some(old) = p.next_poll_at_ms.filter(|old| *old > at) {
+                        let mut timers = lock(&self.inner.timers);
+                        timers.remove(&(old, id));
+                        timers.insert((at, id));
+                        p.next_poll_at_ms = Some(at);
+                    }
+                }
+                Some(_) => {}
+                None => r.notify.notify_one(),
+            }
+        }
+        self.inner.timers_changed.notify_one();
+    }
+
+    /// Forget push sources whose heartbeat ran out (falling their channels
+    /// back to polling); the earliest remaining expiry, if any.
+    fn expire_push(&self, now: u64) -> Option<u64> {
+        let (lapsed, next) = {
+            let mut push = lock(&self.inner.push);
+            let lapsed: Vec<ChannelName> = push
+                .iter()
+                .filter(|(_, until)| **until <= now)
+                .map(|(c, _)| c.clone())
+                .collect();
+            for c in &lapsed {
+                push.remove(c);
+            }
+            let next = push.values().copied().filter(|u| *u != u64::MAX).min();
+            (lapsed, next)
+        };
+        for c in &lapsed {
+            self.push_fell_back(c);
+        }
+        next
     }
 
     /// Stop taking new sagas, let running ones reach their next decision

@@ -117,10 +117,20 @@ impl Engine {
         &self,
         id: SagaId,
         r: &Arc<Running>,
-        wake_at_ms: u64,
-        progress: WaitProgress,
+        mut wake_at_ms: u64,
+        mut progress: WaitProgress,
     ) {
         *lock(&r.task) = None;
+        // Planned on the push interval, but the push source lapsed while the
+        // saga was parking: back to the back-off schedule.
+        if progress.push_scheduled && !self.is_push_live(&r.order.channel) {
+            progress.push_scheduled = false;
+            let at = self.inner.clock.now_ms().saturating_add(progress.delay_ms);
+            if at < wake_at_ms {
+                wake_at_ms = at;
+                progress.next_poll_at_ms = Some(at);
+            }
+        }
         if lock(&r.parked).replace(progress).is_none() {
             self.inner.parked.fetch_add(1, Ordering::Relaxed);
         }
@@ -182,6 +192,7 @@ impl Engine {
                 return;
             }
             let now = self.inner.clock.now_ms();
+            let push_next = self.expire_push(now);
             let (due, next) = {
                 let mut timers = lock(&self.inner.timers);
                 let mut due = Vec::new();
@@ -192,7 +203,12 @@ impl Engine {
                     timers.pop_first();
                     due.push(id);
                 }
-                (due, timers.first().map(|(t, _)| *t))
+                let next = timers.first().map(|(t, _)| *t);
+                let next = match (next, push_next) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                (due, next)
             };
             for id in due {
                 let r = lock(&self.inner.running).get(&id).cloned();

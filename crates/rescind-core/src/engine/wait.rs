@@ -1,5 +1,8 @@
 //! Waiting for a refund to reach a final state: news delivered by a
-//! callback, or a poll with back-off; a long wait parks the saga.
+//! callback, or a poll with back-off; a long wait parks the saga. While the
+//! channel has a live push source ([`Engine::set_push_live`],
+//! [`Engine::push_heartbeat`]) the poll is a slow fallback
+//! (`refund_poll_with_push_ms`) instead of the back-off schedule.
 
 use super::*;
 
@@ -24,6 +27,7 @@ impl Engine {
             started_ms: self.inner.clock.now_ms(),
             delay_ms: self.inner.limits.refund_poll_initial_ms.max(1),
             next_poll_at_ms: None,
+            push_scheduled: false,
         });
         match self
             .await_refund(state, pending, refund_id, me, &mut progress)
@@ -74,9 +78,27 @@ impl Engine {
                     "refund {refund_id} not final after {waited} ms of waiting"
                 )));
             }
-            let due_at = *progress
-                .next_poll_at_ms
-                .get_or_insert(now.saturating_add(progress.delay_ms));
+            let push = self.is_push_live(&state.input.order.channel);
+            if progress.push_scheduled && !push {
+                // The push source stopped: back to the back-off schedule.
+                progress.next_poll_at_ms = None;
+            }
+            let due_at = match progress.next_poll_at_ms {
+                Some(at) => at,
+                None => {
+                    // A live push source delivers the news; the poll is
+                    // only the fallback, far away.
+                    let delay = if push {
+                        limits.refund_poll_with_push_ms.max(1)
+                    } else {
+                        progress.delay_ms
+                    };
+                    let at = now.saturating_add(delay);
+                    progress.next_poll_at_ms = Some(at);
+                    progress.push_scheduled = push;
+                    at
+                }
+            };
             if now < due_at {
                 let remaining = due_at - now;
                 if remaining >= limits.park_after_ms {
@@ -89,10 +111,12 @@ impl Engine {
                 }
             }
             progress.next_poll_at_ms = None;
-            progress.delay_ms = progress
-                .delay_ms
-                .saturating_mul(2)
-                .min(limits.refund_poll_max_ms.max(1));
+            if !std::mem::take(&mut progress.push_scheduled) {
+                progress.delay_ms = progress
+                    .delay_ms
+                    .saturating_mul(2)
+                    .min(limits.refund_poll_max_ms.max(1));
+            }
             if let Some(observation) = self.poll_refund(state, refund_id).await? {
                 let record = Record::Observed {
                     observation,
