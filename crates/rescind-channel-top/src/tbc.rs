@@ -2,7 +2,7 @@
 //! payment and order lookup (method names assumed, configurable).
 
 use crate::classify::check_tbc_result;
-use crate::client::{layered_transport, TopClient};
+use crate::client::{app_key_limiter, unpaced_transport, TopClient};
 use crate::config::TopConfig;
 use crate::envelope::{kind, text_of};
 use crate::Error;
@@ -12,6 +12,7 @@ use rescind_core::{
     OrderState, OrderStatus, PermanentReason, RefundId, RefundOpened, RefundState, RefundStatus,
     TokioClock,
 };
+use rescind_wire::flow::{AppKeyLimiter, AppKeyLimiters};
 use rescind_wire::transport::Transport;
 use serde_json::Value;
 use std::sync::Arc;
@@ -179,12 +180,27 @@ impl TbcChannel {
         Ok(TbcChannel { client, config })
     }
 
-    /// The channel on reqwest with the configured timeout, rate-limit and
-    /// retry layers, on the system clock.
+    /// The channel on reqwest with the configured timeout and retry layers,
+    /// paced by its app key's limiter in the process-wide registry
+    /// ([`AppKeyLimiters::global`]), on the system clock.
     pub fn connect(config: TopConfig) -> Result<Self, Error> {
+        Self::connect_with(config, AppKeyLimiters::global())
+    }
+
+    /// As `connect`, paced by the app key's limiter in `limiters` (shared
+    /// with every other channel on that app key that uses the registry).
+    pub fn connect_with(config: TopConfig, limiters: &AppKeyLimiters) -> Result<Self, Error> {
         let clock: Arc<dyn Clock> = Arc::new(TokioClock::system());
-        let transport = layered_transport(&config.gateway.transport, clock.clone())?;
-        Self::new(config, transport, clock)
+        let transport = unpaced_transport(&config.gateway.transport, clock.clone())?;
+        let limiter = app_key_limiter(&config.gateway, limiters);
+        Ok(Self::new(config, transport, clock)?.with_limiter(limiter))
+    }
+
+    /// Pace calls by `limiter`, the app key's shared limiter (see
+    /// [`TopClient::with_limiter`]).
+    pub fn with_limiter(mut self, limiter: Arc<AppKeyLimiter>) -> Self {
+        self.client = self.client.with_limiter(limiter);
+        self
     }
 
     /// The underlying gateway client.
