@@ -149,7 +149,16 @@ impl State {
     fn refill(&mut self, now: u64) {
         let rate = self.rate();
         let elapsed_s = now.saturating_sub(self.last_ms) as f64 / 1000.0;
-        self.tokens = (self.tokens + elapsed_s * rate).min(self.burst());
+        // While calls wait, a late dispatcher wake-up must not lose the
+        // tokens that accrued meanwhile (capped at the burst they would
+        // vanish, and the rate reached fall below the one configured): up to
+        // 10 ms of tokens (at least 1) beyond the burst are kept for them.
+        let cap = if self.waiting > 0 {
+            self.burst() + (rate * 0.01).max(1.0)
+        } else {
+            self.burst()
+        };
+        self.tokens = (self.tokens + elapsed_s * rate).min(cap);
         self.last_ms = self.last_ms.max(now);
     }
     /// Answer every waiter with the ban's remaining wait.
