@@ -7,8 +7,8 @@
 //!   app key 25 calls/s (burst 25) and bans it for 10 s past that. 60 sagas
 //!   that each cancel on `tmall-tbc` and release on `damai` (120 calls on
 //!   the app key) all complete; from the simulator's per-second log, no
-//!   second but the first (the one burst) exceeds 25, nothing was refused
-//!   and no ban happened. Two limiters (one per channel, as before) would
+//!   second exceeds 25 but for the one burst (in the first two seconds, 20
+//!   calls above it at most), nothing was refused and no ban happened. Two limiters (one per channel, as before) would
 //!   send up to 40/s and be banned.
 //! - `a_ban_pauses_every_saga_on_the_app_key_and_they_resume_after_it`: the
 //!   simulator bans the app key for 3 s. The first saga's call meets the ban
@@ -103,15 +103,18 @@ async fn the_app_key_budget_is_kept_across_channels() {
         accepted >= 2 * N as u64,
         "{accepted} calls for {N} sagas: {secs:?}"
     );
-    // The one burst (20) may land in the first busy second with its rate.
-    let (first, rest) = busy.split_first().expect("calls were made");
-    assert!(first.1 <= 25 + 20, "first second {first:?} of {secs:?}");
-    for s in rest {
-        assert!(
-            s.1 <= 25,
-            "second {s:?} exceeds the app key's 25/s: {secs:?}"
-        );
-    }
+    // No second above 25 but for the one burst (20 calls), which may land
+    // on either side of the first second boundary: only the first two busy
+    // seconds may exceed 25, by 20 together at most.
+    let excess: Vec<u64> = busy.iter().map(|(_, a, _)| a.saturating_sub(25)).collect();
+    assert!(
+        excess.iter().skip(2).all(|e| *e == 0),
+        "a second after the burst exceeds the app key's 25/s: {secs:?}"
+    );
+    assert!(
+        excess.iter().sum::<u64>() <= 20,
+        "more than one burst above 25/s: {secs:?}"
+    );
     let effects = rig.effects().await;
     assert!(effects.values().all(|n| *n == 1), "{effects:?}");
     assert_eq!(effects.len(), 2 * N, "{effects:?}");
