@@ -156,12 +156,20 @@ impl DamaiChannel {
 
 #[async_trait]
 impl ReleaseStock for DamaiChannel {
-    async fn release_stock(&self, lock: &StockLockRef) -> Result<(), ChannelError> {
+    async fn release_stock(
+        &self,
+        lock: &StockLockRef,
+        account: Option<&rescind_core::AccountId>,
+    ) -> Result<(), ChannelError> {
         let method = self.config.method.as_str();
         let param = self.cancel_param(lock.lock_id.as_str());
         let response = self
             .client
-            .call(method, &[("param_cancel_stock_lock_request", &param)])
+            .call_as(
+                method,
+                &[("param_cancel_stock_lock_request", &param)],
+                account.map(rescind_core::AccountId::as_str),
+            )
             .await?;
         check_damai_result(&response, method)
     }

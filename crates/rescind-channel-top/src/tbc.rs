@@ -7,6 +7,7 @@ use crate::config::TopConfig;
 use crate::envelope::{kind, text_of};
 use crate::Error;
 use async_trait::async_trait;
+use rescind_core::AccountId;
 use rescind_core::{
     CancelOrder, CancelOutcome, CancelRequest, ChannelError, Clock, OrderLookup, OrderRef,
     OrderState, OrderStatus, PermanentReason, RefundId, RefundOpened, RefundState, RefundStatus,
@@ -213,17 +214,32 @@ impl TbcChannel {
         &self.config
     }
 
+    /// One call on behalf of `account` (the app key's limiter shares its
+    /// tokens fairly between accounts).
     async fn call_result(
         &self,
         method: &str,
         params: &[(&str, &str)],
+        account: Option<&AccountId>,
     ) -> Result<Value, ChannelError> {
-        let response = self.client.call(method, params).await?;
+        let response = self
+            .client
+            .call_as(method, params, account.map(AccountId::as_str))
+            .await?;
         check_tbc_result(&response, method).cloned()
     }
 
     /// Look an order up.
     pub async fn get_order(&self, order: &OrderRef) -> Result<TbcOrder, ChannelError> {
+        self.get_order_as(order, None).await
+    }
+
+    /// Look an order up on behalf of `account`.
+    pub async fn get_order_as(
+        &self,
+        order: &OrderRef,
+        account: Option<&AccountId>,
+    ) -> Result<TbcOrder, ChannelError> {
         let method = self.config.order_get_method.as_str();
         let result = self
             .call_result(
@@ -232,6 +248,7 @@ impl TbcChannel {
                     ("out_order_no", order.order_id.as_str()),
                     ("source_site", &self.config.source_site),
                 ],
+                account,
             )
             .await?;
         TbcOrder::from_result(&result, method)
@@ -247,6 +264,7 @@ impl CancelOrder for TbcChannel {
                 ("out_order_no", req.order.order_id.as_str()),
                 ("source_site", &self.config.source_site),
             ],
+            req.account.as_ref(),
         )
         .await?;
         Ok(CancelOutcome { already: false })
@@ -263,6 +281,7 @@ impl CancelOrder for TbcChannel {
                     ("source_site", &self.config.source_site),
                     ("reason", reason),
                 ],
+                req.account.as_ref(),
             )
             .await?;
         match result.get("refund_id").and_then(text_of) {
@@ -279,8 +298,12 @@ impl CancelOrder for TbcChannel {
 
 #[async_trait]
 impl OrderLookup for TbcChannel {
-    async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError> {
-        let o = self.get_order(order).await?;
+    async fn order_status(
+        &self,
+        order: &OrderRef,
+        account: Option<&AccountId>,
+    ) -> Result<OrderStatus, ChannelError> {
+        let o = self.get_order_as(order, account).await?;
         Ok(OrderStatus {
             state: o.state()?,
             upstream: o.status,
@@ -291,8 +314,9 @@ impl OrderLookup for TbcChannel {
         &self,
         order: &OrderRef,
         refund_id: &RefundId,
+        account: Option<&AccountId>,
     ) -> Result<RefundStatus, ChannelError> {
-        let o = self.get_order(order).await?;
+        let o = self.get_order_as(order, account).await?;
         match &o.refund {
             Some((id, status)) if id == refund_id.as_str() => Ok(RefundStatus {
                 state: map_tbc_refund_status(status)?,
