@@ -5,7 +5,7 @@
 //!
 //! - `the_app_key_budget_is_kept_across_channels`: the simulator allows the
 //!   app key 25 calls/s (burst 25) and bans it for 10 s past that. 60 sagas
-//!   that each cancel on `tmall-tbc` and release on `damai` (120 calls on
+//!   of 12 accounts that each cancel on `tmall-tbc` and release on `damai` (120 calls on
 //!   the app key) all complete; from the simulator's per-second log, no
 //!   second exceeds 25 but for the one burst (in the first two seconds, 20
 //!   calls above it at most), nothing was refused and no ban happened. Two limiters (one per channel, as before) would
@@ -80,7 +80,9 @@ async fn the_app_key_budget_is_kept_across_channels() {
     let t0 = Instant::now();
     let mut ids = Vec::new();
     for i in 0..N {
-        let body = tbc_cancel(&format!("F{i}"), Some(&format!("L{i}")), &format!("k{i}"));
+        let mut body = tbc_cancel(&format!("F{i}"), Some(&format!("L{i}")), &format!("k{i}"));
+        // Many accounts: each waits its round-robin turn in the limiter.
+        body["account"] = json!(format!("shop-{}", i % 12));
         ids.push(rig.start(&body).await);
     }
     for id in &ids {
