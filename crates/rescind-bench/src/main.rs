@@ -19,6 +19,7 @@ mod builtin;
 mod chart;
 mod custom;
 mod driver;
+mod flow;
 mod pg;
 mod procs;
 mod recovery;
@@ -64,6 +65,19 @@ enum Cmd {
         /// Repetitions per row (medians are reported).
         #[arg(long, default_value_t = 3)]
         reps: usize,
+    },
+    /// TOP flow control: cancels/s through one app key's limiter on behalf
+    /// of 200 accounts vs one account, at the same rate, and their ratio.
+    Flow {
+        /// The app key's rate, calls/s (0: no limit).
+        #[arg(long, default_value_t = 2_000.0)]
+        rate: f64,
+        /// Cancels per row.
+        #[arg(long, default_value_t = 6_000)]
+        calls: usize,
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
     },
     /// The trivial upstream (internal; started by `sagas`).
     #[command(hide = true)]
@@ -251,6 +265,14 @@ async fn run(cli: Cli, started: Instant) -> Result<()> {
                 reps,
             })
             .await
+        }
+        Cmd::Flow {
+            rate,
+            calls,
+            concurrency,
+        } => {
+            println!("{}", report::machine_markdown());
+            flow::run(rate, calls, concurrency).await
         }
         Cmd::All(a) => {
             println!("{}", report::machine_markdown());

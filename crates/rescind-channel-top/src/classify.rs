@@ -107,6 +107,23 @@ pub fn ban_wait(text: &str) -> Option<Duration> {
         .then(|| Duration::from_secs(secs))
 }
 
+/// The ban an error imposes on its whole app key: codes 4–8 (call limits;
+/// TOP keeps its flow control per app key, CHANNELS.md), for the wait the
+/// answer states ("This ban will last for N more seconds"), or 1 s when it
+/// states none. `None` for every other error.
+pub fn app_ban(e: &ChannelError) -> Option<Duration> {
+    let code: i64 = e.code.as_deref()?.trim().parse().ok()?;
+    if !(4..=8).contains(&code) {
+        return None;
+    }
+    match &e.class {
+        ErrorClass::Retryable { wait_ms, .. } => {
+            Some(Duration::from_millis(wait_ms.unwrap_or(1_000)))
+        }
+        _ => None,
+    }
+}
+
 /// Codes whose meaning is fixed whatever the sub-code: (code, reason, hint).
 const PERMANENT_CODES: &[(i64, PermanentReason, &str)] = &[
     (

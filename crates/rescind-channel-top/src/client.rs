@@ -1,10 +1,11 @@
 //! The TOP gateway client: system parameters, signing, one POST, classification.
 
-use crate::classify::{classify_response, classify_transport, maybe_applied};
+use crate::classify::{app_ban, classify_response, classify_transport, maybe_applied};
 use crate::config::{GatewayConfig, TransportSettings};
 use crate::Error;
 use bytes::Bytes;
 use rescind_core::{ChannelError, Clock, PermanentReason, TokioClock};
+use rescind_wire::flow::{AppKeyLimiter, AppKeyLimiters, FlowError};
 use rescind_wire::sign::{top_sign, top_timestamp};
 use rescind_wire::transport::{HttpRequest, Transport};
 use serde_json::Value;
@@ -35,6 +36,38 @@ pub fn layered_transport(
     Ok(rescind_wire::transport::layered_transport(settings, clock)?)
 }
 
+/// The transport of a gateway whose pace is kept by its app key's shared
+/// limiter: the timeout and retry layers, and no rate layer of its own.
+pub fn unpaced_transport(
+    settings: &TransportSettings,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn Transport>, Error> {
+    let unpaced = TransportSettings {
+        rate_per_s: 0.0,
+        ..settings.clone()
+    };
+    layered_transport(&unpaced, clock)
+}
+
+/// The shared limiter of `gateway`'s app key in `limiters`, with the
+/// gateway's `rate_per_s`, `burst` and `rate_wait_max_ms` (the app key's
+/// budget: see [`rescind_wire::flow`]).
+pub fn app_key_limiter(gateway: &GatewayConfig, limiters: &AppKeyLimiters) -> Arc<AppKeyLimiter> {
+    limiters.limiter(&gateway.url, &gateway.app_key, gateway.transport.flow())
+}
+
+/// A refusal of the app key's limiter as the engine sees it: retryable,
+/// certainly not applied (nothing was sent), with the ban's remaining wait.
+pub fn classify_flow(e: &FlowError) -> ChannelError {
+    match e {
+        FlowError::Banned { remaining_ms, .. } => ChannelError::rate_limited(
+            Some(std::time::Duration::from_millis(*remaining_ms)),
+            e.to_string(),
+        ),
+        FlowError::Busy { .. } => ChannelError::not_applied(e.to_string()),
+    }
+}
+
 /// A client of one TOP application on one gateway. It signs and sends any
 /// method and classifies the answer; the channel types build on it.
 ///
@@ -45,6 +78,7 @@ pub struct TopClient {
     gateway: GatewayConfig,
     transport: Arc<dyn Transport>,
     clock: Arc<dyn Clock>,
+    limiter: Option<Arc<AppKeyLimiter>>,
 }
 
 impl std::fmt::Debug for TopClient {
@@ -70,14 +104,35 @@ impl TopClient {
             gateway,
             transport,
             clock,
+            limiter: None,
         })
     }
 
-    /// A client on reqwest with the configured layers and the system clock.
+    /// Pace every call by `limiter` (the app key's, shared with the other
+    /// clients of that app key) and let a TOP ban (codes 4–8) pause it.
+    pub fn with_limiter(mut self, limiter: Arc<AppKeyLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// A client on reqwest with the configured timeout and retry layers, paced
+    /// by its app key's limiter in the process-wide registry
+    /// ([`AppKeyLimiters::global`]), on the system clock.
     pub fn connect(gateway: GatewayConfig) -> Result<Self, Error> {
+        Self::connect_with(gateway, AppKeyLimiters::global())
+    }
+
+    /// As [`TopClient::connect`], with the app key's limiter from `limiters`.
+    pub fn connect_with(gateway: GatewayConfig, limiters: &AppKeyLimiters) -> Result<Self, Error> {
         let clock: Arc<dyn Clock> = Arc::new(TokioClock::system());
-        let transport = layered_transport(&gateway.transport, clock.clone())?;
-        Self::new(gateway, transport, clock)
+        let transport = unpaced_transport(&gateway.transport, clock.clone())?;
+        let limiter = app_key_limiter(&gateway, limiters);
+        Ok(Self::new(gateway, transport, clock)?.with_limiter(limiter))
+    }
+
+    /// The app key's limiter, when calls are paced by one.
+    pub fn limiter(&self) -> Option<&Arc<AppKeyLimiter>> {
+        self.limiter.as_ref()
     }
 
     /// The gateway configuration (secrets print as `***`).
@@ -162,7 +217,28 @@ impl TopClient {
     /// code and sub-code. Business results inside the value are the caller's
     /// to check. Logs name the method and the outcome, never parameters.
     pub async fn call(&self, method: &str, params: &[(&str, &str)]) -> Result<Value, ChannelError> {
+        self.call_as(method, params, None).await
+    }
+
+    /// [`TopClient::call`] on behalf of `account` (the saga's account: the
+    /// app key's limiter shares its tokens fairly between accounts). During
+    /// a ban of the app key nothing is sent: the answer is a retryable,
+    /// not-applied error with the ban's remaining wait, naming the app key.
+    /// An answer with codes 4–8 bans the app key for the time it states.
+    pub async fn call_as(
+        &self,
+        method: &str,
+        params: &[(&str, &str)],
+        account: Option<&str>,
+    ) -> Result<Value, ChannelError> {
         let req = self.build_request(method, params)?;
+        if let Some(limiter) = &self.limiter {
+            if let Err(e) = limiter.acquire(account).await {
+                let err = classify_flow(&e);
+                tracing::debug!(method, error = %err, "TOP call held back by flow control");
+                return Err(err);
+            }
+        }
         tracing::debug!(
             method,
             app_key = %self.gateway.app_key,
@@ -187,6 +263,9 @@ impl TopClient {
             Ok(v) => Ok(v),
             Err(e) => {
                 tracing::debug!(method, error = %e, in_doubt = maybe_applied(&e), "TOP call failed");
+                if let (Some(limiter), Some(ban)) = (&self.limiter, app_ban(&e)) {
+                    limiter.ban_for(ban);
+                }
                 Err(e)
             }
         }

@@ -1,7 +1,7 @@
 //! Damai ticketing: `alibaba.damai.yuntoc.order.cancellockstock`, used as the
 //! stock-release step after a cancel.
 
-use crate::client::{layered_transport, TopClient};
+use crate::client::{app_key_limiter, unpaced_transport, TopClient};
 use crate::config::DamaiConfig;
 use crate::envelope::text_of;
 use crate::Error;
@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use rescind_core::{
     ChannelError, Clock, ErrorClass, PermanentReason, ReleaseStock, StockLockRef, TokioClock,
 };
+use rescind_wire::flow::{AppKeyLimiter, AppKeyLimiters};
 use rescind_wire::sign::DamaiHeadFields;
 use rescind_wire::transport::Transport;
 use serde_json::{json, Value};
@@ -93,11 +94,27 @@ impl DamaiChannel {
         })
     }
 
-    /// The channel on reqwest with the configured layers, on the system clock.
+    /// The channel on reqwest with the configured timeout and retry layers,
+    /// paced by its app key's limiter in the process-wide registry
+    /// ([`AppKeyLimiters::global`]), on the system clock.
     pub fn connect(config: DamaiConfig) -> Result<Self, Error> {
+        Self::connect_with(config, AppKeyLimiters::global())
+    }
+
+    /// As `connect`, paced by the app key's limiter in `limiters` (shared
+    /// with every other channel on that app key that uses the registry).
+    pub fn connect_with(config: DamaiConfig, limiters: &AppKeyLimiters) -> Result<Self, Error> {
         let clock: Arc<dyn Clock> = Arc::new(TokioClock::system());
-        let transport = layered_transport(&config.gateway.transport, clock.clone())?;
-        Self::new(config, transport, clock)
+        let transport = unpaced_transport(&config.gateway.transport, clock.clone())?;
+        let limiter = app_key_limiter(&config.gateway, limiters);
+        Ok(Self::new(config, transport, clock)?.with_limiter(limiter))
+    }
+
+    /// Pace calls by `limiter`, the app key's shared limiter (see
+    /// [`TopClient::with_limiter`]).
+    pub fn with_limiter(mut self, limiter: Arc<AppKeyLimiter>) -> Self {
+        self.client = self.client.with_limiter(limiter);
+        self
     }
 
     /// The underlying gateway client.
@@ -142,13 +159,17 @@ impl ReleaseStock for DamaiChannel {
     async fn release_stock(
         &self,
         lock: &StockLockRef,
-        _account: Option<&rescind_core::AccountId>,
+        account: Option<&rescind_core::AccountId>,
     ) -> Result<(), ChannelError> {
         let method = self.config.method.as_str();
         let param = self.cancel_param(lock.lock_id.as_str());
         let response = self
             .client
-            .call(method, &[("param_cancel_stock_lock_request", &param)])
+            .call_as(
+                method,
+                &[("param_cancel_stock_lock_request", &param)],
+                account.map(rescind_core::AccountId::as_str),
+            )
             .await?;
         check_damai_result(&response, method)
     }

@@ -52,9 +52,10 @@ pub mod tbc;
 pub mod tmc;
 
 pub use classify::{
-    ban_wait, check_tbc_result, classify_error_response, classify_response, classify_transport,
+    app_ban, ban_wait, check_tbc_result, classify_error_response, classify_response,
+    classify_transport,
 };
-pub use client::{layered_transport, TopClient};
+pub use client::{app_key_limiter, classify_flow, layered_transport, unpaced_transport, TopClient};
 pub use config::{ConfigError, DamaiConfig, GatewayConfig, TopConfig, TransportSettings};
 pub use damai::{check_damai_result, DamaiChannel, DAMAI_RETURN_CODES};
 pub use envelope::{parse_envelope, Envelope, EnvelopeError, TopErrorResponse};

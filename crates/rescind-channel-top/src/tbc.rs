@@ -2,16 +2,18 @@
 //! payment and order lookup (method names assumed, configurable).
 
 use crate::classify::check_tbc_result;
-use crate::client::{layered_transport, TopClient};
+use crate::client::{app_key_limiter, unpaced_transport, TopClient};
 use crate::config::TopConfig;
 use crate::envelope::{kind, text_of};
 use crate::Error;
 use async_trait::async_trait;
+use rescind_core::AccountId;
 use rescind_core::{
     CancelOrder, CancelOutcome, CancelRequest, ChannelError, Clock, OrderLookup, OrderRef,
     OrderState, OrderStatus, PermanentReason, RefundId, RefundOpened, RefundState, RefundStatus,
     TokioClock,
 };
+use rescind_wire::flow::{AppKeyLimiter, AppKeyLimiters};
 use rescind_wire::transport::Transport;
 use serde_json::Value;
 use std::sync::Arc;
@@ -179,12 +181,27 @@ impl TbcChannel {
         Ok(TbcChannel { client, config })
     }
 
-    /// The channel on reqwest with the configured timeout, rate-limit and
-    /// retry layers, on the system clock.
+    /// The channel on reqwest with the configured timeout and retry layers,
+    /// paced by its app key's limiter in the process-wide registry
+    /// ([`AppKeyLimiters::global`]), on the system clock.
     pub fn connect(config: TopConfig) -> Result<Self, Error> {
+        Self::connect_with(config, AppKeyLimiters::global())
+    }
+
+    /// As `connect`, paced by the app key's limiter in `limiters` (shared
+    /// with every other channel on that app key that uses the registry).
+    pub fn connect_with(config: TopConfig, limiters: &AppKeyLimiters) -> Result<Self, Error> {
         let clock: Arc<dyn Clock> = Arc::new(TokioClock::system());
-        let transport = layered_transport(&config.gateway.transport, clock.clone())?;
-        Self::new(config, transport, clock)
+        let transport = unpaced_transport(&config.gateway.transport, clock.clone())?;
+        let limiter = app_key_limiter(&config.gateway, limiters);
+        Ok(Self::new(config, transport, clock)?.with_limiter(limiter))
+    }
+
+    /// Pace calls by `limiter`, the app key's shared limiter (see
+    /// [`TopClient::with_limiter`]).
+    pub fn with_limiter(mut self, limiter: Arc<AppKeyLimiter>) -> Self {
+        self.client = self.client.with_limiter(limiter);
+        self
     }
 
     /// The underlying gateway client.
@@ -197,17 +214,32 @@ impl TbcChannel {
         &self.config
     }
 
+    /// One call on behalf of `account` (the app key's limiter shares its
+    /// tokens fairly between accounts).
     async fn call_result(
         &self,
         method: &str,
         params: &[(&str, &str)],
+        account: Option<&AccountId>,
     ) -> Result<Value, ChannelError> {
-        let response = self.client.call(method, params).await?;
+        let response = self
+            .client
+            .call_as(method, params, account.map(AccountId::as_str))
+            .await?;
         check_tbc_result(&response, method).cloned()
     }
 
     /// Look an order up.
     pub async fn get_order(&self, order: &OrderRef) -> Result<TbcOrder, ChannelError> {
+        self.get_order_as(order, None).await
+    }
+
+    /// Look an order up on behalf of `account`.
+    pub async fn get_order_as(
+        &self,
+        order: &OrderRef,
+        account: Option<&AccountId>,
+    ) -> Result<TbcOrder, ChannelError> {
         let method = self.config.order_get_method.as_str();
         let result = self
             .call_result(
@@ -216,6 +248,7 @@ impl TbcChannel {
                     ("out_order_no", order.order_id.as_str()),
                     ("source_site", &self.config.source_site),
                 ],
+                account,
             )
             .await?;
         TbcOrder::from_result(&result, method)
@@ -231,6 +264,7 @@ impl CancelOrder for TbcChannel {
                 ("out_order_no", req.order.order_id.as_str()),
                 ("source_site", &self.config.source_site),
             ],
+            req.account.as_ref(),
         )
         .await?;
         Ok(CancelOutcome { already: false })
@@ -247,6 +281,7 @@ impl CancelOrder for TbcChannel {
                     ("source_site", &self.config.source_site),
                     ("reason", reason),
                 ],
+                req.account.as_ref(),
             )
             .await?;
         match result.get("refund_id").and_then(text_of) {
@@ -266,9 +301,9 @@ impl OrderLookup for TbcChannel {
     async fn order_status(
         &self,
         order: &OrderRef,
-        _account: Option<&rescind_core::AccountId>,
+        account: Option<&AccountId>,
     ) -> Result<OrderStatus, ChannelError> {
-        let o = self.get_order(order).await?;
+        let o = self.get_order_as(order, account).await?;
         Ok(OrderStatus {
             state: o.state()?,
             upstream: o.status,
@@ -279,9 +314,9 @@ impl OrderLookup for TbcChannel {
         &self,
         order: &OrderRef,
         refund_id: &RefundId,
-        _account: Option<&rescind_core::AccountId>,
+        account: Option<&AccountId>,
     ) -> Result<RefundStatus, ChannelError> {
-        let o = self.get_order(order).await?;
+        let o = self.get_order_as(order, account).await?;
         match &o.refund {
             Some((id, status)) if id == refund_id.as_str() => Ok(RefundStatus {
                 state: map_tbc_refund_status(status)?,

@@ -579,3 +579,75 @@ async fn a_wrong_supplier_secret_is_refused_by_the_head_check() {
     assert!(!e.to_string().contains("wrong-supplier-secret"));
     assert!(h.sim.effects().is_empty());
 }
+
+/// Both TOP channels on one app key share one limiter; a code 7 from the
+/// gateway bans the app key for both, for the seconds it states: a call
+/// during the ban is not sent and says why, naming the app key; after it,
+/// calls go again.
+#[tokio::test]
+async fn a_code_7_bans_the_app_key_for_every_channel_on_it() {
+    use rescind_wire::flow::AppKeyLimiters;
+    let h = Harness::start().await;
+    let limiters = AppKeyLimiters::new(Arc::new(TokioClock::system()));
+    let gw = h.gateway(defaults::APP_SECRET, SignMethod::default());
+    let tbc = TbcChannel::connect_with(TopConfig::new(gw.clone()), &limiters).expect("tbc");
+    let damai = DamaiChannel::connect_with(
+        DamaiConfig::new(
+            gw,
+            defaults::SUPPLIER_KEY,
+            Secret::new(defaults::SUPPLIER_SECRET),
+        ),
+        &limiters,
+    )
+    .expect("damai");
+    assert_eq!(limiters.all().len(), 1, "one limiter for the app key");
+    let limiter = limiters.all().remove(0);
+    assert!(Arc::ptr_eq(&limiter, tbc.client().limiter().unwrap()));
+    assert!(Arc::ptr_eq(&limiter, damai.client().limiter().unwrap()));
+
+    h.unpaid("Z1");
+    h.damai_lock("ZL");
+    h.sim.ban_app_key(defaults::APP_KEY, 2);
+    let refused = |h: &Harness| -> u64 {
+        h.sim.flow_log()[defaults::APP_KEY]
+            .seconds
+            .iter()
+            .map(|s| s.refused)
+            .sum()
+    };
+    // The gateway's code 7.
+    let e = tbc.cancel_unpaid(&cancel_req("Z1")).await.unwrap_err();
+    assert_eq!(e.code.as_deref(), Some("7"), "{e}");
+    assert!(
+        matches!(e.class, ErrorClass::Retryable { wait_ms: Some(w), applied: Applied::No } if w == 2_000),
+        "{e:?}"
+    );
+    assert_eq!(refused(&h), 1);
+    // Damai, on the same app key, is held back without sending.
+    let lock = StockLockRef::new("damai", "ZL");
+    let e = damai.release_stock(&lock, None).await.unwrap_err();
+    match e.class {
+        ErrorClass::Retryable {
+            wait_ms: Some(w),
+            applied: Applied::No,
+        } => assert!(w > 0 && w <= 2_000, "{e}"),
+        ref other => panic!("{other:?}: {e}"),
+    }
+    assert!(
+        e.message.contains("TOP app key 12129701 is banned") && e.message.contains("not sent"),
+        "{e}"
+    );
+    assert_eq!(e.code, None, "a local refusal carries no upstream code");
+    assert_eq!(refused(&h), 1, "nothing was sent during the ban");
+    assert_eq!(limiter.stats().bans, 1);
+    // After the ban, both go.
+    tokio::time::sleep(limiter.banned_for().unwrap_or_default() + Duration::from_millis(50)).await;
+    damai
+        .release_stock(&lock, None)
+        .await
+        .expect("released after the ban");
+    tbc.cancel_unpaid(&cancel_req("Z1"))
+        .await
+        .expect("cancelled after the ban");
+    assert_eq!(h.count("release_stock", "damai:ZL"), 1, "{}", h.effects());
+}

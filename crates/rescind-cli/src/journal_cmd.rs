@@ -306,7 +306,7 @@ pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
                         "bytes_on_disk": st.bytes_on_disk,
                     })
                 }),
-                OpenJournal::Other(_) => None,
+                _ => None,
             };
             if json {
                 outln!(

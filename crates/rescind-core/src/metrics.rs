@@ -19,6 +19,7 @@ pub struct EngineStats {
     retries: AtomicU64,
     in_doubt: AtomicU64,
     resolved_by_lookup: AtomicU64,
+    waiting_on_channel: AtomicU64,
     steps: AtomicU64,
     latency_sum_ms: AtomicU64,
     buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
@@ -57,6 +58,9 @@ pub struct StatsSnapshot {
     pub in_flight: usize,
     /// Sagas this engine left stuck and nobody resumed since.
     pub stuck_now: usize,
+    /// Sagas waiting now, without an in-flight slot, for the wait a channel
+    /// asked for (a TOP ban) or a long back-off (`park_after_ms` or more).
+    pub waiting_on_channel: u64,
 }
 
 impl EngineStats {
@@ -79,6 +83,12 @@ impl EngineStats {
     }
     pub(crate) fn in_doubt(&self) {
         self.in_doubt.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn channel_wait_began(&self) {
+        self.waiting_on_channel.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn channel_wait_ended(&self) {
+        self.waiting_on_channel.fetch_sub(1, Relaxed);
     }
     pub(crate) fn resolved_by_lookup(&self) {
         self.resolved_by_lookup.fetch_add(1, Relaxed);
@@ -116,6 +126,7 @@ impl EngineStats {
             parked,
             in_flight,
             stuck_now,
+            waiting_on_channel: self.waiting_on_channel.load(Relaxed),
         }
     }
 }

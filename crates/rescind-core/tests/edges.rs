@@ -344,6 +344,56 @@ async fn an_operator_resolves_an_in_doubt_step_as_not_applied_and_it_is_re_issue
     ));
 }
 
+/// A channel that asks for a long wait (a TOP ban) does not hold the saga's
+/// in-flight slot meanwhile: with one slot, another saga runs during the
+/// wait; the waiting saga shows in `/stats` and its last error, then
+/// finishes after the wait, sending nothing during it.
+#[tokio::test(start_paused = true)]
+async fn a_long_channel_wait_gives_the_in_flight_slot_back() {
+    let up = Upstream::new();
+    up.order("A", OrderState::PendingPay)
+        .order("B", OrderState::PendingPay);
+    up.script([Fault::Err(ChannelError::rate_limited(
+        Some(std::time::Duration::from_secs(30)),
+        "TOP app key 12129701 is banned for 30000 more ms",
+    ))]);
+    let j = MemoryJournal::new();
+    let e = Engine::builder(Arc::new(j.clone()))
+        .channels(up.channels("tbc"))
+        .clock(Arc::new(TokioClock::with_base(1_700_000_000_000)))
+        .limits(Limits {
+            in_flight_max: 1,
+            ..fast_limits()
+        })
+        .build();
+    let t0 = e.clock().now_ms();
+    let a = e.start(SagaInput::cancel_unpaid(order("A"))).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let s = e.stats();
+    assert_eq!((s.waiting_on_channel, s.in_flight), (1, 0), "{s:?}");
+    let b = e.start(SagaInput::cancel_unpaid(order("B"))).await.unwrap();
+    assert!(matches!(
+        e.wait(b).await.unwrap(),
+        SagaExit::Finished(SagaOutcome::Completed { .. })
+    ));
+    assert!(
+        e.clock().now_ms() - t0 < 5_000,
+        "B ran during A's wait, not after it"
+    );
+    assert_eq!(
+        up.effects(),
+        ["cancel_unpaid:B"],
+        "A sent nothing during its wait"
+    );
+    assert!(matches!(
+        e.wait(a).await.unwrap(),
+        SagaExit::Finished(SagaOutcome::Completed { .. })
+    ));
+    assert!(e.clock().now_ms() - t0 >= 30_000, "A honoured the wait");
+    assert_eq!(e.stats().waiting_on_channel, 0);
+    assert_eq!(up.effects(), ["cancel_unpaid:B", "cancel_unpaid:A"]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_account_is_passed_to_every_call_and_named_when_credentials_park() {
     let up = Upstream::new();

@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     leases: Mutex<HashMap<SagaId, Lease>>,
     /// Group sizes and commit latencies of the committer, for metrics.
     groups: rescind_core::metrics::GroupCommitStats,
+    /// Left the worker registry: the heartbeat is off.
+    deregistered: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -152,6 +154,26 @@ impl Shared {
             out.insert(id, row);
         }
         Ok(out)
+    }
+
+    /// Register this worker as live for another `lease_ttl_ms` (the
+    /// registry of [`PgJournal::live_workers`]).
+    async fn heartbeat(&self) -> Result<(), JournalError> {
+        if self.deregistered.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let ttl_ms = self.cfg.lease_ttl_ms as i64;
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO workers (worker_id, heartbeat_expires_at)
+                 VALUES ($1, now() + $2::int8 * interval '1 millisecond')
+                 ON CONFLICT (worker_id) DO UPDATE SET heartbeat_expires_at = EXCLUDED.heartbeat_expires_at",
+                &[&self.cfg.worker_id, &ttl_ms],
+            )
+            .await
+            .map_err(|e| backend("renewing the worker heartbeat", &e))?;
+        Ok(())
     }
 
     /// Extend every held lease; mark the ones found taken over as lost.
@@ -285,7 +307,19 @@ impl PgJournal {
             cfg: config,
             leases: Mutex::new(HashMap::new()),
             groups: Default::default(),
+            deregistered: Default::default(),
         });
+        {
+            let c = shared.pool.connect_raw().await?;
+            // Rows of workers gone for a day are noise in the registry.
+            c.execute(
+                "DELETE FROM workers WHERE heartbeat_expires_at < now() - interval '1 day'",
+                &[],
+            )
+            .await
+            .map_err(|e| PgError::Journal(backend("pruning the worker registry", &e)))?;
+        }
+        shared.heartbeat().await.map_err(PgError::Journal)?;
         tokio::spawn(committer::run(Arc::clone(&shared), rx));
         let renewer = (renew_every > 0)
             .then(|| tokio::spawn(renew_loop(Arc::downgrade(&shared), renew_every)));
@@ -321,7 +355,47 @@ impl PgJournal {
     /// `lease_renew_interval_ms`). Returns how many were renewed; leases found
     /// taken over are dropped from renewal and their writes will be fenced.
     pub async fn renew_leases(&self) -> Result<usize, JournalError> {
+        self.shared.heartbeat().await?;
         self.shared.renew().await
+    }
+
+    /// Leave the worker registry now (a graceful stop): other workers count
+    /// one fewer live worker at once instead of after `lease_ttl_ms`. The
+    /// heartbeat stops; leases are untouched ([`Journal::release_all`]).
+    pub async fn deregister(&self) -> Result<(), JournalError> {
+        self.shared
+            .deregistered
+            .store(true, std::sync::atomic::Ordering::Release);
+        let client = self.shared.client().await?;
+        client
+            .execute(
+                "DELETE FROM workers WHERE worker_id = $1",
+                &[&self.shared.cfg.worker_id],
+            )
+            .await
+            .map_err(|e| backend("leaving the worker registry", &e))?;
+        Ok(())
+    }
+
+    /// The workers registered live on this database (this one included while
+    /// it renews): each renews its heartbeat with its leases, every
+    /// `lease_renew_interval_ms`, for `lease_ttl_ms`; a worker that stops
+    /// renewing (crashed, or dropped without release) is no longer live
+    /// once that expires, and [`Journal::release_all`] deregisters at once.
+    /// Sorted by id.
+    pub async fn live_workers(&self) -> Result<Vec<String>, JournalError> {
+        let client = self.shared.client().await?;
+        let rows = client
+            .query(
+                "SELECT worker_id FROM workers WHERE heartbeat_expires_at > now() ORDER BY worker_id",
+                &[],
+            )
+            .await
+            .map_err(|e| backend("reading the worker registry", &e))?;
+        rows.iter()
+            .map(|r| r.try_get::<_, String>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| backend("reading the worker registry", &e))
     }
 }
 
@@ -334,6 +408,9 @@ async fn renew_loop(shared: Weak<Shared>, every_ms: u64) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        if let Err(e) = shared.heartbeat().await {
+            tracing::warn!(worker = %shared.cfg.worker_id, error = %e, "worker heartbeat failed; retrying next interval");
+        }
         if let Err(e) = shared.renew().await {
             tracing::warn!(worker = %shared.cfg.worker_id, error = %e, "lease renewal failed; retrying next interval");
         }

@@ -11,7 +11,7 @@ use rescind_core::JournalError;
 use tokio_postgres::Client;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Migration `n` (1-based) brings the schema from version `n - 1` to `n`.
 const MIGRATIONS: &[&str] = &[
@@ -37,6 +37,16 @@ const MIGRATIONS: &[&str] = &[
         seq     bigint NOT NULL,
         body    bytea  NOT NULL,
         PRIMARY KEY (saga_id, seq)
+    );
+    "#,
+    // 2: the worker registry: live workers share TOP flow control (each takes
+    // 1/live of an app key's rate). A worker is live while its heartbeat,
+    // renewed with its leases, has not expired.
+    r#"
+    CREATE TABLE workers (
+        worker_id            text        PRIMARY KEY,
+        heartbeat_expires_at timestamptz NOT NULL,
+        started_at           timestamptz NOT NULL DEFAULT now()
     );
     "#,
 ];

@@ -473,6 +473,7 @@ impl Config {
             }
             Some(_) => return Err(bad("channels", "must be a table of channel tables")),
         }
+        check_app_keys(&channels)?;
         Ok(Config {
             journal,
             engine,
@@ -488,6 +489,52 @@ impl Config {
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         Self::from_toml_str(&text, base, &|v| std::env::var(v).ok())
     }
+}
+
+/// TOP flow control is per app key: the channels on one (gateway URL, app
+/// key) share one limiter, whose budget is their `gateway.transport`'s
+/// `rate_per_s`, `burst` and `rate_wait_max_ms`. Channels that share an app
+/// key must therefore give the same three values; a difference is an error
+/// naming both channels and the key (rather than a silent pick).
+fn check_app_keys(channels: &BTreeMap<String, ChannelConfig>) -> Result<(), ConfigError> {
+    let mut seen: BTreeMap<(String, String), (&str, &rescind_wire::transport::TransportSettings)> =
+        BTreeMap::new();
+    for (name, cfg) in channels {
+        let gateway = match cfg {
+            ChannelConfig::TmallTbc(c) => &c.gateway,
+            ChannelConfig::Damai(c) => &c.gateway,
+            ChannelConfig::PandaponTaobao(_) | ChannelConfig::Pandapon1688(_) => continue,
+        };
+        let key = (
+            gateway.url.trim().to_owned(),
+            gateway.app_key.trim().to_owned(),
+        );
+        let t = &gateway.transport;
+        match seen.get(&key) {
+            None => {
+                seen.insert(key, (name.as_str(), t));
+            }
+            Some((first, u)) => {
+                for (field, differs) in [
+                    ("rate_per_s", t.rate_per_s != u.rate_per_s),
+                    ("burst", t.burst != u.burst),
+                    ("rate_wait_max_ms", t.rate_wait_max_ms != u.rate_wait_max_ms),
+                ] {
+                    if differs {
+                        return Err(bad(
+                            format!("channels.{name}.gateway.transport.{field}"),
+                            format!(
+                                "differs from channels.{first}.gateway.transport.{field}, but both use TOP app key {} on {}: \
+                                 an app key has one flow-control budget, shared by its channels; give them the same value",
+                                key.1, key.0
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Hide a URL's password: `postgres://u:secret@h/db` → `postgres://u:***@h/db`.
@@ -608,6 +655,13 @@ user_id = "u"
                 "poll_intervall_ms",
             ),
             ("this is = not toml [", "", "not valid TOML"),
+            (
+                "[channels.t]\ntype = \"tmall-tbc\"\n[channels.t.gateway]\nurl = \"http://h\"\napp_key = \"k\"\napp_secret_env = \"TOP_SECRET\"\n\
+                 [channels.u]\ntype = \"tmall-tbc\"\n[channels.u.gateway]\nurl = \"http://h\"\napp_key = \"k\"\napp_secret_env = \"TOP_SECRET\"\n\
+                 [channels.u.gateway.transport]\nrate_per_s = 5.0",
+                "channels.u.gateway.transport.rate_per_s",
+                "differs from channels.t.gateway.transport.rate_per_s, but both use TOP app key k",
+            ),
         ];
         for (text, key, reason) in cases {
             let err = Config::from_toml_str(text, Path::new("."), &env).expect_err(text);

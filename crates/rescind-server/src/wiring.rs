@@ -7,10 +7,23 @@ use rescind_channel_pandapon::status::Platform;
 use rescind_channel_pandapon::{Pandapon1688, PandaponClient, PandaponTaobao};
 use rescind_channel_top::{DamaiChannel, TbcChannel, TmcConsumer, TmcSink, TopClient};
 use rescind_core::{Channels, Journal, JournalError};
+use rescind_wire::flow::AppKeyLimiters;
 use std::sync::Arc;
 
-/// Build the channel registry the configuration describes.
+/// Build the channel registry the configuration describes; the TOP
+/// channels take their app key's limiter from the process-wide registry
+/// ([`AppKeyLimiters::global`]).
 pub fn build_channels(config: &Config) -> Result<Channels, ConfigError> {
+    build_channels_with(config, AppKeyLimiters::global())
+}
+
+/// [`build_channels`], the TOP channels paced by `limiters`: channels on one
+/// (gateway URL, app key) share one limiter (`gateway.transport.rate_per_s`
+/// is the app key's rate, see `docs/operations.md`, "Flow control").
+pub fn build_channels_with(
+    config: &Config,
+    limiters: &AppKeyLimiters,
+) -> Result<Channels, ConfigError> {
     let mut channels = Channels::new();
     for (name, cfg) in &config.channels {
         let key = format!("channels.{name}");
@@ -20,14 +33,19 @@ pub fn build_channels(config: &Config) -> Result<Channels, ConfigError> {
         };
         channels = match cfg {
             ChannelConfig::TmallTbc(c) => {
-                let ch = Arc::new(TbcChannel::connect(c.clone()).map_err(|e| err(e.to_string()))?);
+                let ch = Arc::new(
+                    TbcChannel::connect_with(c.clone(), limiters)
+                        .map_err(|e| err(e.to_string()))?,
+                );
                 channels
                     .with_cancel(name.as_str(), ch.clone())
                     .with_lookup(name.as_str(), ch)
             }
             ChannelConfig::Damai(c) => {
-                let ch =
-                    Arc::new(DamaiChannel::connect(c.clone()).map_err(|e| err(e.to_string()))?);
+                let ch = Arc::new(
+                    DamaiChannel::connect_with(c.clone(), limiters)
+                        .map_err(|e| err(e.to_string()))?,
+                );
                 channels.with_stock(name.as_str(), ch)
             }
             ChannelConfig::PandaponTaobao(c) => {
@@ -102,7 +120,10 @@ pub fn callback_channels(config: &Config) -> CallbackChannels {
 pub enum OpenJournal {
     /// The embedded sled journal.
     Sled(Arc<rescind_journal_sled::SledJournal>),
-    /// Any other journal (PostgreSQL).
+    /// The PostgreSQL journal (its worker registry sets the flow share).
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<rescind_journal_postgres::PgJournal>),
+    /// Any other journal.
     Other(Arc<dyn Journal>),
 }
 
@@ -111,7 +132,28 @@ impl OpenJournal {
     pub fn journal(&self) -> Arc<dyn Journal> {
         match self {
             OpenJournal::Sled(j) => j.clone(),
+            #[cfg(feature = "postgres")]
+            OpenJournal::Postgres(j) => j.clone(),
             OpenJournal::Other(j) => j.clone(),
+        }
+    }
+
+    /// How many workers share the journal now: the PostgreSQL registry's
+    /// live workers (at least 1), or 1 for a journal one process holds.
+    pub async fn live_workers(&self) -> Result<usize, JournalError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            OpenJournal::Postgres(j) => Ok(j.live_workers().await?.len().max(1)),
+            _ => Ok(1),
+        }
+    }
+
+    /// Leave the worker registry (graceful stop); a no-op for other journals.
+    pub async fn deregister(&self) -> Result<(), JournalError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            OpenJournal::Postgres(j) => j.deregister().await,
+            _ => Ok(()),
         }
     }
 }
@@ -157,7 +199,7 @@ async fn open_postgres(
         cfg.worker_id = id;
     }
     let j = rescind_journal_postgres::PgJournal::connect(url, cfg).await?;
-    Ok(OpenJournal::Other(Arc::new(j)))
+    Ok(OpenJournal::Postgres(Arc::new(j)))
 }
 
 #[cfg(not(feature = "postgres"))]

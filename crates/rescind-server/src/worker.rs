@@ -645,6 +645,9 @@ pub struct RunningWorker {
     pub callback_connections: crate::serve::Served,
     /// The TOP message service consumers, by channel (counters, liveness).
     pub tmc: Vec<(String, rescind_channel_top::TmcProbe)>,
+    /// The TOP app keys' limiters of this worker (their share is `1 / live
+    /// workers`, refreshed every `recover_interval_ms`).
+    pub flow: Arc<rescind_wire::flow::AppKeyLimiters>,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     reclaimer: tokio::task::JoinHandle<()>,
@@ -710,7 +713,12 @@ pub async fn start_worker(
     let journal = crate::wiring::open_journal(&config.journal)
         .await
         .map_err(WorkerError::Journal)?;
-    let channels = crate::wiring::build_channels(config)?;
+    let flow = Arc::new(rescind_wire::flow::AppKeyLimiters::new(Arc::new(
+        rescind_core::TokioClock::system(),
+    )));
+    let channels = crate::wiring::build_channels_with(config, &flow)?;
+    // Each worker takes 1/live of every app key's rate, from the start.
+    refresh_flow_share(&journal, &flow).await;
     let metrics = Arc::new(crate::metrics::WorkerMetrics::default());
     let engine = Engine::builder(journal.journal())
         .channels(channels)
@@ -831,6 +839,20 @@ pub async fn start_worker(
             }
         }
     });
+    // Flow control across workers: the share follows the live workers.
+    {
+        let (journal, flow) = (journal.clone(), flow.clone());
+        let mut stopped5 = stop.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped5.wait_for(|s| *s) => return,
+                }
+                refresh_flow_share(&journal, &flow).await;
+            }
+        });
+    }
     // Retention: finished sagas past the journal's age/count limits are compacted.
     if let (crate::wiring::OpenJournal::Sled(sled), true) =
         (&journal, config.worker.compact_interval_ms > 0)
@@ -906,12 +928,27 @@ pub async fn start_worker(
             served_callbacks
         },
         tmc,
+        flow,
         stop,
         server,
         reclaimer,
         tmc_handles,
         grace: std::time::Duration::from_millis(config.worker.shutdown_grace_ms),
     })
+}
+
+/// Set every app key's share to `1 / live workers` (a registry that cannot
+/// be read keeps the share it had, and says so).
+async fn refresh_flow_share(
+    journal: &crate::wiring::OpenJournal,
+    flow: &rescind_wire::flow::AppKeyLimiters,
+) {
+    match journal.live_workers().await {
+        Ok(live) => flow.set_live_workers(live),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count live workers; the flow share stays as it was")
+        }
+    }
 }
 
 /// The orders unfinished sagas run on: stored callbacks about them are kept.
@@ -957,6 +994,9 @@ impl RunningWorker {
             reclaimer.abort();
         }
         self.engine.shutdown(self.grace).await;
+        if let Err(e) = self.journal.deregister().await {
+            tracing::warn!(error = %e, "could not leave the worker registry; this worker counts as live until its heartbeat expires");
+        }
         match tokio::time::timeout(bound, self.journal.journal().release_all()).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::info!(leases = n, "released this worker's leases"),

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::book::{Book, Mix, OrderSeed, ScheduledEvent};
 use crate::faults::FaultProfile;
+use crate::flow::FlowConfig;
 use crate::http_util::{self, json_response};
 use crate::{lock, Sim};
 
@@ -246,5 +247,42 @@ pub async fn set_tmc(State(sim): State<Sim>, req: Request) -> Response {
     match sim.set_tmc(settings) {
         Ok(()) => ok(json!({"settings": sim.tmc_settings()})),
         Err(e) => bad(e),
+    }
+}
+
+/// `GET /_admin/flow`: `{config: {rate_per_s, burst, ban_secs}, app_keys:
+/// {KEY: {bans, banned_for_ms, seconds: [{second, accepted, refused}]}}}`.
+pub async fn get_flow(State(sim): State<Sim>) -> Response {
+    ok(json!({"config": sim.flow(), "app_keys": sim.flow_log()}))
+}
+
+/// `POST /_admin/flow` `{rate_per_s, burst, ban_secs}` (each optional; a
+/// rate of 0 turns flow control off).
+pub async fn set_flow(State(sim): State<Sim>, req: Request) -> Response {
+    match body_json::<FlowConfig>(req).await {
+        Ok(cfg) => match sim.set_flow(cfg) {
+            Ok(()) => ok(json!({"ok": true, "config": cfg})),
+            Err(e) => bad(e),
+        },
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanReq {
+    app_key: String,
+    secs: u64,
+}
+
+/// `POST /_admin/flow/ban` `{app_key, secs}`: ban an app key now.
+pub async fn ban_app_key(State(sim): State<Sim>, req: Request) -> Response {
+    match body_json::<BanReq>(req).await {
+        Ok(b) if b.secs == 0 => bad("secs: must be at least 1"),
+        Ok(b) => {
+            sim.ban_app_key(&b.app_key, b.secs);
+            ok(json!({"ok": true}))
+        }
+        Err(r) => r,
     }
 }

@@ -40,6 +40,7 @@ pub mod book;
 pub mod callbacks;
 pub mod cli;
 pub mod faults;
+pub mod flow;
 mod http_util;
 pub mod pandapon;
 pub mod tmc;
@@ -54,6 +55,7 @@ pub use callbacks::{CallbackConfig, CallbackSink, PushRecord};
 pub use cli::SimArgs;
 pub use faults::{FaultKind, FaultProfile, FaultSpec, LostResponseMode};
 pub use tmc::{TmcSettings, TmcStats};
+pub use flow::{AppKeyFlow, FlowConfig, SecondLog};
 pub use transport::SimTransport;
 
 use book::{Book, Notice};
@@ -133,6 +135,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Initial faults.
     pub faults: FaultProfile,
+    /// TOP flow control per app key (off by default; `POST /_admin/flow`).
+    pub flow: FlowConfig,
     /// Where PandaPon-style callbacks are pushed; `None`: no callbacks.
     pub callback_url: Option<String>,
     /// Callback behaviour.
@@ -172,6 +176,7 @@ impl Default for SimConfig {
             pandapon_develop_id: PANDAPON_DEVELOP_ID.into(),
             seed: 0,
             faults: FaultProfile::default(),
+            flow: FlowConfig::default(),
             callback_url: None,
             callbacks: CallbackConfig::default(),
             fixture: Vec::new(),
@@ -200,6 +205,7 @@ impl std::fmt::Debug for SimConfig {
             .field("pandapon_user_id", &self.pandapon_user_id)
             .field("seed", &self.seed)
             .field("faults", &self.faults)
+            .field("flow", &self.flow)
             .field("callback_url", &self.callback_url)
             .field("fixture_rows", &self.fixture.len())
             .field("tmc", &self.tmc)
@@ -211,6 +217,7 @@ pub(crate) struct Inner {
     pub cfg: SimConfig,
     pub book: Mutex<Book>,
     pub faults: Mutex<FaultState>,
+    pub flow: Mutex<flow::FlowState>,
     /// Fast path: no profile at all.
     pub faults_on: AtomicBool,
     pub rng: SplitMix64,
@@ -294,6 +301,7 @@ impl Sim {
                 callback_url: Mutex::new(cfg.callback_url.clone()),
                 callback_sink: Mutex::new(None),
                 tmc: Mutex::new(tmc::TmcState::new(cfg.tmc.clone())),
+                flow: Mutex::new(flow::FlowState::new(cfg.flow)),
                 cfg,
                 book: Mutex::new(Book::default()),
                 faults: Mutex::new(faults),
@@ -369,6 +377,8 @@ impl Sim {
                 "/_admin/faults",
                 get(admin::get_faults).post(admin::set_faults),
             )
+            .route("/_admin/flow", get(admin::get_flow).post(admin::set_flow))
+            .route("/_admin/flow/ban", post(admin::ban_app_key))
             .route("/_admin/generate", post(admin::generate))
             .route("/_admin/schedule", post(admin::schedule))
             .route("/_admin/pushes", get(admin::pushes))
@@ -512,7 +522,32 @@ impl Sim {
         lock(&self.inner.pushes).clear();
         self.tmc_reset();
         self.set_faults(self.inner.cfg.faults.clone());
+        *lock(&self.inner.flow) = flow::FlowState::new(self.inner.cfg.flow);
         self.load_fixture();
+    }
+
+    /// Replace the TOP flow-control settings (buckets start full again; the
+    /// per-second logs and ban counts stay). Invalid settings are refused,
+    /// naming the key.
+    pub fn set_flow(&self, cfg: FlowConfig) -> Result<(), String> {
+        cfg.validate()?;
+        lock(&self.inner.flow).set_config(cfg);
+        Ok(())
+    }
+
+    /// The TOP flow-control settings.
+    pub fn flow(&self) -> FlowConfig {
+        lock(&self.inner.flow).config()
+    }
+
+    /// Per app key: the per-second call log and the bans.
+    pub fn flow_log(&self) -> BTreeMap<String, AppKeyFlow> {
+        lock(&self.inner.flow).view(self.now_ms())
+    }
+
+    /// Ban `app_key` for `secs` seconds now: every TOP call on it gets code 7.
+    pub fn ban_app_key(&self, app_key: &str, secs: u64) {
+        lock(&self.inner.flow).ban(app_key, secs, self.now_ms());
     }
 
     /// Apply due scheduled events and push their callbacks.

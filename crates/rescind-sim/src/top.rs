@@ -209,6 +209,17 @@ pub async fn handle(State(sim): State<Sim>, req: Request) -> Response {
         return reply.error(e);
     }
     let method = params.get("method").cloned().unwrap_or_default();
+    // Flow control per app key, over every call that passed the system checks.
+    let app_key = params.get("app_key").map(String::as_str).unwrap_or("");
+    let admitted = crate::lock(&sim.inner.flow).admit(app_key, sim.now_ms());
+    if let Err(secs) = admitted {
+        return reply.error(TopError::new(
+            7,
+            "App Call Limited",
+            "accesscontrol.limited-by-app-access-count",
+            format!("This ban will last for {secs} more seconds"),
+        ));
+    }
 
     let replies = TopFaultReplies { reply: &reply };
     faults::guard(&sim, &method, &replies, || {

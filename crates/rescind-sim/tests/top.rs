@@ -797,3 +797,72 @@ async fn permanent_and_auth_faults_are_not_applied() {
     assert_eq!(h.effect_count("release_stock", "damai:D9").await, 1);
     assert_eq!(h.effect_count("cancel_unpaid", "tmall-tbc:P1").await, 1);
 }
+
+/// Flow control per app key over HTTP: the budget, the code-7 answer and its
+/// ban, the per-second log, an admin ban, and refused settings.
+#[tokio::test]
+async fn flow_control_per_app_key() {
+    let h = Harness::new().await;
+    let site = ("source_site", "LAZADA_SG");
+    // Off by default: everything passes, and is logged.
+    let v = h.top(GET, &[("out_order_no", "none"), site]).await;
+    assert_ne!(v["error_response"]["code"], 7, "{v}");
+    let (status, v) = h
+        .admin_post(
+            "/_admin/flow",
+            &json!({"rate_per_s": 1.0, "burst": 2, "ban_secs": 3}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    for i in 0..2 {
+        let v = h.top(GET, &[("out_order_no", "none"), site]).await;
+        assert_ne!(v["error_response"]["code"], 7, "call {i}: {v}");
+    }
+    let v = h.top(CANCEL, &[("out_order_no", "X1"), site]).await;
+    assert_eq!(v["error_response"]["code"], 7, "{v}");
+    assert_eq!(v["error_response"]["msg"], "App Call Limited", "{v}");
+    assert_eq!(
+        v["error_response"]["sub_code"], "accesscontrol.limited-by-app-access-count",
+        "{v}"
+    );
+    assert_eq!(
+        v["error_response"]["sub_msg"], "This ban will last for 3 more seconds",
+        "{v}"
+    );
+    // During the ban every call on the app key is refused, and applies nothing.
+    let v = h.top(CANCEL, &[("out_order_no", "X1"), site]).await;
+    assert_eq!(v["error_response"]["code"], 7, "{v}");
+    assert!(h.sim.effects().is_empty(), "{}", h.context());
+
+    let (_, v) = h.admin_get("/_admin/flow").await;
+    let key = &v["app_keys"][defaults::APP_KEY];
+    assert_eq!(key["bans"], 1, "{v}");
+    assert!(key["banned_for_ms"].as_u64().unwrap() > 0, "{v}");
+    let (acc, refused) = key["seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .fold((0, 0), |(a, r), s| {
+            (
+                a + s["accepted"].as_u64().unwrap(),
+                r + s["refused"].as_u64().unwrap(),
+            )
+        });
+    assert_eq!((acc, refused), (3, 2), "{v}");
+    assert_eq!(v["config"]["rate_per_s"], 1.0, "{v}");
+
+    // An admin ban on another app key; bad settings are refused by name.
+    let (status, _) = h
+        .admin_post("/_admin/flow/ban", &json!({"app_key": "other", "secs": 5}))
+        .await;
+    assert_eq!(status, 200);
+    let (_, v) = h.admin_get("/_admin/flow").await;
+    assert_eq!(v["app_keys"]["other"]["bans"], 1, "{v}");
+    let (status, v) = h
+        .admin_post("/_admin/flow", &json!({"rate_per_s": -2.0}))
+        .await;
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().contains("rate_per_s"), "{v}");
+    let (status, v) = h.admin_post("/_admin/flow", &json!({"rate": 2.0})).await;
+    assert_eq!(status, 400, "{v}");
+}

@@ -11,5 +11,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod flow;
 pub mod sign;
 pub mod transport;

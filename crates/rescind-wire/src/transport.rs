@@ -677,6 +677,16 @@ impl TransportSettings {
             wait_max_ms: self.rate_wait_max_ms,
         }
     }
+    /// The budget of the TOP app key this transport serves, when its pace is
+    /// kept by the app key's shared limiter ([`crate::flow`]): `rate_per_s`,
+    /// `burst` and `rate_wait_max_ms`.
+    pub fn flow(&self) -> crate::flow::FlowSettings {
+        crate::flow::FlowSettings {
+            rate_per_s: self.rate_per_s,
+            burst: self.burst,
+            wait_max_ms: self.rate_wait_max_ms,
+        }
+    }
     /// The retry layer's settings.
     pub fn retry(&self) -> RetrySettings {
         RetrySettings {

@@ -136,7 +136,7 @@ impl Engine {
         if let Some(step) = state.in_doubt().cloned() {
             self.inner.stats.in_doubt();
             self.flush(state, pending, false).await?;
-            self.run_step(state, pending, step.step, &step.action, true, me)
+            self.run_step(state, pending, step.step, &step.action, true, me, permit)
                 .await?;
             return Ok(None);
         }
@@ -151,7 +151,7 @@ impl Engine {
                 // Write-ahead: the intent (with the previous outcome) is durable
                 // before the call.
                 self.flush(state, pending, false).await?;
-                self.run_step(state, pending, step, &action, false, me)
+                self.run_step(state, pending, step, &action, false, me, permit)
                     .await?;
                 Ok(None)
             }
@@ -204,6 +204,7 @@ impl Engine {
     }
 
     /// Perform a step and stage its outcome.
+    #[allow(clippy::too_many_arguments)]
     async fn run_step(
         &self,
         state: &mut SagaState,
@@ -212,9 +213,10 @@ impl Engine {
         action: &Action,
         resumed_in_doubt: bool,
         me: &Running,
+        permit: &mut Option<OwnedSemaphorePermit>,
     ) -> std::result::Result<(), DriveStop> {
         let (outcome, via, attempts) = self
-            .perform(state, step, action, resumed_in_doubt, me)
+            .perform(state, step, action, resumed_in_doubt, me, permit)
             .await?;
         let record = Record::Outcome {
             step,
@@ -253,7 +255,10 @@ impl Engine {
     }
 
     /// Run one step through its [`StepMachine`]: the machine decides, this
-    /// executes its effects (call, lookup, sleep) and reports back.
+    /// executes its effects (call, lookup, sleep) and reports back. A sleep of
+    /// `park_after_ms` or more (a channel's ban, a long back-off) gives the
+    /// in-flight slot back for its length, so waiting sagas never starve
+    /// the others, and counts in `waiting_on_channel` (`/stats`).
     pub(super) async fn perform(
         &self,
         state: &SagaState,
@@ -261,6 +266,7 @@ impl Engine {
         action: &Action,
         resumed_in_doubt: bool,
         me: &Running,
+        permit: &mut Option<OwnedSemaphorePermit>,
     ) -> std::result::Result<(StepOutcome, Via, u32), DriveStop> {
         let inner = &self.inner;
         // An operator who found the step not applied saves the lookup.
@@ -305,9 +311,26 @@ impl Engine {
                     if let Some(e) = machine.last_error() {
                         *lock(&me.last_error) = Some(e.to_string());
                     }
-                    inner.clock.sleep(Duration::from_millis(ms)).await;
+                    let long = ms >= inner.limits.park_after_ms && permit.is_some();
+                    if long {
+                        tracing::info!(
+                            wait_ms = ms,
+                            step,
+                            error = ?machine.last_error().map(ToString::to_string),
+                            "step waits for its channel; in-flight slot given back meanwhile"
+                        );
+                        *permit = None;
+                    }
+                    {
+                        // Counted while it lasts, even if the task is aborted.
+                        let _waiting = long.then(|| ChannelWait::new(&inner.stats));
+                        inner.clock.sleep(Duration::from_millis(ms)).await;
+                    }
                     if inner.stopping.load(Ordering::Acquire) {
                         return Err(DriveStop::Stopped("engine stopping".into()));
+                    }
+                    if long {
+                        *permit = Some(self.acquire().await?);
                     }
                     StepEvent::Woke
                 }
@@ -402,6 +425,23 @@ impl Engine {
             r = fut => r,
             _ = self.inner.clock.sleep(Duration::from_millis(ms)) => Err(ChannelError::in_doubt(format!("no answer within {ms} ms"))),
         }
+    }
+}
+
+/// A saga waiting for its channel without an in-flight slot, as `/stats`
+/// counts it (`waiting_on_channel`), for as long as the guard lives.
+struct ChannelWait<'a>(&'a crate::metrics::EngineStats);
+
+impl<'a> ChannelWait<'a> {
+    fn new(stats: &'a crate::metrics::EngineStats) -> Self {
+        stats.channel_wait_began();
+        ChannelWait(stats)
+    }
+}
+
+impl Drop for ChannelWait<'_> {
+    fn drop(&mut self) {
+        self.0.channel_wait_ended();
     }
 }
 
