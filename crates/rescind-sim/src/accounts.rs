@@ -334,7 +334,7 @@ impl Accounts {
         let a = self.by_id.values_mut().find(|a| {
             !a.revoked
                 && a.refresh_token.as_deref() == Some(token)
-                && a.refresh_expires_at_ms.map_or(true, |t| t > now_ms)
+                && !matches!(a.refresh_expires_at_ms, Some(t) if t <= now_ms)
         })?;
         let access_token = format!("sim-session-{}-{seq}", a.id);
         let refresh_token = format!("sim-refresh-{}-{seq}", a.id);
@@ -370,7 +370,7 @@ impl Accounts {
                 revoked: a.revoked,
                 refreshable: !a.revoked
                     && a.refresh_token.is_some()
-                    && a.refresh_expires_at_ms.map_or(true, |t| t > now_ms),
+                    && !matches!(a.refresh_expires_at_ms, Some(t) if t <= now_ms),
                 expires_at_ms: a.sessions.last().map(|s| s.expires_at_ms).unwrap_or(0),
                 calls: a.calls,
                 refused: a.refused,
