@@ -5,7 +5,7 @@ use crate::config::{GatewayConfig, TransportSettings};
 use crate::Error;
 use bytes::Bytes;
 use rescind_core::{ChannelError, Clock, PermanentReason, TokioClock};
-use rescind_wire::sign::{top_sign, top_timestamp};
+use rescind_wire::sign::{top_sign, top_timestamp, Secret};
 use rescind_wire::transport::{HttpRequest, Transport};
 use serde_json::Value;
 use std::sync::Arc;
@@ -98,6 +98,17 @@ impl TopClient {
         method: &str,
         params: &[(&str, &str)],
     ) -> Result<Vec<(String, String)>, ChannelError> {
+        self.signed_params_as(method, params, self.gateway.session.as_ref())
+    }
+
+    /// [`TopClient::signed_params`] with `session` instead of the configured
+    /// one (`None`: no session, as `taobao.top.auth.token.refresh` is sent).
+    pub fn signed_params_as(
+        &self,
+        method: &str,
+        params: &[(&str, &str)],
+        session: Option<&Secret>,
+    ) -> Result<Vec<(String, String)>, ChannelError> {
         if let Some((name, _)) = params.iter().find(|(k, _)| SYSTEM_PARAMS.contains(k)) {
             return Err(ChannelError::permanent(
                 PermanentReason::InvalidRequest,
@@ -117,7 +128,7 @@ impl TopClient {
         if let Some(p) = &g.partner_id {
             all.push(("partner_id".into(), p.clone()));
         }
-        if let Some(s) = &g.session {
+        if let Some(s) = session {
             all.push(("session".into(), s.expose().to_owned()));
         }
         all.extend(
@@ -142,7 +153,17 @@ impl TopClient {
         method: &str,
         params: &[(&str, &str)],
     ) -> Result<HttpRequest, ChannelError> {
-        let all = self.signed_params(method, params)?;
+        self.build_request_as(method, params, self.gateway.session.as_ref())
+    }
+
+    /// [`TopClient::build_request`] with `session` instead of the configured one.
+    pub fn build_request_as(
+        &self,
+        method: &str,
+        params: &[(&str, &str)],
+        session: Option<&Secret>,
+    ) -> Result<HttpRequest, ChannelError> {
+        let all = self.signed_params_as(method, params, session)?;
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(all.iter())
             .finish();
@@ -162,7 +183,19 @@ impl TopClient {
     /// code and sub-code. Business results inside the value are the caller's
     /// to check. Logs name the method and the outcome, never parameters.
     pub async fn call(&self, method: &str, params: &[(&str, &str)]) -> Result<Value, ChannelError> {
-        let req = self.build_request(method, params)?;
+        self.call_as(method, params, self.gateway.session.as_ref())
+            .await
+    }
+
+    /// [`TopClient::call`] with `session` instead of the configured one
+    /// (an account's session; `None`: no session).
+    pub async fn call_as(
+        &self,
+        method: &str,
+        params: &[(&str, &str)],
+        session: Option<&Secret>,
+    ) -> Result<Value, ChannelError> {
+        let req = self.build_request_as(method, params, session)?;
         tracing::debug!(
             method,
             app_key = %self.gateway.app_key,
@@ -196,7 +229,7 @@ impl TopClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rescind_wire::sign::{Secret, SignMethod};
+    use rescind_wire::sign::SignMethod;
 
     struct FixedClock(u64);
     #[async_trait::async_trait]

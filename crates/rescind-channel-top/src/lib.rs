@@ -45,6 +45,7 @@ pub mod client;
 pub mod config;
 pub mod damai;
 pub mod envelope;
+pub mod session;
 pub mod tbc;
 
 pub use classify::{
@@ -54,6 +55,7 @@ pub use client::{layered_transport, TopClient};
 pub use config::{ConfigError, DamaiConfig, GatewayConfig, TopConfig, TransportSettings};
 pub use damai::{check_damai_result, DamaiChannel, DAMAI_RETURN_CODES};
 pub use envelope::{parse_envelope, Envelope, EnvelopeError, TopErrorResponse};
+pub use session::{AccountSessions, REFRESH_MARGIN_MS, REFRESH_METHOD};
 pub use tbc::{
     map_tbc_order_status, map_tbc_refund_status, TbcChannel, TbcOrder, TBC_ORDER_STATUSES,
     TBC_REFUND_STATUSES,
