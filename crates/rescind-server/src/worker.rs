@@ -700,7 +700,14 @@ pub async fn start_worker(
     let journal = crate::wiring::open_journal(&config.journal)
         .await
         .map_err(WorkerError::Journal)?;
-    let channels = crate::wiring::build_channels(config)?;
+    // `[accounts]`: per-account credentials resolved by the TOP channels at call time.
+    let credentials = crate::wiring::load_credentials(config)?;
+    let channels = crate::wiring::build_channels_with(
+        config,
+        credentials
+            .clone()
+            .map(|c| c as Arc<dyn rescind_wire::credentials::Credentials>),
+    )?;
     let metrics = Arc::new(crate::metrics::WorkerMetrics::default());
     let engine = Engine::builder(journal.journal())
         .channels(channels)

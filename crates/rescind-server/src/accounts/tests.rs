@@ -245,3 +245,25 @@ fn debug_shows_no_secret() {
         assert!(!dbg.contains(secret), "{secret} in {dbg}");
     }
 }
+
+#[test]
+fn the_accounts_section_of_the_configuration() {
+    let base = Path::new("/etc/rescind");
+    let c = crate::config::Config::from_toml_str(
+        "[accounts]\nfile = \"accounts.toml\"\nsecrets_file = \"secrets.toml\"\nrefresh_margin_s = 60\n",
+        base,
+        &|_| None,
+    )
+    .expect("parses");
+    let a = c.accounts.expect("accounts");
+    assert_eq!(a.file, base.join("accounts.toml"));
+    assert_eq!(a.secrets_file, Some(base.join("secrets.toml")));
+    assert_eq!(a.refresh_margin_ms(), 60_000);
+    let e = crate::config::Config::from_toml_str(
+        "[accounts]\nfile = \"a.toml\"\nsecret = \"x\"\n",
+        base,
+        &|_| None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("accounts"), "{e}");
+}
