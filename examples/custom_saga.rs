@@ -110,6 +110,7 @@ impl StepExecutor for TbcCancel {
     async fn execute(&self, p: &Value) -> Result<Value, ChannelError> {
         let order = OrderRef::new("tmall-tbc", p["order_id"].as_str().unwrap_or_default());
         let req = CancelRequest {
+            account: None,
             order,
             reason: Some("cancel_then_notify".into()),
             remark: None,
@@ -119,7 +120,7 @@ impl StepExecutor for TbcCancel {
     }
     async fn resolve(&self, p: &Value) -> Result<Resolved, ChannelError> {
         let order = OrderRef::new("tmall-tbc", p["order_id"].as_str().unwrap_or_default());
-        Ok(match self.0.order_status(&order).await?.state {
+        Ok(match self.0.order_status(&order, None).await?.state {
             OrderState::Cancelled => Resolved::Applied(json!({ "already": false })),
             OrderState::PendingPay => Resolved::NotApplied,
             _ => Resolved::Unknown, // re-issue: the channel answers with the conflict

@@ -223,13 +223,18 @@ struct CompletingLookup {
 
 #[async_trait]
 impl OrderLookup for CompletingLookup {
-    async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError> {
-        self.inner.order_status(order).await
+    async fn order_status(
+        &self,
+        order: &OrderRef,
+        account: Option<&rescind_core::AccountId>,
+    ) -> Result<OrderStatus, ChannelError> {
+        self.inner.order_status(order, account).await
     }
     async fn refund_status(
         &self,
         order: &OrderRef,
         refund_id: &RefundId,
+        account: Option<&rescind_core::AccountId>,
     ) -> Result<RefundStatus, ChannelError> {
         let ev = json!({
             "after_ms": 0,
@@ -243,6 +248,6 @@ impl OrderLookup for CompletingLookup {
             .send()
             .await
             .map_err(|e| ChannelError::not_applied(format!("admin schedule: {e}")))?;
-        self.inner.refund_status(order, refund_id).await
+        self.inner.refund_status(order, refund_id, account).await
     }
 }

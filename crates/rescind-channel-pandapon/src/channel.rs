@@ -75,7 +75,7 @@ impl CancelOrder for PandaponTaobao {
             // 1104: a refund is already open (our own earlier submission whose
             // reply was lost, or the buyer's): resolve by lookup to learn its id.
             Err(e) if e.class == ErrorClass::AlreadyDone => {
-                let status = self.order_status(&req.order).await?;
+                let status = self.order_status(&req.order, req.account.as_ref()).await?;
                 match status.state {
                     OrderState::Refunding { refund_id } | OrderState::Refunded { refund_id } => {
                         Ok(RefundOpened { refund_id })
@@ -117,7 +117,11 @@ impl CancelRefund for PandaponTaobao {
 
 #[async_trait]
 impl OrderLookup for PandaponTaobao {
-    async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError> {
+    async fn order_status(
+        &self,
+        order: &OrderRef,
+        _account: Option<&rescind_core::AccountId>,
+    ) -> Result<OrderStatus, ChannelError> {
         let d = self
             .client
             .taobao_order_detail(order.order_id.as_str())
@@ -129,6 +133,7 @@ impl OrderLookup for PandaponTaobao {
         &self,
         _order: &OrderRef,
         refund_id: &RefundId,
+        _account: Option<&rescind_core::AccountId>,
     ) -> Result<RefundStatus, ChannelError> {
         let r = self.client.taobao_refund_detail(refund_id.as_str()).await?;
         check_echo(
@@ -172,7 +177,11 @@ impl CancelOrder for Pandapon1688 {
 
 #[async_trait]
 impl OrderLookup for Pandapon1688 {
-    async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError> {
+    async fn order_status(
+        &self,
+        order: &OrderRef,
+        _account: Option<&rescind_core::AccountId>,
+    ) -> Result<OrderStatus, ChannelError> {
         let d = self
             .client
             .alibaba_order_detail(order.order_id.as_str())
@@ -184,6 +193,7 @@ impl OrderLookup for Pandapon1688 {
         &self,
         order: &OrderRef,
         refund_id: &RefundId,
+        _account: Option<&rescind_core::AccountId>,
     ) -> Result<RefundStatus, ChannelError> {
         let r = self
             .client

@@ -81,18 +81,20 @@ async fn secret_never_logged() {
     let t = PandaponTaobao::new(good.clone());
     let o = OrderRef::new(ALIBABA_CHANNEL, "2542285634920880794");
     let cancel = |order: OrderRef| CancelRequest {
+        account: None,
         order,
         reason: Some("r".into()),
         remark: None,
     };
-    texts.push(format!("{:?}", a.order_status(&o).await));
+    texts.push(format!("{:?}", a.order_status(&o, None).await));
     texts.push(format!("{:?}", a.cancel_unpaid(&cancel(o.clone())).await));
     texts.push(format!("{:?}", a.cancel_unpaid(&cancel(o.clone())).await)); // 1001
     texts.push(format!(
         "{:?}",
-        Pandapon1688::new(bad.clone()).order_status(&o).await
+        Pandapon1688::new(bad.clone()).order_status(&o, None).await
     )); // 401
     let tw = WithdrawRequest {
+        account: None,
         order: OrderRef::new(TAOBAO_CHANNEL, "T1"),
         refund_id: RefundId("R1".into()),
     };
@@ -105,7 +107,7 @@ async fn secret_never_logged() {
     sim.set_faults(FaultProfile::none());
     texts.push(format!(
         "{:?}",
-        t.refund_status(&tw.order, &tw.refund_id).await
+        t.refund_status(&tw.order, &tw.refund_id, None).await
     ));
     let rx = CallbackReceiver::new(
         Arc::new(MemoryCallbackStore::new()),

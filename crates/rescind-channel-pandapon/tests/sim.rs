@@ -198,11 +198,12 @@ async fn cancel_unpaid_1688_big_id_as_a_saga() {
     // Lookups agree, and a repeat is AlreadyDone (1001).
     let a1688 = Pandapon1688::new(f.client.clone());
     assert_eq!(
-        a1688.order_status(&o).await.unwrap().state,
+        a1688.order_status(&o, None).await.unwrap().state,
         OrderState::Cancelled
     );
     let again = a1688
         .cancel_unpaid(&CancelRequest {
+            account: None,
             order: o.clone(),
             reason: None,
             remark: Some("again".into()),
@@ -215,6 +216,7 @@ async fn cancel_unpaid_1688_big_id_as_a_saga() {
     );
     let paid = a1688
         .cancel_paid(&CancelRequest {
+            account: None,
             order: o,
             reason: None,
             remark: None,
@@ -244,7 +246,7 @@ async fn withdraw_taobao_refund_as_a_saga() {
     let o = OrderRef::new(TAOBAO_CHANNEL, "T1001");
     let taobao = PandaponTaobao::new(f.client.clone());
     assert_eq!(
-        taobao.order_status(&o).await.unwrap().state,
+        taobao.order_status(&o, None).await.unwrap().state,
         OrderState::Refunding {
             refund_id: RefundId("RT1".into())
         }
@@ -278,6 +280,7 @@ async fn withdraw_taobao_refund_as_a_saga() {
     );
     let again = taobao
         .withdraw_refund(&WithdrawRequest {
+            account: None,
             order: o,
             refund_id: RefundId("RT1".into()),
         })
@@ -641,12 +644,13 @@ async fn sim_envelopes_parse_exactly_and_auth_errors_classify() {
     // Unknown order → NotFound; the paid order cannot be cancelled unpaid → PaidMeanwhile.
     let a1688 = Pandapon1688::new(f.client.clone());
     let e = a1688
-        .order_status(&OrderRef::new(ALIBABA_CHANNEL, "1"))
+        .order_status(&OrderRef::new(ALIBABA_CHANNEL, "1"), None)
         .await
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent(PermanentReason::NotFound));
     let e = a1688
         .cancel_unpaid(&CancelRequest {
+            account: None,
             order: OrderRef::new(ALIBABA_CHANNEL, BIG_1688_ID),
             reason: None,
             remark: None,
@@ -664,7 +668,7 @@ async fn sim_envelopes_parse_exactly_and_auth_errors_classify() {
         ..FaultSpec::default()
     }));
     let e = a1688
-        .order_status(&OrderRef::new(ALIBABA_CHANNEL, BIG_1688_ID))
+        .order_status(&OrderRef::new(ALIBABA_CHANNEL, BIG_1688_ID), None)
         .await
         .unwrap_err();
     assert_eq!(

@@ -230,8 +230,13 @@ fn strip_account(e: &CredentialsError) -> String {
 
 #[async_trait]
 impl ReleaseStock for DamaiChannel {
-    async fn release_stock(&self, lock: &StockLockRef) -> Result<(), ChannelError> {
-        self.release_stock_as(lock, None).await
+    async fn release_stock(
+        &self,
+        lock: &StockLockRef,
+        account: Option<&rescind_core::AccountId>,
+    ) -> Result<(), ChannelError> {
+        self.release_stock_as(lock, account.map(rescind_core::AccountId::as_str))
+            .await
     }
 }
 

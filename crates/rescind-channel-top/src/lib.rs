@@ -30,7 +30,7 @@
 //!     Secret::new(std::env::var("TOP_APP_SECRET")?),
 //! );
 //! let tbc = TbcChannel::connect(TopConfig::new(gateway))?;
-//! let req = CancelRequest { order: OrderRef::new("tmall-tbc", "1231231"), reason: None, remark: None };
+//! let req = CancelRequest { order: OrderRef::new("tmall-tbc", "1231231"), account: None, reason: None, remark: None };
 //! match tbc.cancel_unpaid(&req).await {
 //!     Ok(_) => println!("cancelled"),
 //!     Err(e) => println!("{e}"), // classified: retryable, already done, conflict or permanent

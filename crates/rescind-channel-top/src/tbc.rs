@@ -9,9 +9,9 @@ use crate::session::{attribute, AccountSessions};
 use crate::Error;
 use async_trait::async_trait;
 use rescind_core::{
-    CancelOrder, CancelOutcome, CancelRequest, ChannelError, Clock, OrderLookup, OrderRef,
-    OrderState, OrderStatus, PermanentReason, RefundId, RefundOpened, RefundState, RefundStatus,
-    TokioClock,
+    AccountId, CancelOrder, CancelOutcome, CancelRequest, ChannelError, Clock, OrderLookup,
+    OrderRef, OrderState, OrderStatus, PermanentReason, RefundId, RefundOpened, RefundState,
+    RefundStatus, TokioClock,
 };
 use rescind_wire::credentials::Credentials;
 use rescind_wire::transport::Transport;
@@ -360,29 +360,41 @@ impl TbcChannel {
     }
 }
 
+fn account_str(account: Option<&AccountId>) -> Option<&str> {
+    account.map(AccountId::as_str)
+}
+
 #[async_trait]
 impl CancelOrder for TbcChannel {
     async fn cancel_unpaid(&self, req: &CancelRequest) -> Result<CancelOutcome, ChannelError> {
-        self.cancel_unpaid_as(req, None).await
+        self.cancel_unpaid_as(req, account_str(req.account.as_ref()))
+            .await
     }
 
     async fn cancel_paid(&self, req: &CancelRequest) -> Result<RefundOpened, ChannelError> {
-        self.cancel_paid_as(req, None).await
+        self.cancel_paid_as(req, account_str(req.account.as_ref()))
+            .await
     }
 }
 
 #[async_trait]
 impl OrderLookup for TbcChannel {
-    async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError> {
-        self.order_status_as(order, None).await
+    async fn order_status(
+        &self,
+        order: &OrderRef,
+        account: Option<&AccountId>,
+    ) -> Result<OrderStatus, ChannelError> {
+        self.order_status_as(order, account_str(account)).await
     }
 
     async fn refund_status(
         &self,
         order: &OrderRef,
         refund_id: &RefundId,
+        account: Option<&AccountId>,
     ) -> Result<RefundStatus, ChannelError> {
-        self.refund_status_as(order, refund_id, None).await
+        self.refund_status_as(order, refund_id, account_str(account))
+            .await
     }
 }
 

@@ -122,6 +122,7 @@ impl Rig {
 fn req(id: &str) -> CancelRequest {
     CancelRequest {
         order: OrderRef::new("tmall-tbc", id),
+        account: None,
         reason: None,
         remark: None,
     }

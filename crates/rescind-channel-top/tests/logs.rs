@@ -83,6 +83,7 @@ async fn logs_never_contain_a_secret() {
         .unwrap(),
     );
     let req = |id: &str| CancelRequest {
+        account: None,
         order: OrderRef::new("tmall-tbc", id),
         reason: Some("buyer asked".into()),
         remark: None,
@@ -92,7 +93,7 @@ async fn logs_never_contain_a_secret() {
     tbc.cancel_unpaid(&req("O1")).await.unwrap();
     tbc.cancel_unpaid(&req("O1")).await.unwrap_err();
     tbc.cancel_paid(&req("O3")).await.unwrap();
-    tbc.order_status(&OrderRef::new("tmall-tbc", "O3"))
+    tbc.order_status(&OrderRef::new("tmall-tbc", "O3"), None)
         .await
         .unwrap();
     tbc.cancel_unpaid(&req("missing")).await.unwrap_err();
@@ -113,7 +114,7 @@ async fn logs_never_contain_a_secret() {
     ))
     .unwrap();
     bad_head
-        .release_stock(&StockLockRef::new("damai", "L1"))
+        .release_stock(&StockLockRef::new("damai", "L1"), None)
         .await
         .unwrap_err();
 

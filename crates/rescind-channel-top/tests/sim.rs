@@ -136,6 +136,7 @@ impl Harness {
 
 fn cancel_req(id: &str) -> CancelRequest {
     CancelRequest {
+        account: None,
         order: OrderRef::new("tmall-tbc", id),
         reason: None,
         remark: None,
@@ -170,7 +171,7 @@ async fn all_three_sign_methods_are_accepted() {
             .await
             .unwrap_or_else(|e| panic!("{m}: {e}"));
         let st = tbc
-            .order_status(&OrderRef::new("tmall-tbc", id.as_str()))
+            .order_status(&OrderRef::new("tmall-tbc", id.as_str()), None)
             .await
             .unwrap();
         assert_eq!(st.state, OrderState::Cancelled, "{m}");
@@ -329,17 +330,20 @@ async fn paid_cancel_opens_a_refund_and_the_lookup_sees_it() {
     h.order("P2", "WAIT_SELLER_SEND_GOODS");
     let opened = tbc.cancel_paid(&cancel_req("P2")).await.unwrap();
     let order = OrderRef::new("tmall-tbc", "P2");
-    let st = tbc.order_status(&order).await.unwrap();
+    let st = tbc.order_status(&order, None).await.unwrap();
     assert_eq!(
         st.state,
         OrderState::Refunding {
             refund_id: opened.refund_id.clone()
         }
     );
-    let rs = tbc.refund_status(&order, &opened.refund_id).await.unwrap();
+    let rs = tbc
+        .refund_status(&order, &opened.refund_id, None)
+        .await
+        .unwrap();
     assert_eq!(rs.state, RefundState::Requested);
     let e = tbc
-        .refund_status(&order, &RefundId::from("other"))
+        .refund_status(&order, &RefundId::from("other"), None)
         .await
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent(PermanentReason::NotFound));
@@ -541,12 +545,12 @@ async fn tbc_cancel_and_damai_release_complete_as_one_cancel_unpaid_saga() {
 
     // Releasing again is AlreadyDone; an unknown lock is NotFound.
     let e = damai
-        .release_stock(&StockLockRef::new("damai", "L1"))
+        .release_stock(&StockLockRef::new("damai", "L1"), None)
         .await
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::AlreadyDone, "{e}");
     let e = damai
-        .release_stock(&StockLockRef::new("damai", "nope"))
+        .release_stock(&StockLockRef::new("damai", "nope"), None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -567,7 +571,7 @@ async fn a_wrong_supplier_secret_is_refused_by_the_head_check() {
     );
     let damai = DamaiChannel::connect(cfg).unwrap();
     let e = damai
-        .release_stock(&StockLockRef::new("damai", "L2"))
+        .release_stock(&StockLockRef::new("damai", "L2"), None)
         .await
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent(PermanentReason::Auth), "{e}");

@@ -95,6 +95,7 @@ fn request(kind: &str, channel: &str, id: &str) -> StartRequest {
         kind: kind.into(),
         channel: channel.into(),
         order_id: id.into(),
+        account: None,
         refund_id: None,
         stock_lock: None,
         reason: Some("rescind demo".into()),

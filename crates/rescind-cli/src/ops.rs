@@ -32,6 +32,9 @@ pub struct CancelArgs {
     /// Reason sent upstream where the channel takes one.
     #[arg(long)]
     pub reason: Option<String>,
+    /// The account (shop, seller) to act for, where the channel serves many.
+    #[arg(long)]
+    pub account: Option<String>,
     #[command(flatten)]
     pub common: RunArgs,
 }
@@ -48,6 +51,9 @@ pub struct WithdrawArgs {
     /// The refund (reverse order) to withdraw.
     #[arg(long)]
     pub refund: String,
+    /// The account (shop, seller) to act for, where the channel serves many.
+    #[arg(long)]
+    pub account: Option<String>,
     #[command(flatten)]
     pub common: RunArgs,
 }
@@ -165,7 +171,7 @@ async fn run_one(
     } else {
         match &exit {
             Some(SagaExit::Finished(o)) => outln!("saga {id}: {}", describe_outcome(o)),
-            Some(SagaExit::Stuck { reason }) => outln!("saga {id}: stuck: {}\n  resume it with `rescind journal resume {id}` once the cause is fixed", safe(reason)),
+            Some(SagaExit::Stuck { reason }) => outln!("saga {id}: stuck: {}\n  {}", safe(reason), stuck_hint(id, reason)),
             Some(SagaExit::Stopped { reason }) => outln!("saga {id}: stopped: {}", safe(reason)),
             None => outln!(
                 "saga {id}: still running after {}s{}\n  it is durable: `rescind journal resume {id}` or a worker will finish it",
@@ -193,9 +199,23 @@ pub(crate) fn describe_outcome(o: &SagaOutcome) -> String {
     }
 }
 
+/// What an operator does about a stuck saga: an in-doubt step is verified
+/// upstream and resolved (resuming would only look it up again); anything
+/// else is fixed, then resumed.
+pub(crate) fn stuck_hint(id: rescind_core::SagaId, reason: &str) -> String {
+    if reason.contains("resolve the step") {
+        format!(
+            "verify the step upstream, then record what you found with `rescind journal resolve {id} \
+             --step N --applied|--not-applied --reason TEXT` (N: see `rescind journal show {id}`)"
+        )
+    } else {
+        format!("resume it with `rescind journal resume {id}` once the cause is fixed")
+    }
+}
+
 /// The idempotency key a command uses when `--key` is not given: it covers
 /// every argument that changes what the saga does (kind, channel, order,
-/// order state and refund id, stock lock, reason), so running the same
+/// order state and refund id, stock lock, reason, account), so running the same
 /// command twice names one saga and a different command never reuses it.
 pub(crate) fn default_key(command: &str, input: &SagaInput) -> String {
     let lock = input
@@ -203,7 +223,7 @@ pub(crate) fn default_key(command: &str, input: &SagaInput) -> String {
         .as_ref()
         .map(|l| format!("{}:{}", l.channel, l.lock_id))
         .unwrap_or_default();
-    let parts = [
+    let mut parts = vec![
         input.kind.as_str().to_owned(),
         input.order.channel.to_string(),
         input.order.order_id.to_string(),
@@ -211,6 +231,10 @@ pub(crate) fn default_key(command: &str, input: &SagaInput) -> String {
         lock,
         input.reason.clone().unwrap_or_default(),
     ];
+    // Keys of sagas without an account are those of earlier releases.
+    if let Some(a) = &input.account {
+        parts.push(format!("account={a}"));
+    }
     // JSON quoting keeps a ':' inside a value from shifting the fields.
     let fields = serde_json::to_string(&parts).unwrap_or_default();
     format!("cli:{command}:v2:{fields}")
@@ -233,15 +257,21 @@ pub async fn cancel(cfg: &Path, a: CancelArgs) -> Result<u8> {
     if let Some(r) = &a.reason {
         input = input.with_reason(r.clone());
     }
+    if let Some(acc) = &a.account {
+        input = input.with_account(acc.as_str());
+    }
     let key = default_key("cancel", &input);
     run_one(cfg, input, key, &a.common).await
 }
 
 pub async fn withdraw(cfg: &Path, a: WithdrawArgs) -> Result<u8> {
-    let input = SagaInput::withdraw_refund(
+    let mut input = SagaInput::withdraw_refund(
         OrderRef::new(a.channel.as_str(), a.order.as_str()),
         RefundId::from(a.refund.as_str()),
     );
+    if let Some(acc) = &a.account {
+        input = input.with_account(acc.as_str());
+    }
     let key = default_key("withdraw", &input);
     run_one(cfg, input, key, &a.common).await
 }
@@ -249,7 +279,7 @@ pub async fn withdraw(cfg: &Path, a: WithdrawArgs) -> Result<u8> {
 /// Arguments of `rescind reconcile`.
 #[derive(clap::Args, Debug)]
 pub struct ReconcileArgs {
-    /// Local orders: CSV with a header (channel,order_id,local_state,refund_id) or JSON lines.
+    /// Local orders: CSV with a header (channel,order_id,local_state, optional refund_id and account) or JSON lines.
     #[arg(long)]
     pub orders: std::path::PathBuf,
     /// Lookups in flight at once (each channel's rate limit still applies).
@@ -543,5 +573,31 @@ mod exit_json_tests {
         assert_eq!(v["outcome"]["result"], "failed", "{v}");
         assert_eq!(v["outcome"]["reason"], "refused", "{v}");
         assert_eq!(exit_json(None), serde_json::json!({"state": "running"}));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stuck_hint;
+    use rescind_core::SagaId;
+
+    #[test]
+    fn an_in_doubt_stuck_saga_is_pointed_at_resolve_not_resume() {
+        let id = SagaId::from_u128(7);
+        let in_doubt = "cancel_unpaid tmall-tbc:D1 is still in doubt (its lookup failed): the \
+                        channel may have applied it; verify it upstream, then resolve the step \
+                        (`journal resolve --applied` or `--not-applied`)";
+        let hint = stuck_hint(id, in_doubt);
+        assert!(
+            hint.contains(&format!("rescind journal resolve {id}")),
+            "{hint}"
+        );
+        assert!(!hint.contains("journal resume"), "{hint}");
+        let creds = "credentials: account shop-7: the call of release_stock damai:L1 was refused";
+        let hint = stuck_hint(id, creds);
+        assert!(
+            hint.contains(&format!("rescind journal resume {id}")),
+            "{hint}"
+        );
     }
 }

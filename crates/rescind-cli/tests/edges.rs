@@ -82,6 +82,21 @@ async fn refused_input_journals_nothing_and_sends_nothing() {
         .cli(&["cancel", "--channel", "pandapon-1688", "--order", "007"])
         .await;
     assert_cli_refused(&out, "error: order_id `007` has leading zeros");
+    let out = rig
+        .cli(&[
+            "cancel",
+            "--channel",
+            "tmall-tbc",
+            "--order",
+            "R1",
+            "--account",
+            "shop:7",
+        ])
+        .await;
+    assert_cli_refused(
+        &out,
+        "error: account `shop:7` contains ':' (not allowed in an account id)",
+    );
 
     rig.start_worker(&[]).await;
     let (status, v) = rig
@@ -145,6 +160,20 @@ async fn refused_input_journals_nothing_and_sends_nothing() {
         )
         .await;
     assert_refused(status, &v, "order_id", "  ", "is blank");
+    let (status, v) = rig
+        .post(
+            "/sagas",
+            &json!({"kind": "cancel_unpaid", "channel": "tmall-tbc", "order_id": "R1", "account": "shop\u{7}"}),
+        )
+        .await;
+    // Control characters come back escaped, never raw.
+    assert_refused(
+        status,
+        &v,
+        "account",
+        "shop\\u{7}",
+        "contains control characters",
+    );
     // Nothing journaled by the worker or the CLI, nothing sent upstream.
     assert_eq!(rig.listed().await, Vec::<Value>::new());
     assert_eq!(rig.effects().await, Effects::new());

@@ -5,7 +5,7 @@
 //! [`ChannelError`] whose [`ErrorClass`] tells the engine what to do next, and
 //! which keeps the channel's own code and sub-code for operators.
 
-use crate::ids::{ChannelName, OrderRef, RefundId, StockLockRef};
+use crate::ids::{AccountId, ChannelName, OrderRef, RefundId, StockLockRef};
 use crate::machine::{OrderState, RefundState};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -235,6 +235,10 @@ pub fn escape_controls(text: String) -> String {
 pub struct CancelRequest {
     /// The order to cancel.
     pub order: OrderRef,
+    /// The account (shop) acting, whose credentials the channel uses;
+    /// `None` for a channel's single configured account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountId>,
     /// Why, as sent upstream (`cancelReason` on PandaPon), if the channel takes one.
     pub reason: Option<String>,
     /// A free remark (`remark` on PandaPon).
@@ -262,6 +266,9 @@ pub struct WithdrawRequest {
     pub order: OrderRef,
     /// The refund to withdraw.
     pub refund_id: RefundId,
+    /// The account (shop) acting; `None` for the channel's single account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountId>,
 }
 
 /// Status of an order as the channel reports it, mapped onto rescind's machine.
@@ -308,6 +315,26 @@ pub fn check_not_blank(id: &str) -> Result<(), String> {
     }
     if id.chars().any(char::is_control) {
         return Err("contains control characters".into());
+    }
+    Ok(())
+}
+
+/// The longest account id accepted, in bytes.
+pub const ACCOUNT_ID_MAX_BYTES: usize = 128;
+
+/// The check of an account id (a shop or seller name): not blank, no control
+/// characters, no `:` (stuck reasons name the account as `account X: …`),
+/// at most [`ACCOUNT_ID_MAX_BYTES`] bytes.
+pub fn check_account_id(id: &str) -> Result<(), String> {
+    check_not_blank(id)?;
+    if id.contains(':') {
+        return Err("contains ':' (not allowed in an account id)".into());
+    }
+    if id.len() > ACCOUNT_ID_MAX_BYTES {
+        return Err(format!(
+            "is {} bytes long (at most {ACCOUNT_ID_MAX_BYTES})",
+            id.len()
+        ));
     }
     Ok(())
 }
@@ -369,8 +396,13 @@ pub trait CancelRefund: Send + Sync {
 /// Release a stock lock (Damai ticket stock) after a cancel.
 #[async_trait]
 pub trait ReleaseStock: Send + Sync {
-    /// Release the lock. `AlreadyDone` when already released.
-    async fn release_stock(&self, lock: &StockLockRef) -> Result<(), ChannelError>;
+    /// Release the lock, acting for `account` (`None`: the channel's single
+    /// configured account). `AlreadyDone` when already released.
+    async fn release_stock(
+        &self,
+        lock: &StockLockRef,
+        account: Option<&AccountId>,
+    ) -> Result<(), ChannelError>;
     /// Can this channel represent `lock_id`? Default: any non-blank id.
     fn check_lock_id(&self, lock_id: &str) -> Result<(), String> {
         check_not_blank(lock_id)
@@ -380,13 +412,19 @@ pub trait ReleaseStock: Send + Sync {
 /// Look up order and refund status: reconciliation and in-doubt resolution.
 #[async_trait]
 pub trait OrderLookup: Send + Sync {
-    /// The order's current status. `Permanent(NotFound)` when unknown.
-    async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError>;
-    /// A refund's current status.
+    /// The order's current status, looked up as `account` (`None`: the
+    /// channel's single configured account). `Permanent(NotFound)` when unknown.
+    async fn order_status(
+        &self,
+        order: &OrderRef,
+        account: Option<&AccountId>,
+    ) -> Result<OrderStatus, ChannelError>;
+    /// A refund's current status, looked up as `account`.
     async fn refund_status(
         &self,
         order: &OrderRef,
         refund_id: &RefundId,
+        account: Option<&AccountId>,
     ) -> Result<RefundStatus, ChannelError>;
 }
 

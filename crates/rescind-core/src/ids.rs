@@ -96,6 +96,12 @@ string_id!(
     /// The kind of a saga definition, e.g. `cancel_unpaid`.
     SagaKind
 );
+string_id!(
+    /// The account (shop, seller) a saga acts for on its channel, e.g. a
+    /// Taobao seller nick. Channels resolve its credentials (a TOP session, a
+    /// PandaPon access key, a Damai supplier key) at call time.
+    AccountId
+);
 
 /// An order on one channel.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

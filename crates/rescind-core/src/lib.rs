@@ -56,10 +56,12 @@ pub use channel::{
     RefundStatus, ReleaseStock, WithdrawRequest,
 };
 pub use engine::{
-    Engine, EngineBuilder, Error, RecoveryReport, Resolution, Resolved, SagaExit, StepExecutor,
+    credentials_account, Engine, EngineBuilder, Error, RecoveryReport, Resolution, Resolved,
+    SagaExit, StepExecutor,
 };
 pub use ids::{
-    ChannelName, OrderId, OrderRef, RefundId, SagaId, SagaKind, StockLockId, StockLockRef,
+    AccountId, ChannelName, OrderId, OrderRef, RefundId, SagaId, SagaKind, StockLockId,
+    StockLockRef,
 };
 pub use journal::{CrashPoint, Journal, JournalError, MemoryJournal, SagaSet};
 pub use limits::{LimitError, Limits};

@@ -24,6 +24,10 @@ pub struct LocalOrder {
     /// The refund the backend knows of, if any.
     #[serde(default, deserialize_with = "empty_as_none")]
     pub refund_id: Option<String>,
+    /// The account (shop) the order belongs to, where the channel has many;
+    /// lookups and the converging saga act for it.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub account: Option<String>,
 }
 
 fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -105,7 +109,7 @@ impl Finding {
     pub fn fix(&self) -> Option<SagaInput> {
         let up = self.upstream.as_ref()?;
         let order = OrderRef::new(self.local.channel.as_str(), self.local.order_id.as_str());
-        match (self.verdict.clone(), &up.state, self.local.local_state) {
+        let input = match (self.verdict.clone(), &up.state, self.local.local_state) {
             (Verdict::LocalCancelledUpstreamOpen, OrderState::PendingPay, _) => {
                 Some(SagaInput::cancel_unpaid(order))
             }
@@ -119,7 +123,11 @@ impl Finding {
                 Some(SagaInput::withdraw_refund(order, refund_id.clone()))
             }
             _ => None,
-        }
+        }?;
+        Some(match &self.local.account {
+            Some(a) => input.with_account(a.as_str()),
+            None => input,
+        })
     }
 }
 
@@ -272,6 +280,7 @@ mod tests {
             order_id: "1".into(),
             local_state: state,
             refund_id: refund.map(Into::into),
+            account: None,
         }
     }
     fn up(state: OrderState) -> Result<OrderStatus, ChannelError> {

@@ -21,7 +21,7 @@ mod binary;
 
 pub use crate::action::{Action, StepOutcome, Via};
 use crate::channel::{OrderStatus, RefundStatus};
-use crate::ids::{OrderRef, RefundId, SagaId, SagaKind, StockLockRef};
+use crate::ids::{AccountId, OrderRef, RefundId, SagaId, SagaKind, StockLockRef};
 use crate::journal::JournalError;
 use crate::machine::OrderState;
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,10 @@ pub struct SagaInput {
     pub kind: SagaKind,
     /// The order concerned.
     pub order: OrderRef,
+    /// The account (shop, seller) the saga acts for; its credentials are
+    /// resolved at call time. `None` where the channel has one account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountId>,
     /// The order's state as the backend believes it at the start.
     pub order_state: OrderState,
     /// A stock lock to release after the cancel (Damai), if any.
@@ -65,6 +69,7 @@ impl SagaInput {
         SagaInput {
             kind: SagaKind(kind.to_owned()),
             order,
+            account: None,
             order_state,
             stock_lock: None,
             reason: None,
@@ -97,6 +102,11 @@ impl SagaInput {
     /// Release this stock lock once the order is cancelled or refunded.
     pub fn with_stock_lock(mut self, lock: StockLockRef) -> Self {
         self.stock_lock = Some(lock);
+        self
+    }
+    /// Act for this account (shop); its credentials are used for every call.
+    pub fn with_account(mut self, account: impl Into<AccountId>) -> Self {
+        self.account = Some(account.into());
         self
     }
     /// Send this reason upstream.
@@ -398,6 +408,10 @@ mod tests {
                 input: SagaInput::cancel_unpaid(order.clone())
                     .with_stock_lock(StockLockRef::new("damai", "12345")),
                 by: Some("ops".into()),
+            },
+            Record::Started {
+                input: SagaInput::cancel_paid(order.clone()).with_account("shop-7 旗舰店"),
+                by: None,
             },
             Record::Intent {
                 step: 0,

@@ -69,11 +69,15 @@ struct Gate {
 
 #[async_trait]
 impl ReleaseStock for Gate {
-    async fn release_stock(&self, lock: &StockLockRef) -> Result<(), ChannelError> {
+    async fn release_stock(
+        &self,
+        lock: &StockLockRef,
+        account: Option<&rescind_core::AccountId>,
+    ) -> Result<(), ChannelError> {
         let refusal = self.refusal.lock().unwrap().clone();
         match refusal {
             Some(e) => Err(e),
-            None => self.up.release_stock(lock).await,
+            None => self.up.release_stock(lock, account).await,
         }
     }
 }

@@ -343,3 +343,66 @@ async fn an_operator_resolves_an_in_doubt_step_as_not_applied_and_it_is_re_issue
         |r| matches!(r, Record::Resolved { outcome: None, operator, .. } if operator == "ben")
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_account_is_passed_to_every_call_and_named_when_credentials_park() {
+    let up = Upstream::new();
+    up.order("1", OrderState::PendingPay).lock("L1");
+    // The cancel goes through; the release is refused for credentials.
+    up.script([Fault::Pass, Fault::Err(auth_error())]);
+    let j = MemoryJournal::new();
+    let e = engine_on(&j, &up, 1);
+    let input = SagaInput::cancel_unpaid(order("1"))
+        .with_stock_lock(lock_ref("L1"))
+        .with_account("shop-7");
+    let id = e.start(input).await.unwrap();
+    let reason = stuck_reason(&e, id).await;
+    assert!(
+        reason.starts_with("credentials: account shop-7: "),
+        "{reason}"
+    );
+    assert_eq!(credentials_account(&reason), Some("shop-7"));
+    assert_eq!(
+        up.accounts_seen(),
+        vec!["cancel_unpaid shop-7", "release_stock shop-7"]
+    );
+    // The account survives the journal: the folded input still names it.
+    let state = e.load(id).await.unwrap();
+    assert_eq!(state.input.account, Some(AccountId::from("shop-7")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_account_id_is_refused_before_the_journal_and_keys_bind_the_account() {
+    let up = Upstream::new();
+    up.order("1", OrderState::PendingPay);
+    let j = MemoryJournal::new();
+    let e = engine_on(&j, &up, 1);
+    for (bad, why) in [
+        ("", "is empty"),
+        ("shop:7", "contains ':'"),
+        (" shop", "blanks"),
+    ] {
+        match e
+            .start(SagaInput::cancel_unpaid(order("1")).with_account(bad))
+            .await
+        {
+            Err(Error::Rejected(err)) => {
+                assert_eq!(err.field, "account");
+                assert!(err.to_string().contains(why), "{err}");
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    assert!(j.list(SagaSet::Unfinished).await.unwrap().is_empty());
+    let a = SagaInput::cancel_unpaid(order("1")).with_account("shop-1");
+    let b = SagaInput::cancel_unpaid(order("1")).with_account("shop-2");
+    e.start_keyed("k", a.clone()).await.unwrap();
+    match e.start_keyed("k", b).await {
+        Err(Error::KeyConflict { fields, .. }) => assert_eq!(fields, vec!["account"]),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !e.start_keyed("k", a).await.unwrap().1,
+        "the same key and input: no new saga"
+    );
+}

@@ -76,7 +76,11 @@ impl CancelOrder for FixtureChannel {
 
 #[async_trait]
 impl OrderLookup for FixtureChannel {
-    async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError> {
+    async fn order_status(
+        &self,
+        order: &OrderRef,
+        _account: Option<&rescind_core::AccountId>,
+    ) -> Result<OrderStatus, ChannelError> {
         match order.order_id.as_str() {
             "1001" => Ok(OrderStatus {
                 state: OrderState::PendingPay,
@@ -89,6 +93,7 @@ impl OrderLookup for FixtureChannel {
         &self,
         _order: &OrderRef,
         refund_id: &RefundId,
+        _account: Option<&rescind_core::AccountId>,
     ) -> Result<RefundStatus, ChannelError> {
         self.calls
             .lock()

@@ -17,6 +17,9 @@ pub struct SagaSummary {
     pub order: String,
     /// The channel.
     pub channel: String,
+    /// The account (shop) the saga acts for, if it names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// `running`, `stuck`, `completed`, `failed` or `aborted`.
     pub state: String,
     /// The order state the saga tracks.
@@ -61,6 +64,7 @@ impl SagaSummary {
             plan: s.plan.to_string(),
             order: s.input.order.to_string(),
             channel: s.input.order.channel.to_string(),
+            account: s.input.account.as_ref().map(ToString::to_string),
             state: state.into(),
             order_state: s.order.to_string(),
             reason,
@@ -145,9 +149,14 @@ pub fn timeline(entries: &[Entry]) -> Vec<TimelineLine> {
 pub fn describe(r: &Record) -> String {
     match r {
         Record::Started { input, by } => format!(
-            "started {} for {} (order {}){}{}{}",
+            "started {} for {}{} (order {}){}{}{}",
             input.kind,
             input.order,
+            input
+                .account
+                .as_ref()
+                .map(|a| format!(" as account {a:?}"))
+                .unwrap_or_default(),
             input.order_state,
             input
                 .stock_lock

@@ -32,10 +32,11 @@ pub async fn reconcile(
             let name = rescind_core::ChannelName::from(local.channel.as_str());
             let lookup = match channels.lookup(&name) {
                 Some(l) => {
-                    l.order_status(&OrderRef::new(
-                        local.channel.as_str(),
-                        local.order_id.as_str(),
-                    ))
+                    let account = local.account.as_deref().map(rescind_core::AccountId::from);
+                    l.order_status(
+                        &OrderRef::new(local.channel.as_str(), local.order_id.as_str()),
+                        account.as_ref(),
+                    )
                     .await
                 }
                 None => Err(ChannelError::unsupported(
@@ -74,7 +75,7 @@ pub fn parse_orders(text: &str) -> Result<Vec<LocalOrder>, String> {
     }
 }
 
-/// CSV with a header naming the columns (any order; `refund_id` optional).
+/// CSV with a header naming the columns (any order; `refund_id` and `account` optional).
 fn parse_csv(text: &str) -> Result<Vec<LocalOrder>, String> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)

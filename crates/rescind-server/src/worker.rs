@@ -39,6 +39,10 @@ pub struct StartRequest {
     pub channel: String,
     /// The channel's order id (a string, even for numeric ids).
     pub order_id: String,
+    /// The account (shop, seller) the saga acts for, where the channel
+    /// serves many; its credentials are used for every call.
+    #[serde(default)]
+    pub account: Option<String>,
     /// The refund to withdraw (`withdraw_refund`).
     #[serde(default)]
     pub refund_id: Option<String>,
@@ -104,6 +108,9 @@ impl StartRequest {
         }
         if let Some(r) = &self.reason {
             input = input.with_reason(r.clone());
+        }
+        if let Some(a) = &self.account {
+            input = input.with_account(a.as_str());
         }
         Ok(input)
     }

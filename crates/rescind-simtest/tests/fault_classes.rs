@@ -91,18 +91,19 @@ async fn later_step_faults_classify_as_permanent_and_are_not_applied() {
         async move {
             match endpoint {
                 "alibaba.damai.yuntoc.order.cancellockstock" => damai
-                    .release_stock(&StockLockRef::new("damai", "D1"))
+                    .release_stock(&StockLockRef::new("damai", "D1"), None)
                     .await
                     .map(|_| ()),
                 "pandapon.taobao.refund.cancel" => taobao
                     .withdraw_refund(&WithdrawRequest {
+                        account: None,
                         order: OrderRef::new(TAOBAO_CHANNEL, "3100000000000000001"),
                         refund_id: RefundId("RW1".into()),
                     })
                     .await
                     .map(|_| ()),
                 "tmall.tbc.order.get" => tbc
-                    .order_status(&OrderRef::new("tmall-tbc", "T1"))
+                    .order_status(&OrderRef::new("tmall-tbc", "T1"), None)
                     .await
                     .map(|_| ()),
                 other => panic!("no call for {other}"),

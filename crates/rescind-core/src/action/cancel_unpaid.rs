@@ -23,6 +23,7 @@ pub struct CancelUnpaid {
 pub(super) fn cancel_request(order: &OrderRef, ctx: &Ctx<'_>) -> CancelRequest {
     CancelRequest {
         order: order.clone(),
+        account: ctx.account.cloned(),
         reason: ctx.reason.map(str::to_owned),
         remark: Some(format!("rescind saga {}", ctx.saga)),
     }
@@ -44,7 +45,7 @@ pub(super) async fn lookup_cancel(
     let Some(lookup) = ctx.channels.lookup(&order.channel) else {
         return Ok(Lookup::Unknown);
     };
-    let status = lookup.order_status(order).await?;
+    let status = lookup.order_status(order, ctx.account).await?;
     let moved = |conflict: Conflict, message: String| {
         Lookup::Moved(StepOutcome::Conflict { conflict, message })
     };

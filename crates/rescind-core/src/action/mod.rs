@@ -30,7 +30,7 @@ pub use release_stock::ReleaseStock;
 pub use withdraw_refund::WithdrawRefund;
 
 use crate::channel::{ChannelError, Channels, Conflict, InputError};
-use crate::ids::{RefundId, SagaId};
+use crate::ids::{AccountId, RefundId, SagaId};
 use crate::machine::{OrderEvent, OrderState, RefundState};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -180,6 +180,8 @@ pub struct Ctx<'a> {
     pub saga: SagaId,
     /// The reason sent upstream, where the channel takes one.
     pub reason: Option<&'a str>,
+    /// The account (shop) the saga acts for, passed to every channel call.
+    pub account: Option<&'a AccountId>,
     /// The channels.
     pub channels: &'a Channels,
     /// Custom step executors.

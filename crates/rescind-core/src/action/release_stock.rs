@@ -33,7 +33,7 @@ impl ActionKind for ReleaseStock {
     }
     async fn call(&self, ctx: &Ctx<'_>) -> Result<StepOutcome, ChannelError> {
         let c = ctx.channels.stock(&self.lock.channel)?;
-        c.release_stock(&self.lock).await?;
+        c.release_stock(&self.lock, ctx.account).await?;
         Ok(StepOutcome::StockReleased { already: false })
     }
     fn already_done(&self) -> Option<StepOutcome> {

@@ -205,7 +205,11 @@ impl CancelOrder for Numeric {
 
 #[async_trait]
 impl ReleaseStockTrait for Numeric {
-    async fn release_stock(&self, _: &StockLockRef) -> Result<(), ChannelError> {
+    async fn release_stock(
+        &self,
+        _: &StockLockRef,
+        _account: Option<&crate::ids::AccountId>,
+    ) -> Result<(), ChannelError> {
         Ok(())
     }
 }

@@ -41,6 +41,7 @@ impl ActionKind for WithdrawRefund {
         let req = WithdrawRequest {
             order: self.order.clone(),
             refund_id: self.refund_id.clone(),
+            account: ctx.account.cloned(),
         };
         c.withdraw_refund(&req).await?;
         Ok(StepOutcome::RefundWithdrawn { already: false })
@@ -49,7 +50,9 @@ impl ActionKind for WithdrawRefund {
         let Some(lookup) = ctx.channels.lookup(&self.order.channel) else {
             return Ok(Lookup::Unknown);
         };
-        let status = lookup.refund_status(&self.order, &self.refund_id).await?;
+        let status = lookup
+            .refund_status(&self.order, &self.refund_id, ctx.account)
+            .await?;
         let moved = |conflict: Conflict| {
             Lookup::Moved(StepOutcome::Conflict {
                 conflict,

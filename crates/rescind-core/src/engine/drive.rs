@@ -96,6 +96,7 @@ impl Engine {
                     return TaskEnd::Exit(SagaExit::Stopped { reason });
                 }
                 Err(DriveStop::Stuck(reason)) => {
+                    let reason = name_account(reason, state.input.account.as_ref());
                     let staged = self.stage(
                         &mut state,
                         &mut pending,
@@ -283,6 +284,7 @@ impl Engine {
         let ctx = Ctx {
             saga: state.id,
             reason: state.input.reason.as_deref(),
+            account: state.input.account.as_ref(),
             channels: &inner.channels,
             executors: &inner.executors,
         };
@@ -401,4 +403,22 @@ impl Engine {
             _ = self.inner.clock.sleep(Duration::from_millis(ms)) => Err(ChannelError::in_doubt(format!("no answer within {ms} ms"))),
         }
     }
+}
+
+/// A credentials stop of a saga acting for an account names the account
+/// first — `credentials: account shop-7: …` — so an operator (and a
+/// credentials reload) can tell which account's sagas wait on it.
+pub(crate) fn name_account(reason: String, account: Option<&crate::ids::AccountId>) -> String {
+    match (account, reason.strip_prefix("credentials: ")) {
+        (Some(a), Some(rest)) if !rest.starts_with("account ") => {
+            format!("credentials: account {a}: {rest}")
+        }
+        _ => reason,
+    }
+}
+
+/// The account a stuck reason says the saga waits on (`credentials: account X: …`).
+pub fn credentials_account(reason: &str) -> Option<&str> {
+    let rest = reason.strip_prefix("credentials: account ")?;
+    rest.split_once(':').map(|(a, _)| a)
 }

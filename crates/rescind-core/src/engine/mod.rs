@@ -19,6 +19,7 @@ use crate::record::{Action, Entry, Observation, Record, SagaInput, SagaOutcome, 
 use crate::runtime::{Clock, IdGen, RandomIds, Rng, SplitMix64, TokioClock};
 use crate::saga::{Decision, FoldError, SagaDefinition, SagaState};
 use crate::step::{StepEffect, StepEvent, StepMachine, StepSpec};
+pub use drive::credentials_account;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -124,6 +125,7 @@ pub fn input_differences(a: &SagaInput, b: &SagaInput) -> Vec<&'static str> {
         (a.kind != b.kind, "kind"),
         (a.order.channel != b.order.channel, "channel"),
         (a.order.order_id != b.order.order_id, "order_id"),
+        (a.account != b.account, "account"),
         (a.order_state != b.order_state, "order_state"),
         (a.stock_lock != b.stock_lock, "stock_lock"),
         (a.reason != b.reason, "reason"),
@@ -533,6 +535,10 @@ impl Engine {
             kind: input.kind.clone(),
             reason,
         })?;
+        if let Some(account) = &input.account {
+            crate::channel::check_account_id(account.as_str())
+                .map_err(|why| InputError::new("account", account.as_str(), why))?;
+        }
         def.check(input, &self.inner.channels)?;
         Ok(def)
     }

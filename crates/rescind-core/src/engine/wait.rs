@@ -147,7 +147,7 @@ impl Engine {
             return Ok(None);
         };
         match self
-            .with_timeout(lookup.refund_status(order, refund_id))
+            .with_timeout(lookup.refund_status(order, refund_id, state.input.account.as_ref()))
             .await
         {
             Ok(status) if status.state.is_terminal() => Ok(Some(Observation::Refund {

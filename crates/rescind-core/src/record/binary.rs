@@ -17,7 +17,7 @@ use crate::action::{CancelPaid, CancelUnpaid, Custom, ReleaseStock, WithdrawRefu
 use crate::channel::{
     Applied, ChannelError, Conflict, ErrorClass, OrderStatus, PermanentReason, RefundStatus,
 };
-use crate::ids::{OrderRef, RefundId, SagaKind, StockLockRef};
+use crate::ids::{AccountId, OrderRef, RefundId, SagaKind, StockLockRef};
 use crate::machine::{OrderState, RefundState};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -75,6 +75,13 @@ enum BinRecord<'a> {
     },
     Finished {
         outcome: BinSagaOutcome<'a>,
+    },
+    /// `Started` for a saga that names its account (added after `Finished`:
+    /// records of sagas without one keep the original `Started` layout).
+    StartedFor {
+        input: BinInput<'a>,
+        by: Option<Text<'a>>,
+        account: Cow<'a, AccountId>,
     },
 }
 
@@ -255,17 +262,25 @@ fn json_value(field: &str, text: &str) -> Result<serde_json::Value, String> {
 
 fn record_to_bin(r: &Record) -> BinRecord<'_> {
     match r {
-        Record::Started { input, by } => BinRecord::Started {
-            input: BinInput {
+        Record::Started { input, by } => {
+            let bin = BinInput {
                 kind: Cow::Borrowed(&input.kind),
                 order: Cow::Borrowed(&input.order),
                 order_state: order_state_to_bin(&input.order_state),
                 stock_lock: input.stock_lock.as_ref().map(Cow::Borrowed),
                 reason: input.reason.as_deref().map(Cow::Borrowed),
                 params: (!input.params.is_null()).then(|| json_text(&input.params)),
-            },
-            by: by.as_deref().map(Cow::Borrowed),
-        },
+            };
+            let by = by.as_deref().map(Cow::Borrowed);
+            match &input.account {
+                None => BinRecord::Started { input: bin, by },
+                Some(account) => BinRecord::StartedFor {
+                    input: bin,
+                    by,
+                    account: Cow::Borrowed(account),
+                },
+            }
+        }
         Record::Intent { step, action } => BinRecord::Intent {
             step: *step,
             action: match action {
@@ -493,20 +508,29 @@ fn outcome_from_bin(o: BinOutcome<'_>) -> Result<StepOutcome, String> {
     })
 }
 
+fn input_from_bin(input: BinInput<'_>, account: Option<AccountId>) -> Result<SagaInput, String> {
+    Ok(SagaInput {
+        kind: input.kind.into_owned(),
+        order: input.order.into_owned(),
+        account,
+        order_state: order_state_from_bin(input.order_state),
+        stock_lock: input.stock_lock.map(Cow::into_owned),
+        reason: input.reason.map(Cow::into_owned),
+        params: match input.params {
+            None => serde_json::Value::Null,
+            Some(text) => json_value("the saga's params", &text)?,
+        },
+    })
+}
+
 fn record_from_bin(r: BinRecord<'_>) -> Result<Record, String> {
     Ok(match r {
         BinRecord::Started { input, by } => Record::Started {
-            input: SagaInput {
-                kind: input.kind.into_owned(),
-                order: input.order.into_owned(),
-                order_state: order_state_from_bin(input.order_state),
-                stock_lock: input.stock_lock.map(Cow::into_owned),
-                reason: input.reason.map(Cow::into_owned),
-                params: match input.params {
-                    None => serde_json::Value::Null,
-                    Some(text) => json_value("the saga's params", &text)?,
-                },
-            },
+            input: input_from_bin(input, None)?,
+            by: by.map(Cow::into_owned),
+        },
+        BinRecord::StartedFor { input, by, account } => Record::Started {
+            input: input_from_bin(input, Some(account.into_owned()))?,
             by: by.map(Cow::into_owned),
         },
         BinRecord::Intent { step, action } => Record::Intent {

@@ -48,6 +48,8 @@ pub struct Book {
     /// Refunds opened by a paid cancel: only these complete by themselves
     /// (as a seller would agree); a buyer's pre-existing refund does not.
     pub opened: std::collections::HashSet<String>,
+    /// `call account` for every call that named an account.
+    pub accounts: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -87,6 +89,19 @@ impl Upstream {
     }
     pub fn script(&self, faults: impl IntoIterator<Item = Fault>) {
         self.book.lock().unwrap().script.extend(faults);
+    }
+    /// Record the account a call named, if any.
+    fn saw(&self, call: &str, account: Option<&rescind_core::AccountId>) {
+        if let Some(a) = account {
+            self.book
+                .lock()
+                .unwrap()
+                .accounts
+                .push(format!("{call} {a}"));
+        }
+    }
+    pub fn accounts_seen(&self) -> Vec<String> {
+        self.book.lock().unwrap().accounts.clone()
     }
     pub fn effects(&self) -> Vec<String> {
         self.book.lock().unwrap().effects.clone()
@@ -160,6 +175,7 @@ fn not_found(what: &str) -> ChannelError {
 impl CancelOrder for Upstream {
     async fn cancel_unpaid(&self, req: &CancelRequest) -> Result<CancelOutcome, ChannelError> {
         let id = req.order.order_id.as_str();
+        self.saw("cancel_unpaid", req.account.as_ref());
         let (lose, crash) = self.begin(Some(id))?;
         {
             let mut b = self.book.lock().unwrap();
@@ -269,7 +285,12 @@ impl CancelRefund for Upstream {
 
 #[async_trait]
 impl ReleaseStock for Upstream {
-    async fn release_stock(&self, lock: &StockLockRef) -> Result<(), ChannelError> {
+    async fn release_stock(
+        &self,
+        lock: &StockLockRef,
+        account: Option<&rescind_core::AccountId>,
+    ) -> Result<(), ChannelError> {
+        self.saw("release_stock", account);
         let (lose, crash) = self.begin(None)?;
         {
             let mut b = self.book.lock().unwrap();
@@ -292,7 +313,11 @@ impl ReleaseStock for Upstream {
 
 #[async_trait]
 impl OrderLookup for Upstream {
-    async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError> {
+    async fn order_status(
+        &self,
+        order: &OrderRef,
+        _account: Option<&rescind_core::AccountId>,
+    ) -> Result<OrderStatus, ChannelError> {
         let b = self.book.lock().unwrap();
         let o = b
             .orders
@@ -307,6 +332,7 @@ impl OrderLookup for Upstream {
         &self,
         order: &OrderRef,
         refund_id: &RefundId,
+        _account: Option<&rescind_core::AccountId>,
     ) -> Result<RefundStatus, ChannelError> {
         let mut b = self.book.lock().unwrap();
         let never = b.refunds_never_complete || !b.opened.contains(&refund_id.0);

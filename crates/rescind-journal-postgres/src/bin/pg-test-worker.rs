@@ -73,7 +73,11 @@ impl CancelOrder for Scripted {
 
 #[async_trait]
 impl OrderLookup for Scripted {
-    async fn order_status(&self, order: &OrderRef) -> Result<OrderStatus, ChannelError> {
+    async fn order_status(
+        &self,
+        order: &OrderRef,
+        _account: Option<&rescind_core::AccountId>,
+    ) -> Result<OrderStatus, ChannelError> {
         let row = self
             .db
             .query_opt(
@@ -101,6 +105,7 @@ impl OrderLookup for Scripted {
         &self,
         _order: &OrderRef,
         _refund: &RefundId,
+        _account: Option<&rescind_core::AccountId>,
     ) -> Result<RefundStatus, ChannelError> {
         Err(ChannelError::permanent(
             PermanentReason::Unsupported,
