@@ -285,3 +285,102 @@ async fn damai_uses_the_accounts_supplier_and_session() {
         .expect("released with the account's supplier credentials");
     assert_eq!(rig.view("shopA").calls, 1);
 }
+
+/// Sagas for several accounts; one account's session expires in TOP: its
+/// sagas park stuck `credentials: account shopB`, none fails, nothing is
+/// applied twice; new credentials for shopB (a change the provider reports)
+/// and a resume of exactly the sagas waiting on it finish every saga.
+#[tokio::test]
+async fn an_expired_account_parks_its_sagas_until_new_credentials_resume_them() {
+    use rescind_core::{
+        credentials_account, AccountId, Channels, Engine, Limits, MemoryJournal, SagaExit,
+        SagaInput, SagaOutcome,
+    };
+    let rig = Rig::start().await;
+    let far = now() + 3_600_000;
+    for id in ["shopA", "shopB", "shopC"] {
+        rig.account(id, far, false);
+        for i in 0..3 {
+            rig.order(&format!("{id}-{i}"), id);
+        }
+    }
+    rig.sim.expire_account("shopB").expect("expire");
+    let tbc = Arc::new(rig.tbc());
+    let engine = Engine::builder(Arc::new(MemoryJournal::new()))
+        .channels(
+            Channels::new()
+                .with_cancel("tmall-tbc", tbc.clone())
+                .with_lookup("tmall-tbc", tbc),
+        )
+        .limits(Limits {
+            backoff_initial_ms: 10,
+            backoff_max_ms: 50,
+            jitter_pct: 0,
+            attempt_timeout_ms: 5_000,
+            ..Limits::default()
+        })
+        .build();
+    let mut ids = Vec::new();
+    for id in ["shopA", "shopB", "shopC"] {
+        for i in 0..3 {
+            let mut input =
+                SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", format!("{id}-{i}")));
+            input.account = Some(AccountId::from(id));
+            ids.push((id, engine.start(input).await.expect("start")));
+        }
+    }
+    let g0 = rig.creds.generation();
+    let mut waiting = Vec::new();
+    for (account, saga) in &ids {
+        match engine.wait(*saga).await.expect("wait") {
+            SagaExit::Finished(o) => {
+                assert_ne!(*account, "shopB", "{o:?}");
+                assert!(matches!(o, SagaOutcome::Completed { .. }), "{o:?}");
+            }
+            SagaExit::Stuck { reason } => {
+                assert_eq!(*account, "shopB", "{reason}");
+                assert_eq!(credentials_account(&reason), Some("shopB"), "{reason}");
+                waiting.push((*saga, reason));
+            }
+            other => panic!("{account}: {other:?}"),
+        }
+    }
+    assert_eq!(waiting.len(), 3);
+    for i in 0..3 {
+        assert_eq!(rig.applied(&format!("shopB-{i}")), 0);
+    }
+    // The operator authorises shopB again: a new session in TOP and in the
+    // provider; the provider reports shopB as changed.
+    rig.sim
+        .add_account(AccountSeed {
+            id: "shopB".into(),
+            session: "sess-shopB-2".into(),
+            expires_at_ms: far,
+            refresh_token: None,
+            refresh_expires_at_ms: None,
+            refreshed_ttl_ms: None,
+        })
+        .expect("re-authorised");
+    let mut b = rig.creds.get("shopB").expect("B");
+    b.top = Some(TopSession::new(Secret::new("sess-shopB-2"), Some(far)));
+    rig.creds.set(b);
+    let changed = rig.creds.changed_since(g0).accounts;
+    assert_eq!(changed, ["shopB"]);
+    for (saga, reason) in &waiting {
+        if credentials_account(reason).is_some_and(|a| changed.iter().any(|c| c == a)) {
+            assert!(engine.resume(*saga).await.expect("resume"));
+        }
+    }
+    for (saga, _) in &waiting {
+        match engine.wait(*saga).await.expect("wait") {
+            SagaExit::Finished(o) => assert!(matches!(o, SagaOutcome::Completed { .. }), "{o:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    for id in ["shopA", "shopB", "shopC"] {
+        for i in 0..3 {
+            assert_eq!(rig.applied(&format!("{id}-{i}")), 1, "{id}-{i}");
+        }
+    }
+    assert!(rig.sim.effect_counts().values().all(|n| *n == 1));
+}
