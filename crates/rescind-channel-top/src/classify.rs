@@ -24,9 +24,12 @@ use rescind_wire::transport::TransportError;
 use serde_json::Value;
 use std::time::Duration;
 
-/// The success key of a method: dots become underscores, plus `_response`.
+/// The success key of a method: dots become underscores, plus `_response`;
+/// TOP drops the `taobao.` prefix of its own methods
+/// (`taobao.top.auth.token.refresh` → `top_auth_token_refresh_response`).
 pub fn response_key(method: &str) -> String {
-    format!("{}_response", method.replace('.', "_"))
+    let m = method.strip_prefix("taobao.").unwrap_or(method);
+    format!("{}_response", m.replace('.', "_"))
 }
 
 /// Classify a transport failure.

@@ -6,7 +6,7 @@ use crate::Error;
 use bytes::Bytes;
 use rescind_core::{ChannelError, Clock, PermanentReason, TokioClock};
 use rescind_wire::flow::{AppKeyLimiter, AppKeyLimiters, FlowError};
-use rescind_wire::sign::{top_sign, top_timestamp};
+use rescind_wire::sign::{top_sign, top_timestamp, Secret};
 use rescind_wire::transport::{HttpRequest, Transport};
 use serde_json::Value;
 use std::sync::Arc;
@@ -153,6 +153,17 @@ impl TopClient {
         method: &str,
         params: &[(&str, &str)],
     ) -> Result<Vec<(String, String)>, ChannelError> {
+        self.signed_params_as(method, params, self.gateway.session.as_ref())
+    }
+
+    /// [`TopClient::signed_params`] with `session` instead of the configured
+    /// one (`None`: no session, as `taobao.top.auth.token.refresh` is sent).
+    pub fn signed_params_as(
+        &self,
+        method: &str,
+        params: &[(&str, &str)],
+        session: Option<&Secret>,
+    ) -> Result<Vec<(String, String)>, ChannelError> {
         if let Some((name, _)) = params.iter().find(|(k, _)| SYSTEM_PARAMS.contains(k)) {
             return Err(ChannelError::permanent(
                 PermanentReason::InvalidRequest,
@@ -172,7 +183,7 @@ impl TopClient {
         if let Some(p) = &g.partner_id {
             all.push(("partner_id".into(), p.clone()));
         }
-        if let Some(s) = &g.session {
+        if let Some(s) = session {
             all.push(("session".into(), s.expose().to_owned()));
         }
         all.extend(
@@ -197,7 +208,17 @@ impl TopClient {
         method: &str,
         params: &[(&str, &str)],
     ) -> Result<HttpRequest, ChannelError> {
-        let all = self.signed_params(method, params)?;
+        self.build_request_as(method, params, self.gateway.session.as_ref())
+    }
+
+    /// [`TopClient::build_request`] with `session` instead of the configured one.
+    pub fn build_request_as(
+        &self,
+        method: &str,
+        params: &[(&str, &str)],
+        session: Option<&Secret>,
+    ) -> Result<HttpRequest, ChannelError> {
+        let all = self.signed_params_as(method, params, session)?;
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(all.iter())
             .finish();
@@ -217,21 +238,36 @@ impl TopClient {
     /// code and sub-code. Business results inside the value are the caller's
     /// to check. Logs name the method and the outcome, never parameters.
     pub async fn call(&self, method: &str, params: &[(&str, &str)]) -> Result<Value, ChannelError> {
-        self.call_as(method, params, None).await
+        self.call_with_session(method, params, self.gateway.session.as_ref(), None)
+            .await
     }
 
     /// [`TopClient::call`] on behalf of `account` (the saga's account: the
-    /// app key's limiter shares its tokens fairly between accounts). During
-    /// a ban of the app key nothing is sent: the answer is a retryable,
-    /// not-applied error with the ban's remaining wait, naming the app key.
-    /// An answer with codes 4–8 bans the app key for the time it states.
+    /// app key's limiter shares its tokens fairly between accounts), with
+    /// the configured session. During a ban of the app key nothing is sent:
+    /// the answer is a retryable, not-applied error with the ban's remaining
+    /// wait, naming the app key. An answer with codes 4–8 bans the app key
+    /// for the time it states.
     pub async fn call_as(
         &self,
         method: &str,
         params: &[(&str, &str)],
         account: Option<&str>,
     ) -> Result<Value, ChannelError> {
-        let req = self.build_request(method, params)?;
+        self.call_with_session(method, params, self.gateway.session.as_ref(), account)
+            .await
+    }
+
+    /// [`TopClient::call_as`] with `session` instead of the configured one
+    /// (an account's session; `None`: no session, as the token refresh is sent).
+    pub async fn call_with_session(
+        &self,
+        method: &str,
+        params: &[(&str, &str)],
+        session: Option<&Secret>,
+        account: Option<&str>,
+    ) -> Result<Value, ChannelError> {
+        let req = self.build_request_as(method, params, session)?;
         if let Some(limiter) = &self.limiter {
             if let Err(e) = limiter.acquire(account).await {
                 let err = classify_flow(&e);
@@ -275,7 +311,7 @@ impl TopClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rescind_wire::sign::{Secret, SignMethod};
+    use rescind_wire::sign::SignMethod;
 
     struct FixedClock(u64);
     #[async_trait::async_trait]

@@ -4,13 +4,15 @@
 use crate::client::{app_key_limiter, unpaced_transport, TopClient};
 use crate::config::DamaiConfig;
 use crate::envelope::text_of;
+use crate::session::{attribute, credentials_error, AccountSessions};
 use crate::Error;
 use async_trait::async_trait;
 use rescind_core::{
     ChannelError, Clock, ErrorClass, PermanentReason, ReleaseStock, StockLockRef, TokioClock,
 };
+use rescind_wire::credentials::{Credentials, CredentialsError};
 use rescind_wire::flow::{AppKeyLimiter, AppKeyLimiters};
-use rescind_wire::sign::DamaiHeadFields;
+use rescind_wire::sign::{DamaiHeadFields, Secret};
 use rescind_wire::transport::Transport;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,10 +66,15 @@ pub fn check_damai_result(response: &Value, method: &str) -> Result<(), ChannelE
 
 /// The Damai channel: [`ReleaseStock`] by cancel-lock-stock. The lock id is
 /// Damai's order id. Releasing twice answers `AlreadyDone`.
+///
+/// With [`DamaiChannel::with_credentials`], a release for an account uses
+/// that account's supplier key and secret and its TOP session, each falling
+/// back to the configured one when the account holds none.
 pub struct DamaiChannel {
     client: TopClient,
     config: DamaiConfig,
     seq: AtomicU64,
+    accounts: Option<AccountSessions>,
 }
 
 impl std::fmt::Debug for DamaiChannel {
@@ -91,7 +98,75 @@ impl DamaiChannel {
             client,
             config,
             seq: AtomicU64::new(0),
+            accounts: None,
         })
+    }
+
+    /// Resolve each account's supplier credentials and session from
+    /// `credentials`, asked under the channel name `channel` (see
+    /// [`crate::TbcChannel::with_credentials`]).
+    pub fn with_credentials(
+        mut self,
+        credentials: Arc<dyn Credentials>,
+        channel: impl Into<String>,
+        refresh_margin_ms: u64,
+    ) -> Self {
+        self.accounts = Some(AccountSessions::new(
+            credentials,
+            channel,
+            refresh_margin_ms,
+        ));
+        self
+    }
+
+    /// Release a stock lock for `account` (its credentials; `None`: the
+    /// configured ones).
+    pub async fn release_stock_as(
+        &self,
+        lock: &StockLockRef,
+        account: Option<&str>,
+    ) -> Result<(), ChannelError> {
+        let method = self.config.method.as_str();
+        let (Some(account), Some(sessions)) = (account, &self.accounts) else {
+            let param = self.cancel_param(lock.lock_id.as_str());
+            let response = self
+                .client
+                .call_as(
+                    method,
+                    &[("param_cancel_stock_lock_request", &param)],
+                    account,
+                )
+                .await?;
+            return check_damai_result(&response, method);
+        };
+        let creds = sessions.credentials();
+        let supplier = match creds.damai_supplier(sessions.channel(), account).await {
+            Ok(s) => Some(s),
+            Err(CredentialsError::Missing { .. }) => None,
+            Err(e) => return Err(credentials_error(account, strip_account(&e))),
+        };
+        let session = match creds.top_session(sessions.channel(), account).await {
+            Ok(_) => Some(sessions.session(&self.client, account).await?),
+            Err(CredentialsError::Missing { .. }) => self.config.gateway.session.clone(),
+            Err(e) => return Err(credentials_error(account, strip_account(&e))),
+        };
+        let param = match &supplier {
+            Some(s) => {
+                self.cancel_param_with(lock.lock_id.as_str(), &s.supplier_key, &s.supplier_secret)
+            }
+            None => self.cancel_param(lock.lock_id.as_str()),
+        };
+        let response = self
+            .client
+            .call_with_session(
+                method,
+                &[("param_cancel_stock_lock_request", &param)],
+                session.as_ref(),
+                Some(account),
+            )
+            .await
+            .map_err(|e| attribute(account, e))?;
+        check_damai_result(&response, method).map_err(|e| attribute(account, e))
     }
 
     /// The channel on reqwest with the configured timeout and retry layers,
@@ -127,31 +202,52 @@ impl DamaiChannel {
     /// holds the supplier secret: never log it.
     pub fn cancel_param(&self, order_id: &str) -> String {
         let c = &self.config;
+        self.cancel_param_with(order_id, &c.supplier_key, &c.supplier_secret)
+    }
+
+    /// [`DamaiChannel::cancel_param`] with these supplier credentials. It
+    /// holds the supplier secret: never log it.
+    pub fn cancel_param_with(
+        &self,
+        order_id: &str,
+        supplier_key: &str,
+        supplier_secret: &Secret,
+    ) -> String {
+        let c = &self.config;
         let time_stamp = self.client.clock().now_ms().to_string();
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let msg_id = format!("{time_stamp}-{}-{n}", std::process::id());
         let signed = c.head_signer.sign(
             &DamaiHeadFields {
                 msg_id: &msg_id,
-                supplier_key: &c.supplier_key,
+                supplier_key,
                 time_stamp: &time_stamp,
                 version: &c.version,
             },
-            &c.supplier_secret,
+            supplier_secret,
         );
         json!({
             "cancel_stock_lock_request_body": {"cancel_stock_lock_req_param": {"order_id": order_id}},
             "head": {
                 "msg_id": msg_id,
                 "signed": signed,
-                "supplier_key": c.supplier_key,
-                "supplier_secret": c.supplier_secret.expose(),
+                "supplier_key": supplier_key,
+                "supplier_secret": supplier_secret.expose(),
                 "time_stamp": time_stamp,
                 "version": c.version,
             }
         })
         .to_string()
     }
+}
+
+/// A provider error's words after its leading `account X: `.
+fn strip_account(e: &CredentialsError) -> String {
+    let text = e.to_string();
+    let prefix = format!("account {}: ", e.account());
+    text.strip_prefix(&prefix)
+        .map(str::to_owned)
+        .unwrap_or(text)
 }
 
 #[async_trait]
@@ -161,17 +257,8 @@ impl ReleaseStock for DamaiChannel {
         lock: &StockLockRef,
         account: Option<&rescind_core::AccountId>,
     ) -> Result<(), ChannelError> {
-        let method = self.config.method.as_str();
-        let param = self.cancel_param(lock.lock_id.as_str());
-        let response = self
-            .client
-            .call_as(
-                method,
-                &[("param_cancel_stock_lock_request", &param)],
-                account.map(rescind_core::AccountId::as_str),
-            )
-            .await?;
-        check_damai_result(&response, method)
+        self.release_stock_as(lock, account.map(rescind_core::AccountId::as_str))
+            .await
     }
 }
 

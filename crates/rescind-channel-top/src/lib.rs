@@ -48,6 +48,7 @@ pub mod client;
 pub mod config;
 pub mod damai;
 pub mod envelope;
+pub mod session;
 pub mod tbc;
 pub mod tmc;
 
@@ -59,6 +60,7 @@ pub use client::{app_key_limiter, classify_flow, layered_transport, unpaced_tran
 pub use config::{ConfigError, DamaiConfig, GatewayConfig, TopConfig, TransportSettings};
 pub use damai::{check_damai_result, DamaiChannel, DAMAI_RETURN_CODES};
 pub use envelope::{parse_envelope, Envelope, EnvelopeError, TopErrorResponse};
+pub use session::{AccountSessions, REFRESH_MARGIN_MS, REFRESH_METHOD};
 pub use tbc::{
     map_tbc_order_status, map_tbc_refund_status, TbcChannel, TbcOrder, TBC_ORDER_STATUSES,
     TBC_REFUND_STATUSES,

@@ -5,14 +5,15 @@ use crate::classify::check_tbc_result;
 use crate::client::{app_key_limiter, unpaced_transport, TopClient};
 use crate::config::TopConfig;
 use crate::envelope::{kind, text_of};
+use crate::session::{attribute, AccountSessions};
 use crate::Error;
 use async_trait::async_trait;
-use rescind_core::AccountId;
 use rescind_core::{
-    CancelOrder, CancelOutcome, CancelRequest, ChannelError, Clock, OrderLookup, OrderRef,
-    OrderState, OrderStatus, PermanentReason, RefundId, RefundOpened, RefundState, RefundStatus,
-    TokioClock,
+    AccountId, CancelOrder, CancelOutcome, CancelRequest, ChannelError, Clock, OrderLookup,
+    OrderRef, OrderState, OrderStatus, PermanentReason, RefundId, RefundOpened, RefundState,
+    RefundStatus, TokioClock,
 };
+use rescind_wire::credentials::Credentials;
 use rescind_wire::flow::{AppKeyLimiter, AppKeyLimiters};
 use rescind_wire::transport::Transport;
 use serde_json::Value;
@@ -162,10 +163,15 @@ impl TbcOrder {
 /// An already-cancelled order answers `AlreadyDone`; a paid one
 /// `Conflict(PaidMeanwhile)`; a lost reply is in doubt, and the engine resolves
 /// it with [`OrderLookup::order_status`] before cancelling again.
+///
+/// With [`TbcChannel::with_credentials`], a call for an account carries that
+/// account's session (see [`crate::session`]); a call without an account
+/// carries the configured `gateway.session`.
 #[derive(Debug)]
 pub struct TbcChannel {
     client: TopClient,
     config: TopConfig,
+    accounts: Option<AccountSessions>,
 }
 
 impl TbcChannel {
@@ -178,7 +184,33 @@ impl TbcChannel {
     ) -> Result<Self, Error> {
         config.validate()?;
         let client = TopClient::new(config.gateway.clone(), transport, clock)?;
-        Ok(TbcChannel { client, config })
+        Ok(TbcChannel {
+            client,
+            config,
+            accounts: None,
+        })
+    }
+
+    /// Resolve each account's session from `credentials`, asked under the
+    /// channel name `channel`; a session expiring within `refresh_margin_ms`
+    /// is refreshed before the call when a refresh token is held.
+    pub fn with_credentials(
+        mut self,
+        credentials: Arc<dyn Credentials>,
+        channel: impl Into<String>,
+        refresh_margin_ms: u64,
+    ) -> Self {
+        self.accounts = Some(AccountSessions::new(
+            credentials,
+            channel,
+            refresh_margin_ms,
+        ));
+        self
+    }
+
+    /// The account sessions, when a credentials provider is set.
+    pub fn account_sessions(&self) -> Option<&AccountSessions> {
+        self.accounts.as_ref()
     }
 
     /// The channel on reqwest with the configured timeout and retry layers,
@@ -214,31 +246,35 @@ impl TbcChannel {
         &self.config
     }
 
-    /// One call on behalf of `account` (the app key's limiter shares its
-    /// tokens fairly between accounts).
     async fn call_result(
         &self,
         method: &str,
         params: &[(&str, &str)],
-        account: Option<&AccountId>,
+        account: Option<&str>,
     ) -> Result<Value, ChannelError> {
-        let response = self
-            .client
-            .call_as(method, params, account.map(AccountId::as_str))
-            .await?;
+        let response = match (account, &self.accounts) {
+            (Some(account), Some(sessions)) => {
+                let session = sessions.session(&self.client, account).await?;
+                self.client
+                    .call_with_session(method, params, Some(&session), Some(account))
+                    .await
+                    .map_err(|e| attribute(account, e))?
+            }
+            _ => self.client.call_as(method, params, account).await?,
+        };
         check_tbc_result(&response, method).cloned()
     }
 
-    /// Look an order up.
+    /// Look an order up (with the configured session).
     pub async fn get_order(&self, order: &OrderRef) -> Result<TbcOrder, ChannelError> {
         self.get_order_as(order, None).await
     }
 
-    /// Look an order up on behalf of `account`.
+    /// Look an order up for `account` (its session; `None`: the configured one).
     pub async fn get_order_as(
         &self,
         order: &OrderRef,
-        account: Option<&AccountId>,
+        account: Option<&str>,
     ) -> Result<TbcOrder, ChannelError> {
         let method = self.config.order_get_method.as_str();
         let result = self
@@ -253,24 +289,31 @@ impl TbcChannel {
             .await?;
         TbcOrder::from_result(&result, method)
     }
-}
 
-#[async_trait]
-impl CancelOrder for TbcChannel {
-    async fn cancel_unpaid(&self, req: &CancelRequest) -> Result<CancelOutcome, ChannelError> {
+    /// Cancel an unpaid order for `account` (its session; `None`: the configured one).
+    pub async fn cancel_unpaid_as(
+        &self,
+        req: &CancelRequest,
+        account: Option<&str>,
+    ) -> Result<CancelOutcome, ChannelError> {
         self.call_result(
             &self.config.cancel_method,
             &[
                 ("out_order_no", req.order.order_id.as_str()),
                 ("source_site", &self.config.source_site),
             ],
-            req.account.as_ref(),
+            account,
         )
         .await?;
         Ok(CancelOutcome { already: false })
     }
 
-    async fn cancel_paid(&self, req: &CancelRequest) -> Result<RefundOpened, ChannelError> {
+    /// Cancel a paid order for `account` (its session; `None`: the configured one).
+    pub async fn cancel_paid_as(
+        &self,
+        req: &CancelRequest,
+        account: Option<&str>,
+    ) -> Result<RefundOpened, ChannelError> {
         let method = self.config.paid_cancel_method.as_str();
         let reason = req.reason.as_deref().unwrap_or("");
         let result = self
@@ -281,7 +324,7 @@ impl CancelOrder for TbcChannel {
                     ("source_site", &self.config.source_site),
                     ("reason", reason),
                 ],
-                req.account.as_ref(),
+                account,
             )
             .await?;
         match result.get("refund_id").and_then(text_of) {
@@ -294,14 +337,12 @@ impl CancelOrder for TbcChannel {
             ))),
         }
     }
-}
 
-#[async_trait]
-impl OrderLookup for TbcChannel {
-    async fn order_status(
+    /// An order's status for `account`.
+    pub async fn order_status_as(
         &self,
         order: &OrderRef,
-        account: Option<&AccountId>,
+        account: Option<&str>,
     ) -> Result<OrderStatus, ChannelError> {
         let o = self.get_order_as(order, account).await?;
         Ok(OrderStatus {
@@ -310,11 +351,12 @@ impl OrderLookup for TbcChannel {
         })
     }
 
-    async fn refund_status(
+    /// A refund's status for `account`.
+    pub async fn refund_status_as(
         &self,
         order: &OrderRef,
         refund_id: &RefundId,
-        account: Option<&AccountId>,
+        account: Option<&str>,
     ) -> Result<RefundStatus, ChannelError> {
         let o = self.get_order_as(order, account).await?;
         match &o.refund {
@@ -331,6 +373,44 @@ impl OrderLookup for TbcChannel {
                 format!("order {order} has no refund (looking for {refund_id})"),
             )),
         }
+    }
+}
+
+fn account_str(account: Option<&AccountId>) -> Option<&str> {
+    account.map(AccountId::as_str)
+}
+
+#[async_trait]
+impl CancelOrder for TbcChannel {
+    async fn cancel_unpaid(&self, req: &CancelRequest) -> Result<CancelOutcome, ChannelError> {
+        self.cancel_unpaid_as(req, account_str(req.account.as_ref()))
+            .await
+    }
+
+    async fn cancel_paid(&self, req: &CancelRequest) -> Result<RefundOpened, ChannelError> {
+        self.cancel_paid_as(req, account_str(req.account.as_ref()))
+            .await
+    }
+}
+
+#[async_trait]
+impl OrderLookup for TbcChannel {
+    async fn order_status(
+        &self,
+        order: &OrderRef,
+        account: Option<&AccountId>,
+    ) -> Result<OrderStatus, ChannelError> {
+        self.order_status_as(order, account_str(account)).await
+    }
+
+    async fn refund_status(
+        &self,
+        order: &OrderRef,
+        refund_id: &RefundId,
+        account: Option<&AccountId>,
+    ) -> Result<RefundStatus, ChannelError> {
+        self.refund_status_as(order, refund_id, account_str(account))
+            .await
     }
 }
 

@@ -193,6 +193,9 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Channels by the name sagas use (`[channels.NAME]`, with `type = ...`).
     pub channels: BTreeMap<String, ChannelConfig>,
+    /// Per-account credentials (`[accounts]`): `file`, `secrets_file`,
+    /// `refresh_margin_s`; paths relative to the configuration file.
+    pub accounts: Option<crate::accounts::AccountsConfig>,
 }
 
 /// Keys that hold secrets: they may only come from the environment.
@@ -284,10 +287,10 @@ impl Config {
         let mut root: toml::value::Table = toml::from_str(text)
             .map_err(|e: toml::de::Error| bad("", format!("not valid TOML: {}", e.message())))?;
         for key in root.keys() {
-            if !["journal", "engine", "worker", "channels"].contains(&key.as_str()) {
+            if !["journal", "engine", "worker", "channels", "accounts"].contains(&key.as_str()) {
                 return Err(bad(
                     key.clone(),
-                    "unknown section (expected journal, engine, worker, channels)",
+                    "unknown section (expected journal, engine, worker, channels, accounts)",
                 ));
             }
         }
@@ -474,11 +477,21 @@ impl Config {
             Some(_) => return Err(bad("channels", "must be a table of channel tables")),
         }
         check_app_keys(&channels)?;
+        let accounts = match root.remove("accounts") {
+            None => None,
+            Some(v) => {
+                let mut a: crate::accounts::AccountsConfig = take_typed(v, "accounts")?;
+                a.file = base_dir.join(&a.file);
+                a.secrets_file = a.secrets_file.map(|p| base_dir.join(p));
+                Some(a)
+            }
+        };
         Ok(Config {
             journal,
             engine,
             worker,
             channels,
+            accounts,
         })
     }
 

@@ -1,29 +1,55 @@
 //! Turn a [`Config`] into live parts: channels (reqwest transports with their
 //! layers) and the journal.
 
+use crate::accounts::FileCredentials;
 use crate::config::{ChannelConfig, Config, ConfigError, JournalConfig};
 use rescind_channel_pandapon::callback::CallbackChannels;
 use rescind_channel_pandapon::status::Platform;
 use rescind_channel_pandapon::{Pandapon1688, PandaponClient, PandaponTaobao};
 use rescind_channel_top::{DamaiChannel, TbcChannel, TmcConsumer, TmcSink, TopClient};
 use rescind_core::{Channels, Journal, JournalError};
+use rescind_wire::credentials::Credentials;
 use rescind_wire::flow::AppKeyLimiters;
 use std::sync::Arc;
 
-/// Build the channel registry the configuration describes; the TOP
-/// channels take their app key's limiter from the process-wide registry
-/// ([`AppKeyLimiters::global`]).
+/// Build the channel registry the configuration describes, without
+/// per-account credentials (every call carries the configured session);
+/// the TOP channels take their app key's limiter from the process-wide
+/// registry ([`AppKeyLimiters::global`]).
 pub fn build_channels(config: &Config) -> Result<Channels, ConfigError> {
-    build_channels_with(config, AppKeyLimiters::global())
+    build_channels_with(config, AppKeyLimiters::global(), None)
 }
 
-/// [`build_channels`], the TOP channels paced by `limiters`: channels on one
-/// (gateway URL, app key) share one limiter (`gateway.transport.rate_per_s`
-/// is the app key's rate, see `docs/operations.md`, "Flow control").
+/// Load the `[accounts]` credentials, when configured (secrets from the
+/// process environment).
+pub fn load_credentials(config: &Config) -> Result<Option<Arc<FileCredentials>>, ConfigError> {
+    let Some(a) = &config.accounts else {
+        return Ok(None);
+    };
+    FileCredentials::load(a, |v| std::env::var(v).ok())
+        .map(|p| Some(Arc::new(p)))
+        .map_err(|e| ConfigError {
+            key: "accounts".into(),
+            reason: e.to_string(),
+        })
+}
+
+/// [`build_channels`], the TOP channels paced by `limiters` — channels on
+/// one (gateway URL, app key) share one limiter (`gateway.transport.rate_per_s`
+/// is the app key's rate, see `docs/operations.md`, "Flow control") — and,
+/// with a credentials provider, resolving each account's session (Damai:
+/// supplier credentials) at call time, refreshing sessions within
+/// `[accounts] refresh_margin_s` of expiry.
 pub fn build_channels_with(
     config: &Config,
     limiters: &AppKeyLimiters,
+    credentials: Option<Arc<dyn Credentials>>,
 ) -> Result<Channels, ConfigError> {
+    let margin_ms = config
+        .accounts
+        .as_ref()
+        .map(|a| a.refresh_margin_ms())
+        .unwrap_or(rescind_channel_top::REFRESH_MARGIN_MS);
     let mut channels = Channels::new();
     for (name, cfg) in &config.channels {
         let key = format!("channels.{name}");
@@ -33,19 +59,23 @@ pub fn build_channels_with(
         };
         channels = match cfg {
             ChannelConfig::TmallTbc(c) => {
-                let ch = Arc::new(
-                    TbcChannel::connect_with(c.clone(), limiters)
-                        .map_err(|e| err(e.to_string()))?,
-                );
+                let mut ch = TbcChannel::connect_with(c.clone(), limiters)
+                    .map_err(|e| err(e.to_string()))?;
+                if let Some(cr) = &credentials {
+                    ch = ch.with_credentials(cr.clone(), name.as_str(), margin_ms);
+                }
+                let ch = Arc::new(ch);
                 channels
                     .with_cancel(name.as_str(), ch.clone())
                     .with_lookup(name.as_str(), ch)
             }
             ChannelConfig::Damai(c) => {
-                let ch = Arc::new(
-                    DamaiChannel::connect_with(c.clone(), limiters)
-                        .map_err(|e| err(e.to_string()))?,
-                );
+                let mut ch = DamaiChannel::connect_with(c.clone(), limiters)
+                    .map_err(|e| err(e.to_string()))?;
+                if let Some(cr) = &credentials {
+                    ch = ch.with_credentials(cr.clone(), name.as_str(), margin_ms);
+                }
+                let ch = Arc::new(ch);
                 channels.with_stock(name.as_str(), ch)
             }
             ChannelConfig::PandaponTaobao(c) => {

@@ -716,7 +716,15 @@ pub async fn start_worker(
     let flow = Arc::new(rescind_wire::flow::AppKeyLimiters::new(Arc::new(
         rescind_core::TokioClock::system(),
     )));
-    let channels = crate::wiring::build_channels_with(config, &flow)?;
+    // `[accounts]`: per-account credentials resolved by the TOP channels at call time.
+    let credentials = crate::wiring::load_credentials(config)?;
+    let channels = crate::wiring::build_channels_with(
+        config,
+        &flow,
+        credentials
+            .clone()
+            .map(|c| c as Arc<dyn rescind_wire::credentials::Credentials>),
+    )?;
     // Each worker takes 1/live of every app key's rate, from the start.
     refresh_flow_share(&journal, &flow).await;
     let metrics = Arc::new(crate::metrics::WorkerMetrics::default());

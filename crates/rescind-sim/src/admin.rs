@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::accounts::{AccountError, AccountSeed};
 use crate::book::{Book, Mix, OrderSeed, ScheduledEvent};
 use crate::faults::FaultProfile;
 use crate::flow::FlowConfig;
@@ -132,11 +133,20 @@ pub async fn set_faults(State(sim): State<Sim>, req: Request) -> Response {
     }
 }
 
+/// A fixture row with its optional owner (`account`, a seller nick).
+#[derive(Deserialize)]
+struct Row {
+    #[serde(flatten)]
+    seed: OrderSeed,
+    #[serde(default)]
+    account: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Rows {
-    List(Vec<OrderSeed>),
-    Wrapped { orders: Vec<OrderSeed> },
+    List(Vec<Row>),
+    Wrapped { orders: Vec<Row> },
 }
 
 /// `POST /_admin/orders`: fixture rows (a list, or `{"orders": [...]}`);
@@ -149,7 +159,11 @@ pub async fn add_orders(State(sim): State<Sim>, req: Request) -> Response {
     let errors: Vec<String> = rows
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| Book::validate(r).err().map(|e| format!("row {i}: {e}")))
+        .filter_map(|(i, r)| {
+            Book::validate(&r.seed)
+                .err()
+                .map(|e| format!("row {i}: {e}"))
+        })
         .collect();
     if !errors.is_empty() {
         return json_response(
@@ -159,7 +173,8 @@ pub async fn add_orders(State(sim): State<Sim>, req: Request) -> Response {
     }
     let n = rows.len();
     for r in rows {
-        sim.add_order(r);
+        sim.set_order_account(&r.seed.channel, &r.seed.order_id, r.account);
+        sim.add_order(r.seed);
     }
     ok(json!({"added": n}))
 }
@@ -170,6 +185,12 @@ struct GenerateReq {
     n: usize,
     #[serde(default)]
     mix: Mix,
+    /// Owner of every generated order.
+    #[serde(default)]
+    account: Option<String>,
+    /// Owners, round robin (overrides `account`).
+    #[serde(default)]
+    accounts: Vec<String>,
 }
 
 /// Most orders one generate call may create.
@@ -185,7 +206,22 @@ pub async fn generate(State(sim): State<Sim>, req: Request) -> Response {
         return bad(format!("n must be at most {GENERATE_N_MAX}"));
     }
     let rows = sim.generate(g.seed, g.n, &g.mix);
-    ok(json!({"orders": rows}))
+    let owners: Vec<String> = if g.accounts.is_empty() {
+        g.account.into_iter().collect()
+    } else {
+        g.accounts
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, r) in rows.into_iter().enumerate() {
+        let mut v = json!(r);
+        if !owners.is_empty() {
+            let owner = owners[i % owners.len()].clone();
+            sim.set_order_account(&r.channel, &r.order_id, Some(owner.clone()));
+            v["account"] = Value::String(owner);
+        }
+        out.push(v);
+    }
+    ok(json!({"orders": out}))
 }
 
 #[derive(Deserialize)]
@@ -250,6 +286,47 @@ pub async fn set_tmc(State(sim): State<Sim>, req: Request) -> Response {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AccountRows {
+    One(AccountSeed),
+    List(Vec<AccountSeed>),
+    Wrapped { accounts: Vec<AccountSeed> },
+}
+
+/// `GET /_admin/accounts`: `{accounts: [...]}`, each with its sessions
+/// (never their keys) and its call, refusal and refresh counters.
+pub async fn get_accounts(State(sim): State<Sim>) -> Response {
+    ok(json!({"accounts": sim.accounts()}))
+}
+
+/// `POST /_admin/accounts`: one account, a list, or `{"accounts": [...]}`;
+/// adds or replaces each; all or nothing.
+pub async fn add_accounts(State(sim): State<Sim>, req: Request) -> Response {
+    let rows = match body_json::<AccountRows>(req).await {
+        Ok(AccountRows::One(a)) => vec![a],
+        Ok(AccountRows::List(v)) | Ok(AccountRows::Wrapped { accounts: v }) => v,
+        Err(r) => return r,
+    };
+    let n = rows.len();
+    for (i, a) in rows.into_iter().enumerate() {
+        if let Err(e) = sim.add_account(a) {
+            return bad(format!("account row {i}: {e}"));
+        }
+    }
+    ok(json!({"added": n}))
+}
+
+fn account_result(r: Result<(), AccountError>) -> Response {
+    match r {
+        Ok(()) => ok(json!({"ok": true})),
+        Err(e @ AccountError::Unknown(_)) => {
+            json_response(StatusCode::NOT_FOUND, &json!({"error": e.to_string()}))
+        }
+        Err(e) => bad(e),
+    }
+}
+
 /// `GET /_admin/flow`: `{config: {rate_per_s, burst, ban_secs}, app_keys:
 /// {KEY: {bans, banned_for_ms, seconds: [{second, accepted, refused}]}}}`.
 pub async fn get_flow(State(sim): State<Sim>) -> Response {
@@ -285,4 +362,26 @@ pub async fn ban_app_key(State(sim): State<Sim>, req: Request) -> Response {
         }
         Err(r) => r,
     }
+}
+
+/// `POST /_admin/accounts/{id}/expire`: every session of the account expires now.
+pub async fn expire_account(
+    State(sim): State<Sim>,
+    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let Ok(Path(id)) = p else {
+        return bad("malformed path");
+    };
+    account_result(sim.expire_account(&id))
+}
+
+/// `POST /_admin/accounts/{id}/revoke`: the account's sessions and refresh token stop working.
+pub async fn revoke_account(
+    State(sim): State<Sim>,
+    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let Ok(Path(id)) = p else {
+        return bad("malformed path");
+    };
+    account_result(sim.revoke_account(&id))
 }

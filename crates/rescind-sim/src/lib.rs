@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod admin;
 pub mod book;
 pub mod callbacks;
@@ -47,6 +48,7 @@ pub mod tmc;
 pub mod top;
 pub mod transport;
 
+pub use accounts::{AccountError, AccountSeed, AccountView, SessionView};
 pub use book::{
     AppliedEvent, Effect, EventAction, Mix, OrderSeed, OrderView, RefundSeed, RefundView,
     RequestSummary, ScheduledEvent, SeedError,
@@ -54,8 +56,8 @@ pub use book::{
 pub use callbacks::{CallbackConfig, CallbackSink, PushRecord};
 pub use cli::SimArgs;
 pub use faults::{FaultKind, FaultProfile, FaultSpec, LostResponseMode};
-pub use tmc::{TmcSettings, TmcStats};
 pub use flow::{AppKeyFlow, FlowConfig, SecondLog};
+pub use tmc::{TmcSettings, TmcStats};
 pub use transport::SimTransport;
 
 use book::{Book, Notice};
@@ -228,6 +230,7 @@ pub(crate) struct Inner {
     pub callback_sink: Mutex<Option<Arc<dyn CallbackSink>>>,
     /// The TOP message service's queues and counters.
     pub tmc: Mutex<tmc::TmcState>,
+    pub accounts: Mutex<accounts::Accounts>,
 }
 
 /// The simulator: cheap to clone (an `Arc` inside); every clone is the same
@@ -309,6 +312,7 @@ impl Sim {
                 pushes: Mutex::new(Vec::new()),
                 push_seq: Default::default(),
                 http: Default::default(),
+                accounts: Mutex::new(accounts::Accounts::default()),
             }),
         };
         sim.load_fixture();
@@ -384,6 +388,12 @@ impl Sim {
             .route("/_admin/pushes", get(admin::pushes))
             .route("/_admin/callback", post(admin::set_callback))
             .route("/_admin/tmc", get(admin::get_tmc).post(admin::set_tmc))
+            .route(
+                "/_admin/accounts",
+                get(admin::get_accounts).post(admin::add_accounts),
+            )
+            .route("/_admin/accounts/{id}/expire", post(admin::expire_account))
+            .route("/_admin/accounts/{id}/revoke", post(admin::revoke_account))
             .fallback(pandapon::fallback)
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(s)
@@ -424,6 +434,52 @@ impl Sim {
     /// Add (or replace) one order, or say why not.
     pub fn try_add_order(&self, seed: OrderSeed) -> Result<(), SeedError> {
         lock(&self.inner.book).insert(seed)
+    }
+
+    /// Add (or replace) one order owned by `account` (a seller nick): a TOP
+    /// call carrying another registered account's session is refused on it.
+    pub fn add_order_owned(&self, seed: OrderSeed, account: &str) -> Result<(), SeedError> {
+        let (channel, order_id) = (seed.channel.clone(), seed.order_id.clone());
+        self.try_add_order(seed)?;
+        self.set_order_account(&channel, &order_id, Some(account.to_owned()));
+        Ok(())
+    }
+
+    /// Set (or clear) the account owning an order; the order need not exist yet.
+    pub fn set_order_account(&self, channel: &str, order_id: &str, account: Option<String>) {
+        lock(&self.inner.accounts).set_owner(channel, order_id, account);
+    }
+
+    /// The account owning an order, if one was set.
+    pub fn order_account(&self, channel: &str, order_id: &str) -> Option<String> {
+        lock(&self.inner.accounts)
+            .owner(channel, order_id)
+            .map(str::to_owned)
+    }
+
+    /// Register (or replace) an account and its session. From the first
+    /// account on, TOP calls carrying a `session` are checked against the
+    /// accounts (see [`accounts`]).
+    pub fn add_account(&self, seed: AccountSeed) -> Result<(), AccountError> {
+        let now = self.now_ms();
+        lock(&self.inner.accounts).upsert(seed, now)
+    }
+
+    /// Expire every session of an account now (its refresh token still works).
+    pub fn expire_account(&self, id: &str) -> Result<(), AccountError> {
+        let now = self.now_ms();
+        lock(&self.inner.accounts).expire(id, now)
+    }
+
+    /// Revoke an account: its sessions and refresh token stop working.
+    pub fn revoke_account(&self, id: &str) -> Result<(), AccountError> {
+        lock(&self.inner.accounts).revoke(id)
+    }
+
+    /// Every account with its sessions (never their keys) and call counters.
+    pub fn accounts(&self) -> Vec<AccountView> {
+        let now = self.now_ms();
+        lock(&self.inner.accounts).views(now)
     }
 
     /// Generate `n` orders from `seed` with the state weights of `mix`, add
@@ -515,10 +571,12 @@ impl Sim {
         }
     }
 
-    /// Empty the book, the effect log, the pushes and the faults (back to the
-    /// configured profile), then reload the fixture.
+    /// Empty the book, the effect log, the pushes, the accounts and order
+    /// owners, and the faults (back to the configured profile), then reload
+    /// the fixture.
     pub fn reset(&self) {
         *lock(&self.inner.book) = Book::default();
+        *lock(&self.inner.accounts) = accounts::Accounts::default();
         lock(&self.inner.pushes).clear();
         self.tmc_reset();
         self.set_faults(self.inner.cfg.faults.clone());

@@ -13,7 +13,8 @@ use rescind_wire::sign::{signatures_match, top_sign, DamaiHeadFields, SignMethod
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-use crate::book::{refund_phase, RefundPhase, Refusal, RequestSummary, TMALL_TBC};
+use crate::accounts::{SessionCheck, REFRESH_METHOD};
+use crate::book::{refund_phase, RefundPhase, Refusal, RequestSummary, DAMAI, TMALL_TBC};
 use crate::defaults::{CANCEL_METHOD, DAMAI_CANCEL_METHOD};
 use crate::faults::{self, Decision, FaultKind, FaultReplies};
 use crate::http_util::{self, BodyError};
@@ -115,7 +116,14 @@ impl Reply {
 }
 
 fn response_root(method: &str) -> String {
-    format!("{}_response", method.replace('.', "_"))
+    // TOP drops the `taobao.` prefix of its own platform methods
+    // (`taobao.top.auth.token.refresh` → `top_auth_token_refresh_response`).
+    let m = if method == REFRESH_METHOD {
+        method.trim_start_matches("taobao.")
+    } else {
+        method
+    };
+    format!("{}_response", m.replace('.', "_"))
 }
 
 /// The handler of `/router/rest` (GET or POST).
@@ -205,9 +213,10 @@ pub async fn handle(State(sim): State<Sim>, req: Request) -> Response {
     reply.simplify =
         reply.format == Format::Json && params.get("simplify").map(String::as_str) == Some("true");
 
-    if let Err(e) = check_system(&sim, &params, raw_body) {
-        return reply.error(e);
-    }
+    let acting = match check_system(&sim, &params, raw_body) {
+        Ok(a) => a,
+        Err(e) => return reply.error(e),
+    };
     let method = params.get("method").cloned().unwrap_or_default();
     // Flow control per app key, over every call that passed the system checks.
     let app_key = params.get("app_key").map(String::as_str).unwrap_or("");
@@ -225,11 +234,14 @@ pub async fn handle(State(sim): State<Sim>, req: Request) -> Response {
     faults::guard(&sim, &method, &replies, || {
         dispatch(
             &sim,
-            &method,
-            &params,
-            &reply,
-            parts.method.as_str(),
-            parts.uri.path(),
+            &Call {
+                method: &method,
+                p: &params,
+                reply: &reply,
+                http_method: parts.method.as_str(),
+                path: parts.uri.path(),
+                acting: acting.as_deref(),
+            },
         )
     })
     .await
@@ -295,11 +307,13 @@ impl crate::Inner {
     }
 }
 
+/// The system checks; `Ok(Some(account))` when the call carries a valid
+/// session of a registered account.
 fn check_system(
     sim: &Sim,
     p: &BTreeMap<String, String>,
     raw_body: Option<&[u8]>,
-) -> Result<(), TopError> {
+) -> Result<Option<String>, TopError> {
     let cfg = &sim.inner.cfg;
     let method = p
         .get("method")
@@ -317,6 +331,7 @@ fn check_system(
         cfg.order_get_method.as_str(),
         crate::tmc::CONSUME_METHOD,
         crate::tmc::CONFIRM_METHOD,
+        REFRESH_METHOD,
     ];
     if !known.contains(&method.as_str()) {
         return Err(TopError::new(22, "Invalid Method", "", ""));
@@ -376,6 +391,10 @@ fn check_system(
     if !signatures_match(sign, &expected) {
         return Err(TopError::new(25, "Invalid Signature", "", ""));
     }
+    // The refresh call carries no session: it is how a session is obtained.
+    if method == REFRESH_METHOD {
+        return Ok(None);
+    }
     if let Some(session) = &cfg.session {
         match p.get("session") {
             None => return Err(TopError::new(26, "Missing Session", "", "")),
@@ -390,7 +409,62 @@ fn check_system(
             Some(_) => {}
         }
     }
-    Ok(())
+    check_account_session(sim, p.get("session").map(String::as_str))
+}
+
+/// Sessions of registered accounts (`crate::accounts`): nothing is checked
+/// while no account is registered.
+fn check_account_session(sim: &Sim, session: Option<&str>) -> Result<Option<String>, TopError> {
+    let now = sim.now_ms();
+    let mut accounts = crate::lock(&sim.inner.accounts);
+    match accounts.check(session, now) {
+        SessionCheck::Unchecked => Ok(None),
+        SessionCheck::Valid(id) => {
+            if let Some(s) = session {
+                accounts.count_call(s);
+            }
+            Ok(Some(id))
+        }
+        SessionCheck::Invalid => Err(TopError::new(
+            27,
+            "Invalid session",
+            "invalid-sessionkey",
+            "the session key is unknown, replaced or revoked; authorise the app again",
+        )),
+        SessionCheck::Expired(_) => Err(TopError::new(
+            27,
+            "Invalid session",
+            "invalid-sessionkey",
+            "the session key has expired; refresh it or authorise the app again",
+        )),
+    }
+}
+
+/// A call by a session of `acting` on an order owned by another account is
+/// refused (`isv.permission-denied`); unowned orders are anyone's.
+fn check_owner(
+    sim: &Sim,
+    acting: Option<&str>,
+    channel: &str,
+    order_id: &str,
+) -> Result<(), TopError> {
+    let Some(acting) = acting else {
+        return Ok(());
+    };
+    let mut accounts = crate::lock(&sim.inner.accounts);
+    match accounts.owner(channel, order_id) {
+        Some(owner) if owner != acting => {
+            let msg = format!("the session's seller {acting} does not own order {order_id}");
+            accounts.count_refusal(acting);
+            Err(TopError::new(
+                11,
+                "Insufficient ISV Permissions",
+                "isv.permission-denied",
+                msg,
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn summary(
@@ -458,24 +532,37 @@ fn required<'a>(p: &'a BTreeMap<String, String>, name: &str) -> Result<&'a str, 
         .ok_or_else(|| TopError::missing_arg(name))
 }
 
-fn dispatch(
-    sim: &Sim,
-    method: &str,
-    p: &BTreeMap<String, String>,
-    reply: &Reply,
-    http_method: &str,
-    path: &str,
-) -> Response {
+/// One checked call on its way to its method.
+struct Call<'a> {
+    method: &'a str,
+    p: &'a BTreeMap<String, String>,
+    reply: &'a Reply,
+    http_method: &'a str,
+    path: &'a str,
+    /// The account whose valid session the call carries.
+    acting: Option<&'a str>,
+}
+
+fn dispatch(sim: &Sim, c: &Call<'_>) -> Response {
+    let (method, p, reply, http_method, path) = (c.method, c.p, c.reply, c.http_method, c.path);
     let root = response_root(method);
     let cfg = &sim.inner.cfg;
-    let result = if method == CANCEL_METHOD {
-        tbc_cancel(sim, method, p, reply, http_method, path)
+    let owner_ok = |channel: &str, name: &str| match p.get(name) {
+        Some(id) => check_owner(sim, c.acting, channel, id),
+        None => Ok(()),
+    };
+    let result = if method == REFRESH_METHOD {
+        token_refresh(sim, p)
+    } else if method == CANCEL_METHOD {
+        owner_ok(TMALL_TBC, "out_order_no")
+            .and_then(|()| tbc_cancel(sim, method, p, reply, http_method, path))
     } else if method == cfg.paid_cancel_method {
-        tbc_paid_cancel(sim, method, p, reply, http_method, path)
+        owner_ok(TMALL_TBC, "out_order_no")
+            .and_then(|()| tbc_paid_cancel(sim, method, p, reply, http_method, path))
     } else if method == cfg.order_get_method {
-        tbc_get(sim, p)
+        owner_ok(TMALL_TBC, "out_order_no").and_then(|()| tbc_get(sim, p))
     } else if method == DAMAI_CANCEL_METHOD {
-        damai_cancel(sim, method, p, reply, http_method, path)
+        damai_cancel(sim, method, p, reply, http_method, path, c.acting)
     } else if method == crate::tmc::CONSUME_METHOD || method == crate::tmc::CONFIRM_METHOD {
         tmc_call(sim, method, p)
     } else {
@@ -485,6 +572,34 @@ fn dispatch(
         Ok(v) => reply.render(&root, v),
         Err(e) => reply.error(e),
     }
+}
+
+/// `taobao.top.auth.token.refresh`: a new session for a refresh token. The
+/// `token_result` is a JSON **string** (ASSUMED shape, see `docs/simulator.md`).
+fn token_refresh(sim: &Sim, p: &BTreeMap<String, String>) -> Result<Value, TopError> {
+    let token = required(p, "refresh_token")?;
+    let now = sim.now_ms();
+    let r = crate::lock(&sim.inner.accounts)
+        .refresh(token, now)
+        .ok_or_else(|| {
+            TopError::new(
+                15,
+                "Remote service error",
+                "isv.refresh-token-invalid",
+                "the refresh token is unknown, spent, expired or revoked",
+            )
+        })?;
+    let token_result = json!({
+        "access_token": r.access_token,
+        "refresh_token": r.refresh_token,
+        "expires_in": r.expires_in_s,
+        "re_expires_in": r.re_expires_in_s,
+        "expire_time": now.saturating_add(r.expires_in_s.saturating_mul(1000)),
+        "refresh_token_valid_time": now.saturating_add(r.re_expires_in_s.saturating_mul(1000)),
+        "taobao_user_nick": r.account,
+        "token_type": "Bearer",
+    });
+    Ok(json!({"token_result": token_result.to_string()}))
 }
 
 fn tbc_result(r: Result<Value, Refusal>) -> Value {
@@ -586,6 +701,7 @@ fn damai_cancel(
     reply: &Reply,
     hm: &str,
     path: &str,
+    acting: Option<&str>,
 ) -> Result<Value, TopError> {
     const PARAM: &str = "param_cancel_stock_lock_request";
     let raw = required(p, PARAM)?;
@@ -614,6 +730,7 @@ fn damai_cancel(
             "cancel_stock_lock_request_body.cancel_stock_lock_req_param.order_id is required",
         )
     })?;
+    check_owner(sim, acting, DAMAI, &order_id)?;
     let head = |k: &str| text(&["head", k]).unwrap_or_default();
     let (msg_id, supplier_key, supplier_secret, signed, time_stamp, version) = (
         head("msg_id"),
