@@ -117,12 +117,9 @@ impl Reply {
 
 fn response_root(method: &str) -> String {
     // TOP drops the `taobao.` prefix of its own platform methods
-    // (`taobao.top.auth.token.refresh` → `top_auth_token_refresh_response`).
-    let m = if method == REFRESH_METHOD {
-        method.trim_start_matches("taobao.")
-    } else {
-        method
-    };
+    // (`taobao.top.auth.token.refresh` → `top_auth_token_refresh_response`,
+    // `taobao.tmc.messages.consume` → `tmc_messages_consume_response`).
+    let m = method.strip_prefix("taobao.").unwrap_or(method);
     format!("{}_response", m.replace('.', "_"))
 }
 

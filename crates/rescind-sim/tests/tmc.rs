@@ -14,7 +14,7 @@ const CONSUME: &str = "taobao.tmc.messages.consume";
 const CONFIRM: &str = "taobao.tmc.messages.confirm";
 
 fn messages(v: &Value) -> Vec<Value> {
-    v["taobao_tmc_messages_consume_response"]["messages"]["tmc_message"]
+    v["tmc_messages_consume_response"]["messages"]["tmc_message"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -129,7 +129,7 @@ async fn consume_hides_confirm_removes_unconfirmed_come_back() {
         )
         .await;
     assert_eq!(
-        v["taobao_tmc_messages_confirm_response"]["is_success"], true,
+        v["tmc_messages_confirm_response"]["is_success"], true,
         "{v}"
     );
     let v = h.top(CONFIRM, &[("s_message_ids", "1,x")]).await;
