@@ -34,9 +34,9 @@
 mod common;
 
 use common::{
-    check_against_sim, env_u64, get_json, http_client, journal_rows, merchant, point_callbacks,
-    post_json, recovery_of, schedule_payments, sim_effects_and_state, spawn_proc, start_sim,
-    submit_pending, workload, Proc, Reporter, WorkerToml,
+    admin_client, check_against_sim, env_u64, get_json, http_client, journal_rows, merchant,
+    point_callbacks, post_json, recovery_of, schedule_payments, sim_effects_and_state, spawn_proc,
+    start_sim, submit_pending, with_database, workload, Proc, Reporter, WorkerToml,
 };
 use rescind_core::{Rng, SplitMix64};
 use serde_json::{json, Value};
@@ -69,30 +69,6 @@ const SUBMIT_SPAN_TICKS: usize = 60;
 const RELEASE_SPAN_TICKS: usize = 80;
 /// The environment variable the workers' configs read the database URL from.
 const URL_ENV: &str = "RESCIND_PG_WORKERS_URL";
-
-/// `url` with its database replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let authority_at = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_at..].find('/') {
-        Some(slash) => &base[..authority_at + slash],
-        None => base,
-    };
-    format!("{base}/{db}{query}")
-}
-
-async fn admin_client(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to RESCIND_PG_URL: {e}"));
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
 
 #[derive(Default, Debug)]
 struct Numbers {

@@ -211,15 +211,26 @@ pub struct WorkerToml<'a> {
 
 /// A worker configuration for the simulator's four channels.
 pub fn config_text(sim_url: &str, w: &WorkerToml<'_>) -> String {
-    let channels = simulator_channels_toml(
+    config_text_with(
         sim_url,
-        &SECRETS,
-        Some(SimRateLimits {
+        w,
+        SimRateLimits {
             top_rate_per_sec: 2000.0,
             top_rate_burst: 200,
             pandapon_requests_per_sec_max: 2000,
-        }),
-    );
+        },
+        "",
+    )
+}
+
+/// [`config_text`] with the channels' rates and `extra` TOML appended.
+pub fn config_text_with(
+    sim_url: &str,
+    w: &WorkerToml<'_>,
+    rates: SimRateLimits,
+    extra: &str,
+) -> String {
+    let channels = simulator_channels_toml(sim_url, &SECRETS, Some(rates));
     format!(
         r#"# Written by a rescind-cli real-process test.
 [journal]
@@ -240,7 +251,8 @@ callback_store = "{callback_store}"
 recover_interval_ms = {recover_interval_ms}
 shutdown_grace_ms = 2000
 
-{channels}"#,
+{channels}
+{extra}"#,
         journal = w.journal,
         callback_store = w.callback_store,
         recover_interval_ms = w.recover_interval_ms,
@@ -1028,4 +1040,32 @@ pub fn check_against_sim(
     v.all_once = counts.values().all(|n| *n <= 1);
     v.expected = expected.len();
     v
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+/// `url` with its database replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let authority_at = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_at..].find('/') {
+        Some(slash) => &base[..authority_at + slash],
+        None => base,
+    };
+    format!("{base}/{db}{query}")
+}
+
+/// A connection to the PostgreSQL server at `url`, for creating and
+/// dropping the tests' databases.
+pub async fn admin_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to RESCIND_PG_URL: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
 }
