@@ -11,8 +11,8 @@
 //! | scope | routes |
 //! |---|---|
 //! | none | `GET /healthz`, `GET /readyz` |
-//! | `read` | `GET /sagas`, `GET /sagas/{id}`, `GET /stats`, `GET /metrics` |
-//! | `write` | `POST /sagas`, `POST /sagas/{id}/abort`, `…/resume`, `…/resolve` |
+//! | `read` | `GET /sagas`, `GET /sagas/{id}`, `GET /accounts`, `GET /stats`, `GET /metrics` |
+//! | `write` | `POST /sagas`, `POST /sagas/{id}/abort`, `…/resume`, `…/resolve`, `POST /accounts/reload` |
 
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod accounts;
+pub mod accounts_api;
 pub mod auth;
 pub mod config;
 pub mod inspect;

@@ -133,6 +133,9 @@ pub struct ApiState {
     /// The metrics `/metrics` encodes; the engine should have been built
     /// with it as its sink (`EngineBuilder::metrics`) for the labelled series.
     pub metrics: Arc<crate::metrics::WorkerMetrics>,
+    /// The `[accounts]` credentials, for `GET /accounts` and
+    /// `POST /accounts/reload` (`None`: no accounts configured).
+    pub accounts: Option<Arc<crate::accounts::FileCredentials>>,
 }
 
 impl ApiState {
@@ -145,6 +148,7 @@ impl ApiState {
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             auth: crate::auth::ApiAuth::open(),
             metrics: Arc::default(),
+            accounts: None,
         }
     }
 }
@@ -223,6 +227,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/sagas/{id}/abort", post(abort))
         .route("/sagas/{id}/resume", post(resume))
         .route("/sagas/{id}/resolve", post(resolve))
+        .route("/accounts", get(accounts_list))
+        .route("/accounts/reload", post(accounts_reload))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -379,6 +385,34 @@ async fn resume(
         )
             .into_response(),
         Err(e) => engine_err(e),
+    }
+}
+
+/// `GET /accounts`: every account (no secrets) with the sagas stuck on it.
+async fn accounts_list(State(s): State<ApiState>) -> Response {
+    let Some(creds) = &s.accounts else {
+        return err(StatusCode::NOT_FOUND, "no [accounts] configured");
+    };
+    match crate::accounts_api::list(creds, &s.engine, s.journal.as_ref()).await {
+        Ok(rows) => Json(serde_json::json!({ "accounts": rows })).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `POST /accounts/reload`: re-read the accounts and secrets files, then
+/// resume the sagas stuck on an account whose credentials changed.
+async fn accounts_reload(
+    State(s): State<ApiState>,
+    actor: Option<axum::Extension<crate::auth::Actor>>,
+) -> Response {
+    let Some(creds) = &s.accounts else {
+        return err(StatusCode::NOT_FOUND, "no [accounts] configured");
+    };
+    match crate::accounts_api::reload(creds, &s.engine, s.journal.as_ref(), &actor_name(&actor))
+        .await
+    {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => err(StatusCode::BAD_REQUEST, e),
     }
 }
 
@@ -764,6 +798,7 @@ pub async fn start_worker(
         ready: ready.clone(),
         auth: auth.clone(),
         metrics: metrics.clone(),
+        accounts: credentials.clone(),
     })
     .layer(axum::middleware::from_fn_with_state(
         auth,
@@ -830,6 +865,9 @@ pub async fn start_worker(
         .collect();
     for (channel, probe) in &tmc {
         metrics.watch_tmc(channel, probe.clone());
+    }
+    if let Some(creds) = &credentials {
+        crate::accounts_api::reload_on_sighup(creds.clone(), engine.clone(), journal.journal());
     }
     ready.store(true, std::sync::atomic::Ordering::Release);
     // Claim and resume sagas whose worker died (shared journal); stuck ones
