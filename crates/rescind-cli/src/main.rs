@@ -29,6 +29,7 @@ pub(crate) fn write_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+mod accounts_cmd;
 mod demo;
 mod journal_cmd;
 mod ops;
@@ -73,6 +74,9 @@ enum Command {
     Journal(journal_cmd::JournalCmd),
     /// Compare local orders with what each channel says; --fix converges them.
     Reconcile(ops::ReconcileArgs),
+    /// The shops (`[accounts]`) and the sagas waiting on their credentials.
+    #[command(subcommand)]
+    Accounts(accounts_cmd::AccountsCmd),
     /// Run the channel simulator (TOP and PandaPon) for your own code to call.
     Sim(rescind_sim::SimArgs),
     /// Run the engine as a long-lived worker with an HTTP API.
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             Command::WithdrawRefund(a) => ops::withdraw(&cli.config, a).await,
             Command::Journal(c) => journal_cmd::run(&cli.config, c).await,
             Command::Reconcile(a) => ops::reconcile(&cli.config, a).await,
+            Command::Accounts(c) => accounts_cmd::run(&cli.config, c).await,
             Command::Sim(a) => rescind_sim::cli::run(a)
                 .await
                 .map(|_| 0)

@@ -13,6 +13,8 @@
 //! sagas, which complete by themselves; then shopB's session expires, two
 //! more of its sagas park, and a `SIGHUP` after its new session continues
 //! them. Every cancel is applied exactly once (the simulator's effect log).
+//! Finally `rescind accounts list` (worker stopped) counts one more saga
+//! stuck on shopA, and shows no secret.
 
 mod common;
 mod rig;
@@ -93,7 +95,7 @@ async fn an_expired_session_parks_its_account_and_a_reload_continues_it() {
         ]),
     )
     .await;
-    let orders: Vec<Value> = ["A1", "A2", "A3"]
+    let orders: Vec<Value> = ["A1", "A2", "A3", "A4"]
         .iter()
         .map(|o| owned(o, "shopA"))
         .chain(
@@ -195,5 +197,43 @@ async fn an_expired_session_parks_its_account_and_a_reload_continues_it() {
         .collect();
     let pairs: Vec<(&str, &str)> = all.iter().map(|t| ("cancel_unpaid", t.as_str())).collect();
     assert_eq!(rig.effects().await, once(&pairs), "each cancel once");
+
+    // `rescind accounts list` reads the same from the files and the journal
+    // (with the worker stopped: it holds the sled journal).
+    sim_post(&rig, "/_admin/accounts/shopA/expire", json!({})).await;
+    let a4 = rig.start(&cancel_for("A4", "shopA")).await;
+    rig.wait_stuck(&a4, 1).await;
     rig.stop_worker().await;
+    let out = rig.cli(&["accounts", "list", "--json"]).await;
+    assert_eq!(out.code, 0, "{out:#?}");
+    let rows: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let stuck: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap_or("").to_owned(),
+                r["stuck"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stuck,
+        vec![("shopA".into(), 1), ("shopB".into(), 0)],
+        "{rows:?}"
+    );
+    assert!(
+        !out.stdout.contains("sA2") && !out.stdout.contains("sB2"),
+        "no secret shown"
+    );
+    let out = rig.cli(&["accounts", "list"]).await;
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stdout.contains("shopA") && out.stdout.contains("stuck sagas"),
+        "{}",
+        out.stdout
+    );
 }

@@ -32,7 +32,6 @@ pub struct Reloaded {
 
 /// The unfinished sagas stuck on credentials, by account.
 async fn stuck_by_account(
-    engine: &Engine,
     journal: &dyn Journal,
 ) -> Result<BTreeMap<String, Vec<rescind_core::SagaId>>, String> {
     let ids = journal
@@ -43,7 +42,7 @@ async fn stuck_by_account(
     for id in ids {
         // A saga that cannot be read is not waiting on an account: skip it
         // (`journal list` reports it).
-        let Ok(state) = engine.load(id).await else {
+        let Ok((state, _)) = crate::inspect::load(journal, id).await else {
             continue;
         };
         if state.outcome.is_some() {
@@ -56,13 +55,12 @@ async fn stuck_by_account(
     Ok(out)
 }
 
-/// Every account with the count of sagas stuck on it.
+/// Every account with the count of sagas stuck on it (read from the journal).
 pub async fn list(
     creds: &FileCredentials,
-    engine: &Engine,
     journal: &dyn Journal,
 ) -> Result<Vec<AccountRow>, String> {
-    let stuck = stuck_by_account(engine, journal).await?;
+    let stuck = stuck_by_account(journal).await?;
     Ok(creds
         .infos()
         .into_iter()
@@ -84,7 +82,7 @@ pub async fn reload(
     let changes = creds.reload().map_err(|e| e.to_string())?;
     let mut resumed = 0;
     if !changes.accounts.is_empty() {
-        let stuck = stuck_by_account(engine, journal).await?;
+        let stuck = stuck_by_account(journal).await?;
         for account in &changes.accounts {
             for id in stuck.get(account).into_iter().flatten() {
                 match engine.resume_by(*id, by).await {

@@ -393,7 +393,7 @@ async fn accounts_list(State(s): State<ApiState>) -> Response {
     let Some(creds) = &s.accounts else {
         return err(StatusCode::NOT_FOUND, "no [accounts] configured");
     };
-    match crate::accounts_api::list(creds, &s.engine, s.journal.as_ref()).await {
+    match crate::accounts_api::list(creds, s.journal.as_ref()).await {
         Ok(rows) => Json(serde_json::json!({ "accounts": rows })).into_response(),
         Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
