@@ -346,15 +346,19 @@ pub async fn run(a: DemoArgs) -> Result<u8> {
     if a.orders == 0 {
         return Err(anyhow!("--orders must be at least 1"));
     }
-    let tmp;
+    // A temp dir unless --keep; kept after all when the demo fails, so the
+    // logs it names are still there.
+    let mut tmp: Option<tempfile::TempDir> = None;
     let dir: PathBuf = match &a.keep {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
             d.clone()
         }
         None => {
-            tmp = tempfile::tempdir().context("cannot create a temp dir")?;
-            tmp.path().to_owned()
+            let t = tempfile::tempdir().context("cannot create a temp dir")?;
+            let path = t.path().to_owned();
+            tmp = Some(t);
+            path
         }
     };
     // 1. The simulator, faults on.
@@ -501,6 +505,9 @@ pub async fn run(a: DemoArgs) -> Result<u8> {
         if Instant::now() > deadline {
             pb.abandon_with_message("timed out");
             let _ = worker.child.kill().await;
+            if let Some(t) = tmp.take() {
+                let _ = t.keep();
+            }
             return Err(anyhow!(
                 "the demo did not finish within {} s ({done}/{} finished); logs in {}",
                 a.timeout_secs,
