@@ -56,6 +56,21 @@ pub fn app_key_limiter(gateway: &GatewayConfig, limiters: &AppKeyLimiters) -> Ar
     limiters.limiter(&gateway.url, &gateway.app_key, gateway.transport.flow())
 }
 
+/// What every `connect_with` builds on: reqwest with the timeout and retry
+/// layers (no rate layer), the system clock, and the app key's limiter from
+/// `limiters`.
+pub(crate) type PacedParts = (Arc<dyn Transport>, Arc<dyn Clock>, Arc<AppKeyLimiter>);
+
+/// See [`PacedParts`].
+pub(crate) fn paced_parts(
+    gateway: &GatewayConfig,
+    limiters: &AppKeyLimiters,
+) -> Result<PacedParts, Error> {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::system());
+    let transport = unpaced_transport(&gateway.transport, clock.clone())?;
+    Ok((transport, clock, app_key_limiter(gateway, limiters)))
+}
+
 /// A refusal of the app key's limiter as the engine sees it: retryable,
 /// certainly not applied (nothing was sent), with the ban's remaining wait.
 pub fn classify_flow(e: &FlowError) -> ChannelError {
@@ -124,9 +139,7 @@ impl TopClient {
 
     /// As [`TopClient::connect`], with the app key's limiter from `limiters`.
     pub fn connect_with(gateway: GatewayConfig, limiters: &AppKeyLimiters) -> Result<Self, Error> {
-        let clock: Arc<dyn Clock> = Arc::new(TokioClock::system());
-        let transport = unpaced_transport(&gateway.transport, clock.clone())?;
-        let limiter = app_key_limiter(&gateway, limiters);
+        let (transport, clock, limiter) = paced_parts(&gateway, limiters)?;
         Ok(Self::new(gateway, transport, clock)?.with_limiter(limiter))
     }
 

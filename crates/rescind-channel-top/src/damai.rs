@@ -1,15 +1,13 @@
 //! Damai ticketing: `alibaba.damai.yuntoc.order.cancellockstock`, used as the
 //! stock-release step after a cancel.
 
-use crate::client::{app_key_limiter, unpaced_transport, TopClient};
+use crate::client::{paced_parts, TopClient};
 use crate::config::DamaiConfig;
 use crate::envelope::text_of;
 use crate::session::{attribute, credentials_error, AccountSessions};
 use crate::Error;
 use async_trait::async_trait;
-use rescind_core::{
-    ChannelError, Clock, ErrorClass, PermanentReason, ReleaseStock, StockLockRef, TokioClock,
-};
+use rescind_core::{ChannelError, Clock, ErrorClass, PermanentReason, ReleaseStock, StockLockRef};
 use rescind_wire::credentials::{Credentials, CredentialsError};
 use rescind_wire::flow::{AppKeyLimiter, AppKeyLimiters};
 use rescind_wire::sign::{DamaiHeadFields, Secret};
@@ -179,9 +177,7 @@ impl DamaiChannel {
     /// As `connect`, paced by the app key's limiter in `limiters` (shared
     /// with every other channel on that app key that uses the registry).
     pub fn connect_with(config: DamaiConfig, limiters: &AppKeyLimiters) -> Result<Self, Error> {
-        let clock: Arc<dyn Clock> = Arc::new(TokioClock::system());
-        let transport = unpaced_transport(&config.gateway.transport, clock.clone())?;
-        let limiter = app_key_limiter(&config.gateway, limiters);
+        let (transport, clock, limiter) = paced_parts(&config.gateway, limiters)?;
         Ok(Self::new(config, transport, clock)?.with_limiter(limiter))
     }
 

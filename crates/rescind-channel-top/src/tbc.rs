@@ -2,7 +2,7 @@
 //! payment and order lookup (method names assumed, configurable).
 
 use crate::classify::check_tbc_result;
-use crate::client::{app_key_limiter, unpaced_transport, TopClient};
+use crate::client::{paced_parts, TopClient};
 use crate::config::TopConfig;
 use crate::envelope::{kind, text_of};
 use crate::session::{attribute, AccountSessions};
@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use rescind_core::{
     AccountId, CancelOrder, CancelOutcome, CancelRequest, ChannelError, Clock, OrderLookup,
     OrderRef, OrderState, OrderStatus, PermanentReason, RefundId, RefundOpened, RefundState,
-    RefundStatus, TokioClock,
+    RefundStatus,
 };
 use rescind_wire::credentials::Credentials;
 use rescind_wire::flow::{AppKeyLimiter, AppKeyLimiters};
@@ -223,9 +223,7 @@ impl TbcChannel {
     /// As `connect`, paced by the app key's limiter in `limiters` (shared
     /// with every other channel on that app key that uses the registry).
     pub fn connect_with(config: TopConfig, limiters: &AppKeyLimiters) -> Result<Self, Error> {
-        let clock: Arc<dyn Clock> = Arc::new(TokioClock::system());
-        let transport = unpaced_transport(&config.gateway.transport, clock.clone())?;
-        let limiter = app_key_limiter(&config.gateway, limiters);
+        let (transport, clock, limiter) = paced_parts(&config.gateway, limiters)?;
         Ok(Self::new(config, transport, clock)?.with_limiter(limiter))
     }
 
