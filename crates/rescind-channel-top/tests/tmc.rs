@@ -140,6 +140,12 @@ async fn refund_news_reaches_the_sink_and_every_message_is_confirmed() {
     })
     .await;
     until("every message confirmed", || sim.tmc_stats().queued == 0).await;
+    // The sim counts a confirm when it serves it; the consumer counts it
+    // when the reply arrives, a moment later.
+    until("the consumer counted every confirm", || {
+        handle.stats().confirmed >= sim.tmc_stats().published
+    })
+    .await;
     assert!(handle.is_live());
     let st = sim.tmc_stats();
     let mine = handle.stats();
