@@ -7,15 +7,17 @@
 //!   app key 25 calls/s (burst 25) and bans it for 10 s past that. 60 sagas
 //!   of 12 accounts that each cancel on `tmall-tbc` and release on `damai` (120 calls on
 //!   the app key) all complete; from the simulator's per-second log, no
-//!   second exceeds 25 but for the one burst (in the first two seconds, 20
-//!   calls above it at most), nothing was refused and no ban happened. Two limiters (one per channel, as before) would
+//!   k consecutive seconds hold more than k·25 + 20 calls (the bucket's rate
+//!   and burst), nothing was refused and no ban happened. Two limiters (one per channel, as before) would
 //!   send up to 40/s and be banned.
 //! - `a_ban_pauses_every_saga_on_the_app_key_and_they_resume_after_it`: the
-//!   simulator bans the app key for 3 s. The first saga's call meets the ban
+//!   simulator bans the app key for 6 s. The first saga's call meets the ban
 //!   (code 7); from then on nothing is sent on the app key until the ban
-//!   ends: nine more sagas started during it send nothing, none fails, the
-//!   worker's `/stats` shows them waiting without a slot, and all ten
-//!   complete after the ban, each effect applied once.
+//!   ends: nine more sagas started during it send nothing, none fails, each
+//!   journals a `deferred` record to the ban's end and parks (the worker's
+//!   `/stats` counts them parked: no task, no slot), and all ten complete
+//!   after the ban, each step sent again under a fresh intent (no lookup),
+//!   each effect applied once.
 
 mod common;
 mod rig;
@@ -105,17 +107,22 @@ async fn the_app_key_budget_is_kept_across_channels() {
         accepted >= 2 * N as u64,
         "{accepted} calls for {N} sagas: {secs:?}"
     );
-    // No second above 25 but for the one burst (20 calls), which may land
-    // on either side of the first second boundary: only the first two busy
-    // seconds may exceed 25, by 20 together at most.
-    let excess: Vec<u64> = busy.iter().map(|(_, a, _)| a.saturating_sub(25)).collect();
+    // The token bucket's promise (rate 25/s, burst 20): any k consecutive
+    // seconds hold at most k·25 + 20 calls. (A slow start lets the bucket
+    // fill again, so a second burst later is allowed; more is not.)
+    let mut over = Vec::new();
+    for (i, (si, _, _)) in secs.iter().enumerate() {
+        let mut sum = 0;
+        for (sj, a, _) in &secs[i..] {
+            sum += a;
+            if sum > (sj - si + 1) * 25 + 20 {
+                over.push((*si, *sj, sum));
+            }
+        }
+    }
     assert!(
-        excess.iter().skip(2).all(|e| *e == 0),
-        "a second after the burst exceeds the app key's 25/s: {secs:?}"
-    );
-    assert!(
-        excess.iter().sum::<u64>() <= 20,
-        "more than one burst above 25/s: {secs:?}"
+        over.is_empty(),
+        "(first second, last second, calls) above k·25 + 20: {over:?} in {secs:?}"
     );
     let effects = rig.effects().await;
     assert!(effects.values().all(|n| *n == 1), "{effects:?}");
@@ -142,7 +149,7 @@ async fn a_ban_pauses_every_saga_on_the_app_key_and_they_resume_after_it() {
     post_sim(
         &rig,
         "/_admin/flow/ban",
-        json!({"app_key": APP_KEY, "secs": 3}),
+        json!({"app_key": APP_KEY, "secs": 6}),
     )
     .await;
     let banned_at = Instant::now();
@@ -164,7 +171,7 @@ async fn a_ban_pauses_every_saga_on_the_app_key_and_they_resume_after_it() {
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(
-        banned_at.elapsed() < Duration::from_millis(2_800),
+        banned_at.elapsed() < Duration::from_millis(5_500),
         "the machine is too slow for this check; the ban is nearly over"
     );
     // During the ban: nothing more sent, nothing applied, nothing failed.
@@ -177,9 +184,10 @@ async fn a_ban_pauses_every_saga_on_the_app_key_and_they_resume_after_it() {
     );
     assert!(rig.effects().await.is_empty(), "applied during the ban");
     let (_, stats) = rig.get("/stats").await;
-    assert!(
-        stats["engine"]["waiting_on_channel"].as_u64().unwrap_or(0) == N as u64,
-        "every saga waits without a slot, visibly, in /stats: {stats}"
+    assert_eq!(
+        stats["engine"]["parked"].as_u64(),
+        Some(N as u64),
+        "every saga waits parked (no task, no slot), visibly, in /stats: {stats}"
     );
     for id in &ids {
         let (_, v) = rig.get(&format!("/sagas/{id}")).await;
@@ -187,14 +195,35 @@ async fn a_ban_pauses_every_saga_on_the_app_key_and_they_resume_after_it() {
             !matches!(state_of(&v), "failed" | "stuck" | "completed"),
             "{id} during the ban: {v:#}"
         );
+        // The wait is journaled: a restart keeps it, and nothing is looked up.
+        let deferred = records(&v, "deferred");
+        assert_eq!(deferred.len(), 1, "{id}: one deferral: {v:#}");
+        let until = deferred[0]["detail"]["until_ms"].as_u64().unwrap_or(0);
+        let at = deferred[0]["at_ms"].as_u64().unwrap_or(u64::MAX);
+        assert!(
+            until > at && until - at <= 6_200,
+            "{id}: deferred to the ban's end: {v:#}"
+        );
     }
     // After the ban: every saga completes, each effect once.
     for id in &ids {
         let v = rig.wait_completed(id).await;
         assert_eq!(state_of(&v), "completed", "{v:#}\n{}", rig.logs());
+        // A deferred step is sent again under a fresh intent, not looked up.
+        assert!(
+            records(&v, "outcome")
+                .iter()
+                .all(|o| o["detail"]["via"] != "lookup"),
+            "{id}: {v:#}"
+        );
+        assert_eq!(
+            records(&v, "intent").len(),
+            3,
+            "{id}: the cancel's intent twice (deferred, then sent), the release's once: {v:#}"
+        );
     }
     assert!(
-        banned_at.elapsed() >= Duration::from_secs(3),
+        banned_at.elapsed() >= Duration::from_secs(6),
         "finished before the ban ended"
     );
     let effects = rig.effects().await;

@@ -254,6 +254,20 @@ pub enum Record {
         /// Why: what they verified.
         reason: String,
     },
+    /// The attempt at in-doubt step `step` was certainly not applied
+    /// (nothing was sent: the channel's app key is banned or rate-limited)
+    /// and the step waits until `until_ms` before it is sent again, without
+    /// a task and without a lookup. Written before the saga parks, so a
+    /// restart keeps the wait (and the other sagas on the same app key park
+    /// the same way: a ban pauses them all).
+    Deferred {
+        /// The in-doubt step.
+        step: u32,
+        /// When it may be sent again (ms since the Unix epoch).
+        until_ms: u64,
+        /// What the channel said (the ban and its length), for operators.
+        reason: String,
+    },
     /// The saga cannot progress without help; it stays unfinished.
     Stuck {
         /// Why, for operators.
@@ -278,6 +292,7 @@ impl Record {
             Record::AbortRequested { .. } => "abort_requested",
             Record::Resumed { .. } => "resumed",
             Record::Resolved { .. } => "resolved",
+            Record::Deferred { .. } => "deferred",
             Record::Stuck { .. } => "stuck",
             Record::Finished { .. } => "finished",
         }
@@ -442,6 +457,11 @@ mod tests {
                 outcome: Some(StepOutcome::Cancelled { already: false }),
                 operator: "ops".into(),
                 reason: "checked in the seller console".into(),
+            },
+            Record::Deferred {
+                step: 1,
+                until_ms: 1_700_000_012_000,
+                reason: "TOP app key banned for 12000 more ms".into(),
             },
             Record::Stuck { reason: "x".into() },
             Record::Finished {

@@ -29,6 +29,22 @@ pub struct StepView {
     /// How an operator resolved it, if one did (`journal resolve`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<OperatorNote>,
+    /// When its intent was journaled (ms since the epoch): the step's
+    /// deadline counts from here, across deferrals.
+    pub opened_at_ms: u64,
+    /// Attempts deferred because nothing could be sent (a ban): each counts
+    /// as a try against the step's limits.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub deferrals: u32,
+    /// Set by a [`Record::Deferred`] while the step is open: its last
+    /// attempt was certainly not applied, and it is sent again (no lookup)
+    /// once this time (ms since the epoch) has come.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred_until_ms: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// An operator's resolution of an in-doubt step, as folded.
@@ -263,6 +279,22 @@ impl SagaState {
         match &e.record {
             Record::Started { .. } => return Err(self.err(e.seq, "a second started record")),
             Record::Intent { step, action } => {
+                // A deferred step is sent again under a fresh intent
+                // (write-ahead): it ends the deferral, and a crash during
+                // that send leaves the step in doubt again.
+                if let Some(last) = self
+                    .steps
+                    .last_mut()
+                    .filter(|s| s.outcome.is_none() && s.deferred_until_ms.is_some())
+                {
+                    if last.step == *step && &last.action == action {
+                        last.deferred_until_ms = None;
+                        self.stuck = None;
+                        self.last_seq = e.seq;
+                        self.updated_at_ms = e.at_ms;
+                        return Ok(());
+                    }
+                }
                 if *step != self.next_step() || self.in_doubt().is_some() {
                     return Err(self.err(
                         e.seq,
@@ -280,6 +312,9 @@ impl SagaState {
                     via: None,
                     attempts: 0,
                     resolution: None,
+                    opened_at_ms: e.at_ms,
+                    deferrals: 0,
+                    deferred_until_ms: None,
                 });
                 self.stuck = None;
             }
@@ -322,6 +357,13 @@ impl SagaState {
             Record::AbortRequested { reason, .. } => {
                 if self.abort.is_none() {
                     self.abort = Some(reason.clone());
+                }
+            }
+            Record::Deferred { step, until_ms, .. } => {
+                self.open_step(e.seq, *step)?;
+                if let Some(last) = self.steps.last_mut() {
+                    last.deferrals = last.deferrals.saturating_add(1);
+                    last.deferred_until_ms = Some(*until_ms);
                 }
             }
             Record::Stuck { reason } => self.stuck = Some(reason.clone()),

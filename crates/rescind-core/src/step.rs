@@ -119,6 +119,10 @@ pub struct StepSpec {
     pub look_up: bool,
     /// When the step began (ms since the epoch).
     pub started_ms: u64,
+    /// Tries already spent on this step before this machine (deferred
+    /// attempts, [`crate::record::Record::Deferred`]): they count against
+    /// `attempts_max` as if this machine had made them.
+    pub prior_rounds: u32,
 }
 
 /// One step's machine.
@@ -148,6 +152,7 @@ struct StepLimits {
 impl StepMachine {
     /// A machine for one step under `limits`.
     pub fn new(spec: StepSpec, limits: &Limits) -> Self {
+        let prior_rounds = spec.prior_rounds;
         StepMachine {
             in_doubt: spec.in_doubt,
             spec,
@@ -160,8 +165,8 @@ impl StepMachine {
                 channel_wait_max_ms: limits.channel_wait_max_ms,
             },
             phase: Phase::Idle,
-            rounds: 0,
-            calls: 0,
+            rounds: prior_rounds,
+            calls: prior_rounds,
             asked_wait_ms: None,
             last_error: None,
         }
@@ -175,6 +180,25 @@ impl StepMachine {
     /// The last channel error met (retries in progress), for operators.
     pub fn last_error(&self) -> Option<&ChannelError> {
         self.last_error.as_ref()
+    }
+
+    /// Whether the wait the machine is sleeping now may be spent parked,
+    /// with the step deferred: the last attempt was certainly not applied
+    /// (not in doubt) and the channel itself asked for the wait (a ban, a
+    /// rate limit). A deferred step is sent again without a lookup.
+    pub fn can_defer(&self) -> bool {
+        self.phase == Phase::Sleeping
+            && !self.in_doubt
+            && self.asked_wait_ms.is_some()
+            && self.last_error.as_ref().is_some_and(|e| {
+                matches!(
+                    e.class,
+                    ErrorClass::Retryable {
+                        applied: Applied::No,
+                        ..
+                    }
+                )
+            })
     }
 
     /// Feed one event at time `now_ms`; get the next effect.

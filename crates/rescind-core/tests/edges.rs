@@ -370,7 +370,9 @@ async fn a_long_channel_wait_gives_the_in_flight_slot_back() {
     let a = e.start(SagaInput::cancel_unpaid(order("A"))).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let s = e.stats();
-    assert_eq!((s.waiting_on_channel, s.in_flight), (1, 0), "{s:?}");
+    // Nothing was sent and the channel asked for the wait: the step is
+    // deferred (journaled) and the saga parks, holding neither task nor slot.
+    assert_eq!((s.parked, s.in_flight), (1, 0), "{s:?}");
     let b = e.start(SagaInput::cancel_unpaid(order("B"))).await.unwrap();
     assert!(matches!(
         e.wait(b).await.unwrap(),
@@ -392,6 +394,70 @@ async fn a_long_channel_wait_gives_the_in_flight_slot_back() {
     assert!(e.clock().now_ms() - t0 >= 30_000, "A honoured the wait");
     assert_eq!(e.stats().waiting_on_channel, 0);
     assert_eq!(up.effects(), ["cancel_unpaid:B", "cancel_unpaid:A"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deferred_step_survives_a_restart_and_is_sent_once_without_a_lookup() {
+    let up = Upstream::new();
+    up.order("A", OrderState::PendingPay);
+    up.script([Fault::Err(ChannelError::rate_limited(
+        Some(std::time::Duration::from_secs(30)),
+        "TOP app key 12129701 is banned for 30000 more ms",
+    ))]);
+    let j = MemoryJournal::new();
+    let build = || {
+        Engine::builder(Arc::new(j.clone()))
+            .channels(up.channels("tbc"))
+            .clock(Arc::new(TokioClock::with_base(1_700_000_000_000)))
+            .limits(fast_limits())
+            .build()
+    };
+    let e = build();
+    let t0 = e.clock().now_ms();
+    let a = e.start(SagaInput::cancel_unpaid(order("A"))).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let records = j.read(a).await.unwrap();
+    let until = records
+        .iter()
+        .find_map(|r| match &r.record {
+            Record::Deferred {
+                step: 0, until_ms, ..
+            } => Some(*until_ms),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no deferred record: {records:?}"));
+    assert!(until >= t0 + 30_000, "deferred to the ban's end");
+    // The process dies during the deferral; a new one recovers the saga.
+    e.kill();
+    let e = build();
+    let report = e.recover().await.unwrap();
+    assert_eq!((report.resumed, report.in_doubt), (1, 0), "{report:?}");
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert!(up.effects().is_empty(), "nothing sent before the ban ends");
+    assert_eq!(e.stats().parked, 1, "parked again after the restart");
+    assert!(matches!(
+        e.wait(a).await.unwrap(),
+        SagaExit::Finished(SagaOutcome::Completed { .. })
+    ));
+    assert!(e.clock().now_ms() >= until, "the journaled wait was kept");
+    assert_eq!(up.effects(), ["cancel_unpaid:A"], "sent once");
+    let state = e.load(a).await.unwrap();
+    assert_eq!(
+        state.resolved_by_lookup, 0,
+        "a deferred step is not looked up"
+    );
+    let names: Vec<&str> = j
+        .read(a)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.record.name())
+        .collect();
+    assert_eq!(
+        names,
+        ["started", "intent", "deferred", "intent", "outcome", "finished"],
+        "a fresh intent (write-ahead) before the send"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -214,6 +214,13 @@ pub fn describe(r: &Record) -> String {
             by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default()
         ),
         Record::Resumed { by } => format!("resumed by {by}"),
+        Record::Deferred {
+            step,
+            until_ms,
+            reason,
+        } => format!(
+            "step {step} deferred (not sent; sent again at {until_ms} ms since the epoch): {reason}"
+        ),
         Record::Stuck { reason } => format!("stuck: {reason}"),
         Record::Finished { outcome } => format!(
             "finished: {}",

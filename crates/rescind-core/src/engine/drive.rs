@@ -76,9 +76,11 @@ impl Engine {
             Some(_) => None,
             None => match self.acquire().await {
                 Ok(p) => Some(p),
-                Err(DriveStop::Stopped(reason) | DriveStop::Stuck(reason)) => {
-                    return TaskEnd::Exit(SagaExit::Stopped { reason })
-                }
+                Err(
+                    DriveStop::Stopped(reason)
+                    | DriveStop::Stuck(reason)
+                    | DriveStop::Deferred { reason, .. },
+                ) => return TaskEnd::Exit(SagaExit::Stopped { reason }),
             },
         };
         let mut pending = Vec::new();
@@ -94,6 +96,31 @@ impl Engine {
                     // a journal failure this fails too, and recovery looks up).
                     let _ = self.flush(&state, &mut pending, false).await;
                     return TaskEnd::Exit(SagaExit::Stopped { reason });
+                }
+                Err(DriveStop::Deferred {
+                    step,
+                    until_ms,
+                    reason,
+                }) => {
+                    // The wait is journaled before the saga parks: a restart
+                    // keeps it, and the step is sent again without a lookup.
+                    let record = Record::Deferred {
+                        step,
+                        until_ms,
+                        reason: reason.clone(),
+                    };
+                    let written = match self.stage(&mut state, &mut pending, record) {
+                        Ok(()) => self.flush(&state, &mut pending, false).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(DriveStop::Stopped(r) | DriveStop::Stuck(r)) = written {
+                        return TaskEnd::Exit(SagaExit::Stopped { reason: r });
+                    }
+                    tracing::info!(step, until_ms, %reason, "step deferred: the saga parks until its channel takes calls again");
+                    return TaskEnd::Park {
+                        wake_at_ms: until_ms,
+                        parked: Parked::Step,
+                    };
                 }
                 Err(DriveStop::Stuck(reason)) => {
                     let reason = name_account(reason, state.input.account.as_ref());
@@ -133,6 +160,36 @@ impl Engine {
             return Err(DriveStop::Stopped("engine stopping".into()));
         }
         self.journal_aborts(state, pending, me)?;
+        if let Some((step, until_ms)) = state
+            .in_doubt()
+            .and_then(|s| Some((s.clone(), s.deferred_until_ms?)))
+        {
+            // Deferred: certainly not applied; wait out the deferral (parked
+            // when it is long), then send it again under a fresh intent.
+            let now = self.inner.clock.now_ms();
+            if until_ms > now {
+                self.flush(state, pending, false).await?;
+                if until_ms - now >= self.inner.limits.park_after_ms {
+                    return Ok(Some(TaskEnd::Park {
+                        wake_at_ms: until_ms,
+                        parked: Parked::Step,
+                    }));
+                }
+                self.inner
+                    .clock
+                    .sleep(Duration::from_millis(until_ms - now))
+                    .await;
+            }
+            let intent = Record::Intent {
+                step: step.step,
+                action: step.action.clone(),
+            };
+            self.stage(state, pending, intent)?;
+            self.flush(state, pending, false).await?;
+            self.run_step(state, pending, step.step, &step.action, false, me, permit)
+                .await?;
+            return Ok(None);
+        }
         if let Some(step) = state.in_doubt().cloned() {
             self.inner.stats.in_doubt();
             self.flush(state, pending, false).await?;
@@ -278,13 +335,25 @@ impl Engine {
             true => None,
             false => state.owed_words(),
         };
+        // Tries deferred earlier (bans) count, and the deadline runs from
+        // the step's first intent.
+        let open = state
+            .steps
+            .last()
+            .filter(|s| s.step == step && s.outcome.is_none());
+        let prior_rounds = open.map_or(0, |s| s.deferrals);
+        let now = inner.clock.now_ms();
         let spec = StepSpec {
             label: format!("step {step} ({})", action.name()),
             already_done: action.kind().already_done(),
             owed,
             in_doubt: resumed_in_doubt && !operator_not_applied,
             look_up: !inner.protections.skip_in_doubt_lookup,
-            started_ms: inner.clock.now_ms(),
+            started_ms: match open {
+                Some(s) if prior_rounds > 0 => s.opened_at_ms.min(now),
+                _ => now,
+            },
+            prior_rounds,
         };
         let mut machine = StepMachine::new(spec, &inner.limits);
         let ctx = Ctx {
@@ -310,6 +379,18 @@ impl Engine {
                 StepEffect::Sleep { ms } => {
                     if let Some(e) = machine.last_error() {
                         *lock(&me.last_error) = Some(e.to_string());
+                    }
+                    // A long wait the channel asked for after refusing to
+                    // take the call (a ban): journaled, and spent parked.
+                    if ms >= inner.limits.park_after_ms && machine.can_defer() {
+                        return Err(DriveStop::Deferred {
+                            step,
+                            until_ms: inner.clock.now_ms().saturating_add(ms),
+                            reason: machine
+                                .last_error()
+                                .map(ToString::to_string)
+                                .unwrap_or_default(),
+                        });
                     }
                     let long = ms >= inner.limits.park_after_ms && permit.is_some();
                     if long {

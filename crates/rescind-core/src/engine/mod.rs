@@ -195,8 +195,8 @@ struct Running {
     done_changed: Notify,
     task: Mutex<Option<tokio::task::AbortHandle>>,
     last_error: Mutex<Option<String>>,
-    /// `Some` while the saga is parked (no task): where its wait stood.
-    parked: Mutex<Option<WaitProgress>>,
+    /// `Some` while the saga is parked (no task): what it waits for.
+    parked: Mutex<Option<Parked>>,
 }
 
 impl Running {
@@ -223,13 +223,20 @@ struct WaitProgress {
     push_scheduled: bool,
 }
 
+/// What a parked saga waits for.
+#[derive(Clone, Copy, Debug)]
+enum Parked {
+    /// Its refund: the wait continues where it stood.
+    Refund(WaitProgress),
+    /// The end of its step's deferral ([`Record::Deferred`]): the step is
+    /// sent again under a fresh intent.
+    Step,
+}
+
 /// How a saga task ended.
 enum TaskEnd {
     Exit(SagaExit),
-    Park {
-        wake_at_ms: u64,
-        progress: WaitProgress,
-    },
+    Park { wake_at_ms: u64, parked: Parked },
 }
 
 struct Inner {
@@ -393,6 +400,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 enum DriveStop {
     Stuck(String),
     Stopped(String),
+    /// The step's attempt was not sent (a ban, a rate limit) and the wait
+    /// the channel asked for is long: journal a [`Record::Deferred`] and
+    /// park the saga instead of holding a task.
+    Deferred {
+        step: u32,
+        until_ms: u64,
+        reason: String,
+    },
 }
 
 impl From<JournalError> for DriveStop {
@@ -735,7 +750,10 @@ impl Engine {
         let def = self
             .definition(&state.plan, Some(id))
             .or_else(|_| self.definition(&state.input.kind, Some(id)))?;
-        let in_doubt = state.in_doubt().is_some();
+        // A deferred step is not in doubt: nothing was sent.
+        let in_doubt = state
+            .in_doubt()
+            .is_some_and(|s| s.deferred_until_ms.is_none());
         let slot = self
             .reserve(id, &state.input.order)
             .ok_or(Error::AlreadyRunning { saga: id })?;
@@ -760,7 +778,7 @@ impl Engine {
                     next_poll_at_ms: Some(wake_at_ms),
                     push_scheduled: push,
                 };
-                self.park(id, &slot, wake_at_ms, progress);
+                self.park(id, &slot, wake_at_ms, Parked::Refund(progress));
                 return Ok(Some(false));
             }
         }
@@ -961,7 +979,7 @@ impl Engine {
         for (id, r) in targets {
             let mut parked = lock(&r.parked);
             match parked.as_mut() {
-                Some(p) if p.push_scheduled => {
+                Some(Parked::Refund(p)) if p.push_scheduled => {
                     p.push_scheduled = false;
                     let at = now.saturating_add(p.delay_ms);
                     if let Some(old) = p.next_poll_at_ms.filter(|old| *old > at) {

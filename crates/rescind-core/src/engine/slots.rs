@@ -94,10 +94,9 @@ impl Engine {
                         engine.unreserve(id, &r2);
                         r2.finish_with(Some(exit));
                     }
-                    TaskEnd::Park {
-                        wake_at_ms,
-                        progress,
-                    } => engine.park(id, &r2, wake_at_ms, progress),
+                    TaskEnd::Park { wake_at_ms, parked } => {
+                        engine.park(id, &r2, wake_at_ms, parked)
+                    }
                 }
             }
             .instrument(span),
@@ -118,20 +117,22 @@ impl Engine {
         id: SagaId,
         r: &Arc<Running>,
         mut wake_at_ms: u64,
-        mut progress: WaitProgress,
+        mut parked: Parked,
     ) {
         *lock(&r.task) = None;
         // Planned on the push interval, but the push source lapsed while the
         // saga was parking: back to the back-off schedule.
-        if progress.push_scheduled && !self.is_push_live(&r.order.channel) {
-            progress.push_scheduled = false;
-            let at = self.inner.clock.now_ms().saturating_add(progress.delay_ms);
-            if at < wake_at_ms {
-                wake_at_ms = at;
-                progress.next_poll_at_ms = Some(at);
+        if let Parked::Refund(progress) = &mut parked {
+            if progress.push_scheduled && !self.is_push_live(&r.order.channel) {
+                progress.push_scheduled = false;
+                let at = self.inner.clock.now_ms().saturating_add(progress.delay_ms);
+                if at < wake_at_ms {
+                    wake_at_ms = at;
+                    progress.next_poll_at_ms = Some(at);
+                }
             }
         }
-        if lock(&r.parked).replace(progress).is_none() {
+        if lock(&r.parked).replace(parked).is_none() {
             self.inner.parked.fetch_add(1, Ordering::Relaxed);
         }
         lock(&self.inner.timers).insert((wake_at_ms, id));
@@ -146,8 +147,14 @@ impl Engine {
     /// Run a parked saga again: re-read it from the journal and continue its
     /// wait where it stood. No-op unless it is parked (so exactly one waker wins).
     pub(super) fn wake(&self, id: SagaId, r: &Arc<Running>) {
-        let Some(progress) = lock(&r.parked).take() else {
+        let Some(parked) = lock(&r.parked).take() else {
             return;
+        };
+        // A refund wait continues where it stood; a deferred step starts
+        // its turn again (with a slot) from the journal.
+        let progress = match parked {
+            Parked::Refund(p) => Some(p),
+            Parked::Step => None,
         };
         self.inner.parked.fetch_sub(1, Ordering::Relaxed);
         let engine = self.clone();
@@ -163,7 +170,7 @@ impl Engine {
             }
             .await;
             match loaded {
-                Ok((state, def)) => engine.launch(state, def, r, Some(progress)),
+                Ok((state, def)) => engine.launch(state, def, r, progress),
                 Err(e) => {
                     if let Error::Journal(j) = &e {
                         engine.on_journal_error(j);

@@ -37,7 +37,7 @@ impl Engine {
                 self.flush(state, pending, false).await?;
                 Ok(Some(TaskEnd::Park {
                     wake_at_ms,
-                    progress,
+                    parked: Parked::Refund(progress),
                 }))
             }
             None => Ok(None),

@@ -83,6 +83,12 @@ enum BinRecord<'a> {
         by: Option<Text<'a>>,
         account: Cow<'a, AccountId>,
     },
+    /// `Deferred` (added after `StartedFor`: earlier variants keep their tags).
+    Deferred {
+        step: u32,
+        until_ms: u64,
+        reason: Text<'a>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -366,6 +372,15 @@ fn record_to_bin(r: &Record) -> BinRecord<'_> {
         Record::Stuck { reason } => BinRecord::Stuck {
             reason: Cow::Borrowed(reason),
         },
+        Record::Deferred {
+            step,
+            until_ms,
+            reason,
+        } => BinRecord::Deferred {
+            step: *step,
+            until_ms: *until_ms,
+            reason: Cow::Borrowed(reason),
+        },
         Record::Finished { outcome } => BinRecord::Finished {
             outcome: match outcome {
                 SagaOutcome::Completed { order, note } => BinSagaOutcome::Completed {
@@ -627,6 +642,15 @@ fn record_from_bin(r: BinRecord<'_>) -> Result<Record, String> {
             reason: reason.into_owned(),
         },
         BinRecord::Stuck { reason } => Record::Stuck {
+            reason: reason.into_owned(),
+        },
+        BinRecord::Deferred {
+            step,
+            until_ms,
+            reason,
+        } => Record::Deferred {
+            step,
+            until_ms,
             reason: reason.into_owned(),
         },
         BinRecord::Finished { outcome } => Record::Finished {

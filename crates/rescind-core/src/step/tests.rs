@@ -25,6 +25,7 @@ fn spec() -> StepSpec {
         in_doubt: false,
         look_up: true,
         started_ms: 0,
+        prior_rounds: 0,
     }
 }
 
@@ -234,6 +235,78 @@ fn a_channel_requested_wait_is_honoured_up_to_its_cap() {
         vec![(StepEvent::Begin, 0), (StepEvent::Called(Err(long)), 1)],
     );
     assert_eq!(fx[1], StepEffect::Sleep { ms: 30_000 });
+}
+
+#[test]
+fn only_a_wait_the_channel_asked_for_after_a_refused_send_can_be_deferred() {
+    let r = rng();
+    // A ban: nothing was sent, the channel asked for the wait.
+    let mut m = StepMachine::new(spec(), &limits());
+    m.step(StepEvent::Begin, 0, &r).unwrap();
+    assert!(!m.can_defer(), "not sleeping yet");
+    let ban = ChannelError::rate_limited(Some(std::time::Duration::from_secs(20)), "banned");
+    m.step(StepEvent::Called(Err(ban)), 1, &r).unwrap();
+    assert!(m.can_defer());
+    // A timeout may have been applied: its back-off is spent in the task.
+    let mut m = StepMachine::new(spec(), &limits());
+    m.step(StepEvent::Begin, 0, &r).unwrap();
+    m.step(
+        StepEvent::Called(Err(ChannelError::in_doubt("timeout"))),
+        1,
+        &r,
+    )
+    .unwrap();
+    assert!(!m.can_defer());
+    // Not applied but no wait asked for: an ordinary back-off.
+    let mut m = StepMachine::new(spec(), &limits());
+    m.step(StepEvent::Begin, 0, &r).unwrap();
+    m.step(
+        StepEvent::Called(Err(ChannelError::not_applied("503"))),
+        1,
+        &r,
+    )
+    .unwrap();
+    assert!(!m.can_defer());
+}
+
+#[test]
+fn deferred_tries_count_against_the_attempt_limit() {
+    let r = rng();
+    let ban = || ChannelError::rate_limited(Some(std::time::Duration::from_secs(1)), "banned");
+    // attempts_max is 3: two tries were deferred already, so one more ban
+    // ends the step.
+    let mut m = StepMachine::new(
+        StepSpec {
+            prior_rounds: 2,
+            ..spec()
+        },
+        &limits(),
+    );
+    assert_eq!(m.step(StepEvent::Begin, 0, &r).unwrap(), StepEffect::Call);
+    match m.step(StepEvent::Called(Err(ban())), 1, &r).unwrap() {
+        StepEffect::Stuck { reason } => assert!(reason.contains("3 tries"), "{reason}"),
+        other => panic!("expected stuck, got {other:?}"),
+    }
+    // Its outcome counts the deferred tries among its attempts.
+    let mut m = StepMachine::new(
+        StepSpec {
+            prior_rounds: 2,
+            ..spec()
+        },
+        &limits(),
+    );
+    m.step(StepEvent::Begin, 0, &r).unwrap();
+    match m
+        .step(
+            StepEvent::Called(Ok(StepOutcome::StockReleased { already: false })),
+            1,
+            &r,
+        )
+        .unwrap()
+    {
+        StepEffect::Done { attempts, .. } => assert_eq!(attempts, 3),
+        other => panic!("expected done, got {other:?}"),
+    }
 }
 
 #[test]
