@@ -57,6 +57,8 @@ impl Pandapon1688 {
 impl CancelOrder for PandaponTaobao {
     async fn cancel_unpaid(&self, req: &CancelRequest) -> Result<CancelOutcome, ChannelError> {
         self.client
+            .as_account(req.account.as_ref())
+            .await?
             .taobao_order_cancel(req.order.order_id.as_str(), req.reason.as_deref())
             .await?;
         Ok(CancelOutcome { already: false })
@@ -66,6 +68,8 @@ impl CancelOrder for PandaponTaobao {
         let order_id = req.order.order_id.as_str();
         match self
             .client
+            .as_account(req.account.as_ref())
+            .await?
             .taobao_refund_submit(order_id, req.reason.as_deref())
             .await
         {
@@ -104,6 +108,8 @@ impl CancelRefund for PandaponTaobao {
     async fn withdraw_refund(&self, req: &WithdrawRequest) -> Result<(), ChannelError> {
         let data = self
             .client
+            .as_account(req.account.as_ref())
+            .await?
             .taobao_refund_cancel(req.refund_id.as_str())
             .await?;
         let echoed = data
@@ -120,10 +126,12 @@ impl OrderLookup for PandaponTaobao {
     async fn order_status(
         &self,
         order: &OrderRef,
-        _account: Option<&rescind_core::AccountId>,
+        account: Option<&rescind_core::AccountId>,
     ) -> Result<OrderStatus, ChannelError> {
         let d = self
             .client
+            .as_account(account)
+            .await?
             .taobao_order_detail(order.order_id.as_str())
             .await?;
         detail_status("taobao order detail", order, d, Platform::Taobao)
@@ -133,9 +141,14 @@ impl OrderLookup for PandaponTaobao {
         &self,
         _order: &OrderRef,
         refund_id: &RefundId,
-        _account: Option<&rescind_core::AccountId>,
+        account: Option<&rescind_core::AccountId>,
     ) -> Result<RefundStatus, ChannelError> {
-        let r = self.client.taobao_refund_detail(refund_id.as_str()).await?;
+        let r = self
+            .client
+            .as_account(account)
+            .await?
+            .taobao_refund_detail(refund_id.as_str())
+            .await?;
         check_echo(
             "taobao refund detail",
             refund_id.as_str(),
@@ -154,6 +167,8 @@ impl OrderLookup for PandaponTaobao {
 impl CancelOrder for Pandapon1688 {
     async fn cancel_unpaid(&self, req: &CancelRequest) -> Result<CancelOutcome, ChannelError> {
         self.client
+            .as_account(req.account.as_ref())
+            .await?
             .alibaba_order_cancel(
                 req.order.order_id.as_str(),
                 req.reason.as_deref(),
@@ -180,10 +195,12 @@ impl OrderLookup for Pandapon1688 {
     async fn order_status(
         &self,
         order: &OrderRef,
-        _account: Option<&rescind_core::AccountId>,
+        account: Option<&rescind_core::AccountId>,
     ) -> Result<OrderStatus, ChannelError> {
         let d = self
             .client
+            .as_account(account)
+            .await?
             .alibaba_order_detail(order.order_id.as_str())
             .await?;
         detail_status("1688 order detail", order, d, Platform::Alibaba)
@@ -193,10 +210,12 @@ impl OrderLookup for Pandapon1688 {
         &self,
         order: &OrderRef,
         refund_id: &RefundId,
-        _account: Option<&rescind_core::AccountId>,
+        account: Option<&rescind_core::AccountId>,
     ) -> Result<RefundStatus, ChannelError> {
         let r = self
             .client
+            .as_account(account)
+            .await?
             .alibaba_refund_detail(refund_id.as_str())
             .await?;
         check_echo(

@@ -6,7 +6,8 @@ use crate::json::{exact_opt, exact_req};
 use crate::Result;
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use rescind_core::{ChannelError, Clock, PermanentReason, Rng, SplitMix64, TokioClock};
+use rescind_core::{AccountId, ChannelError, Clock, PermanentReason, Rng, SplitMix64, TokioClock};
+use rescind_wire::credentials::{attribute, provider_error, Credentials};
 use rescind_wire::sign::{PandaponSigner, Secret, SortedMd5Signer};
 use rescind_wire::transport::{layered_transport, HttpRequest, Transport};
 use serde::Deserialize;
@@ -27,12 +28,18 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// `timestamp` (epoch ms from the [`Clock`]), `user-id` and `signature`
 /// computed by the pluggable [`PandaponSigner`] (default: the assumed
 /// [`SortedMd5Signer`]). Headers are never logged.
+#[derive(Clone)]
 pub struct PandaponClient {
     transport: Arc<dyn Transport>,
     clock: Arc<dyn Clock>,
     signer: Arc<dyn PandaponSigner>,
     rng: Arc<dyn Rng>,
     config: PandaponConfig,
+    /// Where per-account keys come from, and the channel name to ask under.
+    accounts: Option<(Arc<dyn Credentials>, String)>,
+    /// The account this client signs for ([`PandaponClient::as_account`]);
+    /// refusals of its key name it.
+    acting_for: Option<String>,
 }
 
 impl fmt::Debug for PandaponClient {
@@ -68,7 +75,43 @@ impl PandaponClient {
             signer: Arc::new(SortedMd5Signer),
             rng: Arc::new(SplitMix64::new(random_seed())),
             config,
+            accounts: None,
+            acting_for: None,
         })
+    }
+
+    /// Sign each account's calls with its own PandaPon key (access key,
+    /// secret, user id), resolved from `credentials` under the channel name
+    /// `channel` at call time ([`PandaponClient::as_account`]). Calls without
+    /// an account keep the configured key.
+    pub fn with_credentials(mut self, credentials: Arc<dyn Credentials>, channel: &str) -> Self {
+        self.accounts = Some((credentials, channel.to_owned()));
+        self
+    }
+
+    /// The client to call with for `account`: this one when there is no
+    /// account or no credentials provider; otherwise a copy signing with the
+    /// account's key, whose refusals (401) name the account. A key the
+    /// provider cannot give (unknown account, revoked, missing) is a
+    /// `credentials: account X: …` error: the engine parks the saga stuck,
+    /// never failed, until the accounts are fixed and reloaded.
+    pub async fn as_account(
+        self: &Arc<Self>,
+        account: Option<&AccountId>,
+    ) -> std::result::Result<Arc<Self>, ChannelError> {
+        let (Some(account), Some((credentials, channel))) = (account, &self.accounts) else {
+            return Ok(self.clone());
+        };
+        let key = credentials
+            .pandapon_key(channel, account.as_str())
+            .await
+            .map_err(|e| provider_error(&e))?;
+        let mut client = (**self).clone();
+        client.config.access_key = key.access_key;
+        client.config.secret = key.secret;
+        client.config.user_id = key.user_id;
+        client.acting_for = Some(account.as_str().to_owned());
+        Ok(Arc::new(client))
     }
 
     /// A production client: reqwest with the configured timeouts, wrapped in
@@ -182,9 +225,15 @@ impl PandaponClient {
                 tracing::debug!(op, elapsed_ms, http_status = resp.status, error = %e, "pandapon call refused")
             }
         }
-        out.map_err(|e| ChannelError {
-            message: format!("{op}: {}", e.message),
-            ..e
+        out.map_err(|e| {
+            let e = ChannelError {
+                message: format!("{op}: {}", e.message),
+                ..e
+            };
+            match &self.acting_for {
+                Some(account) => attribute(account, "PandaPon", "access key", e),
+                None => e,
+            }
         })
     }
 

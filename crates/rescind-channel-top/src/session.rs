@@ -17,7 +17,7 @@
 
 use crate::client::TopClient;
 use crate::envelope::text_of;
-use rescind_core::{ChannelError, ErrorClass, PermanentReason};
+use rescind_core::{ChannelError, PermanentReason};
 use rescind_wire::credentials::{Credentials, CredentialsError, TopSession};
 use rescind_wire::sign::Secret;
 use serde_json::Value;
@@ -31,34 +31,13 @@ pub const REFRESH_METHOD: &str = "taobao.top.auth.token.refresh";
 /// before the call, ms.
 pub const REFRESH_MARGIN_MS: u64 = 600_000;
 
-/// An `InvalidSession` error for `account`, message `credentials: account X: why`.
-pub fn credentials_error(account: &str, why: impl std::fmt::Display) -> ChannelError {
-    ChannelError::permanent(
-        PermanentReason::InvalidSession,
-        format!("credentials: account {account}: {why}"),
-    )
-}
-
-fn from_provider(e: &CredentialsError) -> ChannelError {
-    // The provider's message already starts `account X: `.
-    ChannelError::permanent(PermanentReason::InvalidSession, format!("credentials: {e}"))
-}
+pub use rescind_wire::credentials::credentials_error;
+use rescind_wire::credentials::provider_error as from_provider;
 
 /// Re-word a TOP refusal of an account's session (codes 26/27, or any auth
 /// failure) so it names the account; other errors pass unchanged.
 pub fn attribute(account: &str, e: ChannelError) -> ChannelError {
-    match &e.class {
-        ErrorClass::Permanent(PermanentReason::InvalidSession | PermanentReason::Auth) => {
-            let mut out = credentials_error(
-                account,
-                format_args!("TOP refused the account's session: {}", e.message),
-            );
-            out.code = e.code;
-            out.sub_code = e.sub_code;
-            out
-        }
-        _ => e,
-    }
+    rescind_wire::credentials::attribute(account, "TOP", "session", e)
 }
 
 /// Account sessions of one channel: the provider, the channel name it is

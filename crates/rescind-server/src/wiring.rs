@@ -79,8 +79,11 @@ pub fn build_channels_with(
                 channels.with_stock(name.as_str(), ch)
             }
             ChannelConfig::PandaponTaobao(c) => {
-                let client =
-                    Arc::new(PandaponClient::connect(c.clone()).map_err(|e| err(e.to_string()))?);
+                let client = PandaponClient::connect(c.clone()).map_err(|e| err(e.to_string()))?;
+                let client = Arc::new(match &credentials {
+                    Some(cr) => client.with_credentials(cr.clone(), name.as_str()),
+                    None => client,
+                });
                 let ch = Arc::new(PandaponTaobao::new(client));
                 channels
                     .with_cancel(name.as_str(), ch.clone())
@@ -88,8 +91,11 @@ pub fn build_channels_with(
                     .with_lookup(name.as_str(), ch)
             }
             ChannelConfig::Pandapon1688(c) => {
-                let client =
-                    Arc::new(PandaponClient::connect(c.clone()).map_err(|e| err(e.to_string()))?);
+                let client = PandaponClient::connect(c.clone()).map_err(|e| err(e.to_string()))?;
+                let client = Arc::new(match &credentials {
+                    Some(cr) => client.with_credentials(cr.clone(), name.as_str()),
+                    None => client,
+                });
                 let ch = Arc::new(Pandapon1688::new(client));
                 channels
                     .with_cancel(name.as_str(), ch.clone())

@@ -294,6 +294,36 @@ enum AccountRows {
     Wrapped { accounts: Vec<AccountSeed> },
 }
 
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum KeyRows {
+    One(crate::pandapon::KeySeed),
+    List(Vec<crate::pandapon::KeySeed>),
+}
+
+/// `GET /_admin/pandapon/keys`: `{calls: {ACCESS_KEY: n}}`, the
+/// authenticated PandaPon calls each access key signed (never a secret).
+pub async fn get_pandapon_keys(State(sim): State<Sim>) -> Response {
+    ok(json!({"calls": sim.pandapon_key_calls()}))
+}
+
+/// `POST /_admin/pandapon/keys`: one `{access_key, secret, user_id}` or a
+/// list; each is accepted from then on beside the configured key.
+pub async fn add_pandapon_keys(State(sim): State<Sim>, req: Request) -> Response {
+    let rows = match body_json::<KeyRows>(req).await {
+        Ok(KeyRows::One(k)) => vec![k],
+        Ok(KeyRows::List(v)) => v,
+        Err(r) => return r,
+    };
+    let n = rows.len();
+    for (i, k) in rows.into_iter().enumerate() {
+        if let Err(e) = sim.add_pandapon_key(k) {
+            return bad(format!("key row {i}: {e}"));
+        }
+    }
+    ok(json!({"added": n}))
+}
+
 /// `GET /_admin/accounts`: `{accounts: [...]}`, each with its sessions
 /// (never their keys) and its call, refusal and refresh counters.
 pub async fn get_accounts(State(sim): State<Sim>) -> Response {

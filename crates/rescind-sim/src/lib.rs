@@ -231,6 +231,9 @@ pub(crate) struct Inner {
     /// The TOP message service's queues and counters.
     pub tmc: Mutex<tmc::TmcState>,
     pub accounts: Mutex<accounts::Accounts>,
+    /// PandaPon keys beyond the configured one (one per account) and the
+    /// calls each key signed.
+    pub pandapon_keys: Mutex<pandapon::Keys>,
 }
 
 /// The simulator: cheap to clone (an `Arc` inside); every clone is the same
@@ -313,6 +316,7 @@ impl Sim {
                 push_seq: Default::default(),
                 http: Default::default(),
                 accounts: Mutex::new(accounts::Accounts::default()),
+                pandapon_keys: Mutex::new(pandapon::Keys::default()),
             }),
         };
         sim.load_fixture();
@@ -392,6 +396,10 @@ impl Sim {
                 "/_admin/accounts",
                 get(admin::get_accounts).post(admin::add_accounts),
             )
+            .route(
+                "/_admin/pandapon/keys",
+                get(admin::get_pandapon_keys).post(admin::add_pandapon_keys),
+            )
             .route("/_admin/accounts/{id}/expire", post(admin::expire_account))
             .route("/_admin/accounts/{id}/revoke", post(admin::revoke_account))
             .fallback(pandapon::fallback)
@@ -463,6 +471,19 @@ impl Sim {
     pub fn add_account(&self, seed: AccountSeed) -> Result<(), AccountError> {
         let now = self.now_ms();
         lock(&self.inner.accounts).upsert(seed, now)
+    }
+
+    /// Accept another PandaPon key (an account's own access key, secret and
+    /// user id) beside the configured one; adding an access key again
+    /// replaces its secret and user id.
+    pub fn add_pandapon_key(&self, key: pandapon::KeySeed) -> Result<(), String> {
+        lock(&self.inner.pandapon_keys).add(key)
+    }
+
+    /// Authenticated PandaPon calls per access key (the configured key
+    /// included), for tests.
+    pub fn pandapon_key_calls(&self) -> BTreeMap<String, u64> {
+        lock(&self.inner.pandapon_keys).calls.clone()
     }
 
     /// Expire every session of an account now (its refresh token still works).

@@ -8,14 +8,15 @@
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use http::{Method, StatusCode};
-use rescind_wire::sign::signatures_match;
+use rescind_wire::sign::{signatures_match, Secret};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 use crate::book::{order_id_json, Refusal, RequestSummary, PANDAPON_1688, PANDAPON_TAOBAO};
 use crate::faults::{self, endpoints, Decision, FaultKind, FaultReplies};
 use crate::http_util::{self, BodyError};
-use crate::Sim;
+use crate::{lock, Sim};
 
 /// A PandaPon envelope error: code and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +109,48 @@ fn header<'a>(req: &'a http::request::Parts, name: &str) -> Result<Option<&'a st
     }
 }
 
+/// One extra PandaPon key the simulator accepts (`POST /_admin/pandapon/keys`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySeed {
+    /// The `access-key` header.
+    pub access_key: String,
+    /// The signing secret.
+    pub secret: String,
+    /// The `user-id` the key belongs to.
+    pub user_id: String,
+}
+
+impl std::fmt::Debug for KeySeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySeed")
+            .field("access_key", &self.access_key)
+            .field("secret", &"***")
+            .field("user_id", &self.user_id)
+            .finish()
+    }
+}
+
+/// The extra keys and the calls each key (the configured one included) signed.
+#[derive(Default)]
+pub struct Keys {
+    extra: BTreeMap<String, (Secret, String)>,
+    /// Authenticated calls per access key.
+    pub calls: BTreeMap<String, u64>,
+}
+
+impl Keys {
+    /// Add or replace a key.
+    pub fn add(&mut self, k: KeySeed) -> Result<(), String> {
+        if k.access_key.trim().is_empty() || k.secret.is_empty() || k.user_id.trim().is_empty() {
+            return Err("access_key, secret and user_id must not be empty".into());
+        }
+        self.extra
+            .insert(k.access_key, (Secret::new(k.secret), k.user_id));
+        Ok(())
+    }
+}
+
 fn authenticate(sim: &Sim, parts: &http::request::Parts) -> Result<(), PandaponError> {
     let cfg = &sim.inner.cfg;
     let need = |name: &str| -> Result<&str, PandaponError> {
@@ -118,10 +161,15 @@ fn authenticate(sim: &Sim, parts: &http::request::Parts) -> Result<(), PandaponE
     let user_id = need("user-id")?;
     let signature = need("signature")?;
     let nonce = header(parts, "nonce-str")?;
-    if access_key != cfg.pandapon_access_key {
-        return Err(err(401, "unknown access-key"));
-    }
-    if user_id != cfg.pandapon_user_id {
+    let (secret, owner) = if access_key == cfg.pandapon_access_key {
+        (cfg.pandapon_secret.clone(), cfg.pandapon_user_id.clone())
+    } else {
+        match lock(&sim.inner.pandapon_keys).extra.get(access_key) {
+            Some((secret, owner)) => (secret.clone(), owner.clone()),
+            None => return Err(err(401, "unknown access-key")),
+        }
+    };
+    if user_id != owner {
         return Err(err(401, "user-id does not belong to this access-key"));
     }
     let ts: u64 = timestamp
@@ -143,10 +191,14 @@ fn authenticate(sim: &Sim, parts: &http::request::Parts) -> Result<(), PandaponE
     if let Some(n) = nonce {
         signed.push(("nonce-str", n));
     }
-    let expected = cfg.pandapon_signer.sign(&signed, &cfg.pandapon_secret);
+    let expected = cfg.pandapon_signer.sign(&signed, &secret);
     if !signatures_match(signature, &expected) {
         return Err(err(401, "signature mismatch"));
     }
+    *lock(&sim.inner.pandapon_keys)
+        .calls
+        .entry(access_key.to_owned())
+        .or_default() += 1;
     Ok(())
 }
 

@@ -18,6 +18,7 @@
 
 use crate::sign::Secret;
 use async_trait::async_trait;
+use rescind_core::{ChannelError, ErrorClass, PermanentReason};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
@@ -199,6 +200,41 @@ impl CredentialsError {
             | CredentialsError::Revoked { account }
             | CredentialsError::Store { account, .. } => account,
         }
+    }
+}
+
+/// An `InvalidSession` error for `account`, message `credentials: account X:
+/// why`: the engine parks such a saga as stuck, naming the account, never
+/// failed.
+pub fn credentials_error(account: &str, why: impl fmt::Display) -> ChannelError {
+    ChannelError::permanent(
+        PermanentReason::InvalidSession,
+        format!("credentials: account {account}: {why}"),
+    )
+}
+
+/// The channel error for a provider's refusal (its message already starts
+/// `account X: `).
+pub fn provider_error(e: &CredentialsError) -> ChannelError {
+    ChannelError::permanent(PermanentReason::InvalidSession, format!("credentials: {e}"))
+}
+
+/// Re-word an upstream refusal of an account's credentials (an auth or
+/// session failure) so it names the account: `credentials: account X:
+/// {upstream} refused the account's {what}: …`, codes kept. Other errors
+/// pass unchanged.
+pub fn attribute(account: &str, upstream: &str, what: &str, e: ChannelError) -> ChannelError {
+    match &e.class {
+        ErrorClass::Permanent(PermanentReason::InvalidSession | PermanentReason::Auth) => {
+            let mut out = credentials_error(
+                account,
+                format_args!("{upstream} refused the account's {what}: {}", e.message),
+            );
+            out.code = e.code;
+            out.sub_code = e.sub_code;
+            out
+        }
+        _ => e,
     }
 }
 
