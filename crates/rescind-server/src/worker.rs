@@ -408,9 +408,7 @@ async fn accounts_reload(
     let Some(creds) = &s.accounts else {
         return err(StatusCode::NOT_FOUND, "no [accounts] configured");
     };
-    match crate::accounts_api::reload(creds, &s.engine, s.journal.as_ref(), &actor_name(&actor))
-        .await
-    {
+    match crate::accounts_api::reload(creds, &s.engine, &s.journal, &actor_name(&actor)).await {
         Ok(r) => Json(r).into_response(),
         Err(e) => err(StatusCode::BAD_REQUEST, e),
     }
