@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | — | `core`, `wire`, `top`, `pandapon`, `sled_journal`, `prelude` | always |
 //! | `postgres` | `pg_journal` (tokio-postgres); PostgreSQL journals in `server`'s configuration | off |
-//! | `server` | `accounts`, `accounts_api`, `auth`, `config`, `wiring`, `worker`, `inspect`, `metrics`, `reconcile` from `rescind-server` (axum) | off |
+//! | `server` | `accounts`, `accounts_api`, `auth`, `config`, `wiring`, `worker`, `inspect`, `metrics`, `reconcile`, `webhooks` from `rescind-server` (axum) | off |
 //! | `sim` | `sim`, the channel simulator (with `server`: `simconfig`) | off |
 //!
 //! No feature is on by default, so an embedder compiles neither axum, the
@@ -22,7 +22,7 @@
 pub use rescind_server::simconfig;
 #[cfg(feature = "server")]
 pub use rescind_server::{
-    accounts, accounts_api, auth, config, inspect, metrics, reconcile, wiring, worker,
+    accounts, accounts_api, auth, config, inspect, metrics, reconcile, webhooks, wiring, worker,
 };
 
 pub use rescind_channel_pandapon as pandapon;

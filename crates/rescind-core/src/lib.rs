@@ -42,6 +42,7 @@ pub mod journal;
 pub mod limits;
 pub mod machine;
 pub mod metrics;
+pub mod observe;
 pub mod reconcile;
 pub mod record;
 pub mod runtime;
@@ -69,6 +70,7 @@ pub use machine::{
     order_transition, refund_transition, InvalidTransition, OrderEvent, OrderState, RefundEvent,
     RefundState,
 };
+pub use observe::{SagaChange, SagaNotice, SagaObserver};
 pub use record::{Action, Entry, Observation, Record, SagaInput, SagaOutcome, StepOutcome, Via};
 pub use runtime::{Clock, IdGen, RandomIds, Rng, SeededIds, SplitMix64, TokioClock};
 pub use saga::{Decision, FoldError, OperatorNote, Owed, SagaDefinition, SagaState, StepView};

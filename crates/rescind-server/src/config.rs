@@ -196,6 +196,10 @@ pub struct Config {
     /// Per-account credentials (`[accounts]`): `file`, `secrets_file`,
     /// `refresh_margin_s`; paths relative to the configuration file.
     pub accounts: Option<crate::accounts::AccountsConfig>,
+    /// Outcome webhooks (`[webhooks]`: `url`, `secret_env`, `events`,
+    /// `max_attempts`, `backoff_initial_ms`, `backoff_max_ms`, `timeout_ms`,
+    /// `outbox`); `None`: none are sent.
+    pub webhooks: Option<crate::webhooks::WebhooksConfig>,
 }
 
 /// Keys that hold secrets: they may only come from the environment.
@@ -287,10 +291,14 @@ impl Config {
         let mut root: toml::value::Table = toml::from_str(text)
             .map_err(|e: toml::de::Error| bad("", format!("not valid TOML: {}", e.message())))?;
         for key in root.keys() {
-            if !["journal", "engine", "worker", "channels", "accounts"].contains(&key.as_str()) {
+            if ![
+                "journal", "engine", "worker", "channels", "accounts", "webhooks",
+            ]
+            .contains(&key.as_str())
+            {
                 return Err(bad(
                     key.clone(),
-                    "unknown section (expected journal, engine, worker, channels, accounts)",
+                    "unknown section (expected journal, engine, worker, channels, accounts, webhooks)",
                 ));
             }
         }
@@ -486,12 +494,24 @@ impl Config {
                 Some(a)
             }
         };
+        let webhooks = match root.remove("webhooks") {
+            None => None,
+            Some(toml::Value::Table(mut t)) => {
+                resolve_env(&mut t, "webhooks", env)?;
+                Some(crate::webhooks::WebhooksConfig::from_table(
+                    toml::Value::Table(t),
+                    base_dir,
+                )?)
+            }
+            Some(_) => return Err(bad("webhooks", "must be a table")),
+        };
         Ok(Config {
             journal,
             engine,
             worker,
             channels,
             accounts,
+            webhooks,
         })
     }
 

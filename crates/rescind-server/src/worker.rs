@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `POST /sagas` | start a saga ([`StartRequest`]); with `key`, idempotently |
 //! | `GET /sagas?set=unfinished\|finished` | list saga summaries |
-//! | `GET /sagas/{id}` | one saga's summary and timeline |
+//! | `GET /sagas/{id}` | one saga's summary and timeline; `?wait_ms=N` (≤ 60 000) long-polls until it finishes or is stuck |
 //! | `POST /sagas/{id}/abort` | abort with compensation (`{"reason": ...}`) |
 //! | `POST /sagas/{id}/resume` | resume a stuck saga |
 //! | `POST /sagas/{id}/resolve` | an operator's answer for the in-doubt step ([`ResolveRequest`]) |
@@ -318,10 +318,45 @@ async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Response
     }
 }
 
-async fn show(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+/// The longest `GET /sagas/{id}?wait_ms=` long-poll.
+pub const WAIT_MAX_MS: u64 = 60_000;
+
+#[derive(Deserialize)]
+struct ShowQuery {
+    wait_ms: Option<String>,
+}
+
+async fn show(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<ShowQuery>,
+) -> Response {
     let Ok(id) = id.parse::<SagaId>() else {
         return err(StatusCode::BAD_REQUEST, format!("{id:?} is not a saga id"));
     };
+    // Long-poll: answer once the saga's task here ends (finished, stuck or
+    // stopped) or at the timeout, woken by the engine, not by polling.
+    if let Some(w) = q.wait_ms.as_deref() {
+        let wait_ms = match w.parse::<u64>() {
+            Ok(n) if n <= WAIT_MAX_MS => n,
+            _ => {
+                let body = ApiError {
+                    error: format!(
+                        "wait_ms must be a whole number of milliseconds from 0 to {WAIT_MAX_MS}"
+                    ),
+                    field: Some("wait_ms".into()),
+                    value: Some(w.escape_debug().to_string()),
+                    ..ApiError::default()
+                };
+                return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+            }
+        };
+        if wait_ms > 0 && s.engine.is_running(id) {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(wait_ms), s.engine.wait(id))
+                    .await;
+        }
+    }
     match inspect::load(s.journal.as_ref(), id).await {
         Ok((state, entries)) => Json(serde_json::json!({
             "summary": SagaSummary::of(&state),
@@ -680,6 +715,8 @@ pub struct RunningWorker {
     /// The TOP app keys' limiters of this worker (their share is `1 / live
     /// workers`, refreshed every `recover_interval_ms`).
     pub flow: Arc<rescind_wire::flow::AppKeyLimiters>,
+    /// The outcome webhooks' counters (`None`: no `[webhooks]`).
+    pub webhooks: Option<Arc<crate::webhooks::WebhookStats>>,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     reclaimer: tokio::task::JoinHandle<()>,
@@ -722,6 +759,9 @@ pub enum WorkerError {
         /// The address.
         addr: String,
     },
+    /// The webhook outbox did not open.
+    #[error(transparent)]
+    Webhooks(crate::webhooks::WebhookError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -760,11 +800,18 @@ pub async fn start_worker(
     // Each worker takes 1/live of every app key's rate, from the start.
     refresh_flow_share(&journal, &flow).await;
     let metrics = Arc::new(crate::metrics::WorkerMetrics::default());
-    let engine = Engine::builder(journal.journal())
+    let mut webhooks = match &config.webhooks {
+        Some(w) => Some(crate::webhooks::Webhooks::open(w.clone()).map_err(WorkerError::Webhooks)?),
+        None => None,
+    };
+    let mut builder = Engine::builder(journal.journal())
         .channels(channels)
         .limits(config.engine.clone())
-        .metrics(metrics.clone())
-        .build();
+        .metrics(metrics.clone());
+    if let Some(w) = &webhooks {
+        builder = builder.observer(w.observer());
+    }
+    let engine = builder.build();
     let consumers = crate::wiring::build_tmc_consumers(config, Arc::new(engine.clone()))?;
     // A torn last line or a corrupt line is logged (warn) by open, never fatal.
     let store = rescind_channel_pandapon::callback::FileCallbackStore::open_with(
@@ -844,6 +891,10 @@ pub async fn start_worker(
         })
         .await;
     });
+    // Outcome webhooks: reconcile the outbox with the journal, then deliver.
+    if let Some(w) = webhooks.as_mut() {
+        w.spawn(journal.journal(), stop.subscribe());
+    }
     let recovered = match recover_and_replay(&engine, &callbacks).await {
         Ok(r) => r,
         Err(e) => {
@@ -973,6 +1024,7 @@ pub async fn start_worker(
         },
         tmc,
         flow,
+        webhooks: webhooks.as_ref().map(|w| w.stats()),
         stop,
         server,
         reclaimer,

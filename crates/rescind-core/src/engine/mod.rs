@@ -15,6 +15,7 @@ use crate::ids::{ChannelName, OrderRef, RefundId, SagaId, SagaKind};
 use crate::journal::{Journal, JournalError};
 pub use crate::limits::{LimitError, Limits};
 use crate::metrics::{CallResult, EngineStats, MetricEvent, MetricsSink, SagaEnd, StatsSnapshot};
+use crate::observe::{SagaChange, SagaNotice, SagaObserver};
 use crate::record::{Action, Entry, Observation, Record, SagaInput, SagaOutcome, StepOutcome, Via};
 use crate::runtime::{Clock, IdGen, RandomIds, Rng, SplitMix64, TokioClock};
 use crate::saga::{Decision, FoldError, SagaDefinition, SagaState};
@@ -258,6 +259,8 @@ struct Inner {
     stats: EngineStats,
     /// Where labelled metric events go, if anywhere.
     metrics: Option<Arc<dyn MetricsSink>>,
+    /// Who hears of finished, stuck and unstuck sagas, if anyone.
+    observer: Option<Arc<dyn SagaObserver>>,
     /// Sagas parked now (kept beside `running` so a scrape does not walk it).
     parked: AtomicUsize,
     /// Sagas this engine left stuck, until they run again.
@@ -294,9 +297,16 @@ pub struct EngineBuilder {
     executors: HashMap<String, Arc<dyn StepExecutor>>,
     protections: Protections,
     metrics: Option<Arc<dyn MetricsSink>>,
+    observer: Option<Arc<dyn SagaObserver>>,
 }
 
 impl EngineBuilder {
+    /// Tell this observer when a saga finishes, becomes stuck or leaves
+    /// stuck (after the change is durable). Without one nobody is told.
+    pub fn observer(mut self, observer: Arc<dyn SagaObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
     /// Send labelled metric events (sagas started and ended, calls, upstream
     /// errors) to this sink. Without one the engine keeps only its counters.
     pub fn metrics(mut self, sink: Arc<dyn MetricsSink>) -> Self {
@@ -368,6 +378,7 @@ impl EngineBuilder {
                 stopping: AtomicBool::new(false),
                 stats: EngineStats::default(),
                 metrics: self.metrics,
+                observer: self.observer,
                 parked: AtomicUsize::new(0),
                 stuck: Mutex::new(std::collections::HashSet::new()),
                 stuck_len: AtomicUsize::new(0),
@@ -434,6 +445,7 @@ impl Engine {
             executors: HashMap::new(),
             protections: Protections::default(),
             metrics: None,
+            observer: None,
         }
     }
 
@@ -471,6 +483,23 @@ impl Engine {
         if let Some(m) = &self.inner.metrics {
             m.record(event);
         }
+    }
+
+    /// Tell the observer, if there is one, that a saga changed.
+    pub(super) fn observe(&self, saga: SagaId, input: &SagaInput, change: SagaChange<'_>) {
+        if let Some(o) = &self.inner.observer {
+            o.saga_changed(&SagaNotice {
+                saga,
+                input,
+                change,
+                at_ms: self.inner.clock.now_ms(),
+            });
+        }
+    }
+
+    /// Is there an observer?
+    pub(super) fn observed(&self) -> bool {
+        self.inner.observer.is_some()
     }
 
     fn definition(&self, kind: &SagaKind, saga: Option<SagaId>) -> Result<Arc<dyn SagaDefinition>> {
@@ -844,8 +873,15 @@ impl Engine {
             at_ms: self.inner.clock.now_ms(),
             record: record(&state)?,
         };
-        state.clone().apply(&entry)?;
+        let mut next = state.clone();
+        next.apply(&entry)?;
         self.inner.journal.append(id, &entry).await?;
+        // Stuck in the journal (a restart, or another worker, left it so) and
+        // this record clears it; a saga still stuck after it (an abort), or
+        // stuck in this process, is told of when it launches.
+        if state.stuck.is_some() && next.stuck.is_none() && !lock(&self.inner.stuck).contains(&id) {
+            self.observe(id, &state.input, SagaChange::Unstuck);
+        }
         self.resume(id).await
     }
 

@@ -54,11 +54,16 @@ impl Engine {
         let engine = self.clone();
         let r2 = running.clone();
         // A saga that runs again is no longer stuck (it may become so again).
+        let mut was_stuck = state.stuck.is_some();
         if self.inner.stuck_len.load(Ordering::Relaxed) > 0 {
             let mut stuck = lock(&self.inner.stuck);
-            stuck.remove(&id);
+            was_stuck |= stuck.remove(&id);
             self.inner.stuck_len.store(stuck.len(), Ordering::Relaxed);
         }
+        if was_stuck {
+            self.observe(id, &state.input, SagaChange::Unstuck);
+        }
+        let input = self.observed().then(|| state.input.clone());
         let kind = state.input.kind.clone();
         let started_at_ms = state.started_at_ms;
         let handle = tokio::spawn(
@@ -79,6 +84,17 @@ impl Engine {
                             }
                             SagaExit::Stopped { .. } => None,
                         };
+                        if let Some(input) = &input {
+                            match &exit {
+                                SagaExit::Finished(o) => {
+                                    engine.observe(id, input, SagaChange::Finished(o))
+                                }
+                                SagaExit::Stuck { reason } => {
+                                    engine.observe(id, input, SagaChange::Stuck { reason })
+                                }
+                                SagaExit::Stopped { .. } => {}
+                            }
+                        }
                         if let Some(end) = end {
                             engine.emit(MetricEvent::SagaEnded {
                                 kind: kind.as_str(),
