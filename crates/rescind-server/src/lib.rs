@@ -5,7 +5,8 @@
 //! ([`config`]), turning it into live channels and a journal ([`wiring`]),
 //! the HTTP worker ([`worker`]) and how its listeners are served
 //! ([`serve`]: timeouts, body limits, a connection cap), operator views of sagas ([`inspect`]),
-//! reconciliation against the channels ([`reconcile`]) and, with feature
+//! reconciliation against the channels ([`reconcile`]), the web console
+//! ([`ui`]) and, with feature
 //! `sim`, the channel tables for the bundled simulator ([`simconfig`]).
 //!
 //! Embedders usually reach these through the `rescind` facade's `server`
@@ -26,5 +27,6 @@ pub mod reconcile;
 pub mod serve;
 #[cfg(feature = "sim")]
 pub mod simconfig;
+pub mod ui;
 pub mod wiring;
 pub mod worker;
