@@ -24,11 +24,12 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
-/// The Chromium binary: `$RESCIND_CHROMIUM`, else the first of `chromium`,
-/// `chromium-browser`, `google-chrome` on `PATH`.
+/// The Chromium binary: `$RESCIND_CHROMIUM` (none if that is not a file),
+/// else the first of `chromium`, `chromium-browser`, `google-chrome` on `PATH`.
 pub fn find_chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("RESCIND_CHROMIUM") {
-        return Some(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
     }
     let path = std::env::var_os("PATH")?;
     for dir in std::env::split_paths(&path) {
