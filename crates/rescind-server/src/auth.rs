@@ -10,8 +10,8 @@
 //!
 //! | scope | routes |
 //! |---|---|
-//! | none | `GET /healthz`, `GET /readyz` |
-//! | `read` | `GET /sagas`, `GET /sagas/{id}`, `GET /accounts`, `GET /stats`, `GET /metrics` |
+//! | none | `GET /healthz`, `GET /readyz`, the console's page and assets ([`crate::ui::PUBLIC_PATHS`]) |
+//! | `read` | `GET /sagas`, `GET /sagas/{id}`, `GET /accounts`, `GET /stats`, `GET /metrics`, `GET /ui/api/overview` |
 //! | `write` | `POST /sagas`, `POST /sagas/{id}/abort`, `…/resume`, `…/resolve`, `POST /accounts/reload` |
 
 use axum::extract::{Request, State};
@@ -270,9 +270,14 @@ impl Refusal {
     }
 }
 
-/// The scope a route needs; `None` for the open health routes.
+/// The scope a route needs; `None` for the open health routes and the web
+/// console's page and assets (which hold no data).
 pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
     if path == "/healthz" || path == "/readyz" {
+        return None;
+    }
+    let read = method == Method::GET || method == Method::HEAD;
+    if read && crate::ui::PUBLIC_PATHS.contains(&path) {
         return None;
     }
     if method == Method::GET || method == Method::HEAD {

@@ -6,7 +6,8 @@
 //! the HTTP worker ([`worker`]) and how its listeners are served
 //! ([`serve`]: timeouts, body limits, a connection cap), operator views of sagas ([`inspect`]),
 //! reconciliation against the channels ([`reconcile`]), signed outcome
-//! webhooks from a durable outbox ([`webhooks`]) and, with feature
+//! webhooks from a durable outbox ([`webhooks`]), the web console ([`ui`])
+//! and, with feature
 //! `sim`, the channel tables for the bundled simulator ([`simconfig`]).
 //!
 //! Embedders usually reach these through the `rescind` facade's `server`
@@ -27,6 +28,7 @@ pub mod reconcile;
 pub mod serve;
 #[cfg(feature = "sim")]
 pub mod simconfig;
+pub mod ui;
 pub mod webhooks;
 pub mod wiring;
 pub mod worker;

@@ -15,6 +15,7 @@
 //! | `GET /healthz` | `ok`, or 503 naming the journal or callback store that refuses writes |
 //! | `GET /readyz` | `ready` once start-up recovery finished, 503 before |
 //! | `POST /callbacks/pandapon` | PandaPon message callbacks (configurable path) |
+//! | `GET /ui` | the web console ([`crate::ui`]) |
 
 use crate::inspect::{self, SagaSummary};
 use axum::extract::{Path, Query, State};
@@ -233,6 +234,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::ui::router())
         .with_state(state)
 }
 
