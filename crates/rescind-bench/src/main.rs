@@ -22,6 +22,7 @@ mod driver;
 mod flow;
 mod pg;
 mod procs;
+mod query;
 mod recovery;
 mod report;
 mod sagas;
@@ -65,6 +66,20 @@ enum Cmd {
         /// Repetitions per row (medians are reported).
         #[arg(long, default_value_t = 3)]
         reps: usize,
+    },
+    /// Saga queries from the journal indexes (a page of 50 stuck sagas, a
+    /// lookup by order id) next to the full scan listing did before them, on
+    /// sled and, with a URL, PostgreSQL.
+    Query {
+        /// Sagas in each journal (10% unfinished, 5% stuck).
+        #[arg(long, default_value_t = 1_000_000)]
+        sagas: u64,
+        /// Timed repetitions per indexed query (p50 reported).
+        #[arg(long, default_value_t = 50)]
+        reps: usize,
+        /// PostgreSQL URL; none: sled only.
+        #[arg(long, env = "RESCIND_PG_URL")]
+        pg_url: Option<String>,
     },
     /// TOP flow control: cancels/s through one app key's limiter on behalf
     /// of 200 accounts vs one account, at the same rate, and their ratio.
@@ -263,6 +278,18 @@ async fn run(cli: Cli, started: Instant) -> Result<()> {
                 secs,
                 warmup_secs: 1.0,
                 reps,
+            })
+            .await
+        }
+        Cmd::Query {
+            sagas,
+            reps,
+            pg_url,
+        } => {
+            query::run(query::QueryOpts {
+                sagas,
+                reps,
+                pg_url,
             })
             .await
         }

@@ -11,23 +11,36 @@ use std::time::Duration;
 
 #[derive(Subcommand, Debug)]
 pub enum JournalCmd {
-    /// List sagas, filtered.
+    /// List sagas, filtered, one page at a time in saga id order (from the
+    /// journal's indexes: a page costs a page, not a read of every saga).
     List {
+        /// The order, CHANNEL:ORDER_ID.
+        #[arg(long, value_name = "CHANNEL:ORDER_ID")]
+        order: Option<String>,
         /// running, stuck, completed, failed or aborted.
         #[arg(long)]
         state: Option<String>,
-        /// Saga kind (cancel_unpaid, cancel_paid, withdraw_refund, ...).
+        /// Saga kind as started (cancel_unpaid, cancel_paid, withdraw_refund, ...).
         #[arg(long)]
         kind: Option<String>,
         /// Channel name.
         #[arg(long)]
         channel: Option<String>,
-        /// Only sagas not updated for this long (e.g. 30s, 10m, 2h, 1d).
+        /// Account (shop).
+        #[arg(long)]
+        account: Option<String>,
+        /// Only sagas updated at or after this time (ms since the Unix epoch).
+        #[arg(long, value_name = "MS")]
+        since: Option<String>,
+        /// Of the page, only sagas not updated for this long (e.g. 30s, 10m, 2h, 1d).
         #[arg(long, value_name = "AGE")]
         older_than: Option<String>,
-        /// At most this many rows.
+        /// Page size, 1 to 1000 (default 100).
         #[arg(long)]
-        limit: Option<usize>,
+        limit: Option<String>,
+        /// Start after this cursor (the `next_cursor` of the previous page).
+        #[arg(long)]
+        cursor: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -198,43 +211,49 @@ fn print_rows(rows: &[SagaSummary]) {
 pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
     match cmd {
         JournalCmd::List {
+            order,
             state,
             kind,
             channel,
+            account,
+            since,
             older_than,
             limit,
+            cursor,
             json,
         } => {
-            if let Some(s) = &state {
-                if !["running", "stuck", "completed", "failed", "aborted"].contains(&s.as_str()) {
-                    return Err(anyhow!(
-                        "--state must be running, stuck, completed, failed or aborted, not {s:?}"
-                    ));
+            let params = inspect::ListParams {
+                order,
+                state,
+                channel,
+                kind,
+                account,
+                since,
+                set: None,
+                cursor,
+                limit,
+            };
+            let query = params.to_query().map_err(|e| match e {
+                rescind_core::QueryError::BadParameter { parameter, detail } => {
+                    anyhow!("--{parameter}: {detail}")
                 }
-            }
+            })?;
             let age = older_than.as_deref().map(parse_age).transpose()?;
             let j = open(cfg_path).await?;
-            let (rows, bad) = inspect::summaries(
-                j.journal().as_ref(),
-                &[SagaSet::Unfinished, SagaSet::Finished],
-            )
-            .await?;
+            let page = inspect::list_page(j.journal().as_ref(), &query).await?;
             let now = now_ms();
-            let mut rows: Vec<SagaSummary> = rows
+            let rows: Vec<SagaSummary> = page
+                .sagas
                 .into_iter()
-                .filter(|r| state.as_ref().is_none_or(|s| &r.state == s))
-                .filter(|r| kind.as_ref().is_none_or(|k| &r.kind == k || &r.plan == k))
-                .filter(|r| channel.as_ref().is_none_or(|c| &r.channel == c))
                 .filter(|r| {
                     age.is_none_or(|a| now.saturating_sub(r.updated_at_ms) >= a.as_millis() as u64)
                 })
                 .collect();
-            rows.sort_by_key(|r| r.started_at_ms);
-            rows.truncate(limit.unwrap_or(usize::MAX));
+            let bad = page.unreadable;
             if json {
                 outln!(
                     "{}",
-                    serde_json::json!({ "sagas": rows, "unreadable": bad })
+                    serde_json::json!({ "sagas": rows, "unreadable": bad, "next_cursor": page.next_cursor })
                 );
             } else {
                 print_rows(&rows);
@@ -242,6 +261,9 @@ pub async fn run(cfg_path: &Path, cmd: JournalCmd) -> Result<u8> {
                     eprintln!("unreadable saga {}: {}", b.id, b.error);
                 }
                 eprintln!("{} saga(s)", rows.len());
+                if let Some(c) = &page.next_cursor {
+                    eprintln!("more: --cursor {c}");
+                }
             }
             Ok(u8::from(!bad.is_empty()))
         }

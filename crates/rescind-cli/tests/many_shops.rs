@@ -229,10 +229,17 @@ async fn many_shops_share_one_app_key_fairly_across_three_workers() {
         .build()
         .expect("http client");
     let listed = loop {
-        let v = get_json(&slow, &format!("{}/sagas?limit=1000000", urls[0]))
-            .await
-            .expect("list sagas");
-        let list = v["sagas"].as_array().cloned().unwrap_or_default();
+        // Every page (1000 a page, the most `GET /sagas` gives).
+        let mut list: Vec<Value> = Vec::new();
+        let mut url = format!("{}/sagas?limit=1000", urls[0]);
+        loop {
+            let v = get_json(&slow, &url).await.expect("list sagas");
+            list.extend(v["sagas"].as_array().cloned().unwrap_or_default());
+            match v["next_cursor"].as_str() {
+                Some(c) => url = format!("{}/sagas?limit=1000&cursor={c}", urls[0]),
+                None => break,
+            }
+        }
         let done = list.iter().filter(|s| s["state"] == "completed").count();
         if done == sagas {
             break list;

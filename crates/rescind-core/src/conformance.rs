@@ -41,6 +41,7 @@
 //! ```
 
 use crate::ids::{OrderRef, SagaId};
+use crate::index::{scan_query, SagaQuery, SagaStatus};
 use crate::journal::{Journal, JournalError, SagaSet};
 use crate::record::{Entry, Record, SagaInput, SagaOutcome, RECORD_FORMAT_VERSION};
 use crate::OrderState;
@@ -90,6 +91,9 @@ pub const CHECKS: &[&str] = &[
     "corrupt_record_is_typed_and_others_stay_readable",
     "big_records_round_trip",
     "reopen_keeps_records_sets_and_sequences",
+    "query_filters_return_what_the_scan_returns",
+    "query_pages_visit_each_saga_once",
+    "query_index_survives_reopen_and_follows_later_appends",
 ];
 
 /// Run every check in [`CHECKS`]; returns their names. Panics at the first
@@ -119,6 +123,9 @@ pub async fn run_all<F: JournalFactory>(f: &F) -> Vec<&'static str> {
         corrupt_record_is_typed_and_others_stay_readable,
         big_records_round_trip,
         reopen_keeps_records_sets_and_sequences,
+        query_filters_return_what_the_scan_returns,
+        query_pages_visit_each_saga_once,
+        query_index_survives_reopen_and_follows_later_appends,
     );
     debug_assert_eq!(passed, CHECKS);
     passed
@@ -147,6 +154,9 @@ macro_rules! journal_conformance_tests {
             corrupt_record_is_typed_and_others_stay_readable,
             big_records_round_trip,
             reopen_keeps_records_sets_and_sequences,
+            query_filters_return_what_the_scan_returns,
+            query_pages_visit_each_saga_once,
+            query_index_survives_reopen_and_follows_later_appends,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -690,5 +700,384 @@ pub async fn reopen_keeps_records_sets_and_sequences<F: JournalFactory>(f: &F) {
     if let Some(j) = f.reopen(j).await {
         expect_entries(&j, a, 5, "second reopen").await;
         expect_entries(&j, b, 2, "second reopen").await;
+    }
+}
+
+// ---- the index checks ---------------------------------------------------------
+
+/// One saga of the index checks: what it was started with and how it ends.
+#[derive(Clone, Debug)]
+struct Shape {
+    id: SagaId,
+    channel: &'static str,
+    order_id: String,
+    account: Option<&'static str>,
+    kind: &'static str,
+    state: SagaStatus,
+    updated_at_ms: u64,
+}
+
+impl Shape {
+    fn finished(&self) -> bool {
+        self.state.is_terminal()
+    }
+}
+
+const CHANNELS: [&str; 3] = ["tmall-tbc", "damai", "pandapon-1688"];
+const ACCOUNTS: [Option<&str>; 3] = [None, Some("shop-a"), Some("shop-b")];
+const KINDS: [&str; 3] = [
+    crate::ids::CANCEL_UNPAID,
+    crate::ids::CANCEL_PAID,
+    "custom_kind",
+];
+
+/// `n` sagas of check `check` spread over channels, accounts, kinds and
+/// every state; orders `0..n/2` so that two sagas share each order.
+fn shapes(check: u8, n: u32) -> Vec<Shape> {
+    (0..n)
+        .map(|i| {
+            let u = i as usize;
+            let state = SagaStatus::ALL[u % SagaStatus::ALL.len()];
+            Shape {
+                id: sid(check, (i * 37) % 101),
+                channel: CHANNELS[u % 3],
+                order_id: format!("o{}", i / 2),
+                account: ACCOUNTS[(u / 3) % 3],
+                kind: KINDS[(u / 2) % 3],
+                state,
+                updated_at_ms: 0,
+            }
+        })
+        .collect()
+}
+
+/// The records that bring a saga to its shape's state, at times from `t0`.
+fn shape_entries(s: &Shape, t0: u64) -> Vec<Entry> {
+    let order = OrderRef::new(s.channel, s.order_id.clone());
+    let mut input = match s.kind {
+        crate::ids::CANCEL_UNPAID => SagaInput::cancel_unpaid(order),
+        crate::ids::CANCEL_PAID => SagaInput::cancel_paid(order),
+        other => SagaInput::custom(other, order, serde_json::Value::Null),
+    };
+    if let Some(a) = s.account {
+        input = input.with_account(a);
+    }
+    let mut records = vec![Record::Started { input, by: None }];
+    let stuck = || Record::Stuck {
+        reason: "conformance".into(),
+    };
+    match s.state {
+        SagaStatus::Running => {
+            records.push(stuck());
+            records.push(Record::Resumed { by: "op".into() });
+        }
+        SagaStatus::Stuck => {
+            records.push(Record::Switched {
+                to: crate::ids::CANCEL_PAID.into(),
+                reason: "conformance".into(),
+            });
+            records.push(stuck());
+        }
+        SagaStatus::Completed => records.push(Record::Finished {
+            outcome: SagaOutcome::Completed {
+                order: OrderState::Cancelled,
+                note: None,
+            },
+        }),
+        SagaStatus::Failed => {
+            records.push(stuck());
+            records.push(Record::Finished {
+                outcome: SagaOutcome::Failed {
+                    reason: "conformance".into(),
+                },
+            });
+        }
+        SagaStatus::Aborted => {
+            records.push(Record::AbortRequested {
+                reason: "conformance".into(),
+                by: None,
+            });
+            records.push(Record::Finished {
+                outcome: SagaOutcome::Aborted {
+                    compensated: false,
+                    reason: "conformance".into(),
+                },
+            });
+        }
+    }
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(i, record)| Entry {
+            seq: i as u64,
+            at_ms: t0 + i as u64,
+            record,
+        })
+        .collect()
+}
+
+/// Write the sagas (one record at a time, or all but the first as one
+/// batch, alternately); returns the shapes with their update times.
+async fn write_shapes<J: Journal>(j: &J, mut shapes: Vec<Shape>, t0: u64) -> Vec<Shape> {
+    for (i, s) in shapes.iter_mut().enumerate() {
+        let entries = shape_entries(s, t0 + 100 * i as u64);
+        s.updated_at_ms = entries.last().map_or(0, |e| e.at_ms);
+        let (first, rest) = entries.split_at(1);
+        j.append(s.id, &first[0])
+            .await
+            .unwrap_or_else(|e| panic!("append saga {} seq 0: {e}", s.id));
+        if i % 2 == 0 {
+            j.append_batch(s.id, rest, s.finished())
+                .await
+                .unwrap_or_else(|e| panic!("append_batch saga {}: {e}", s.id));
+        } else {
+            for e in rest {
+                j.append(s.id, e)
+                    .await
+                    .unwrap_or_else(|err| panic!("append saga {} seq {}: {err}", s.id, e.seq));
+            }
+            if s.finished() {
+                j.mark_finished(s.id)
+                    .await
+                    .unwrap_or_else(|e| panic!("mark_finished {}: {e}", s.id));
+            }
+        }
+    }
+    shapes
+}
+
+/// Does `s` pass every filter of `q` (computed from the shape, not the journal)?
+fn shape_matches(s: &Shape, q: &SagaQuery) -> bool {
+    q.order
+        .as_ref()
+        .is_none_or(|(c, o)| c == s.channel && *o == s.order_id)
+        && q.account.as_deref().is_none_or(|a| Some(a) == s.account)
+        && q.state.is_none_or(|st| st == s.state)
+        && q.channel.as_deref().is_none_or(|c| c == s.channel)
+        && q.kind.as_deref().is_none_or(|k| k == s.kind)
+        && q.since_ms.is_none_or(|t| s.updated_at_ms >= t)
+        && q.set
+            .is_none_or(|set| (set == SagaSet::Finished) == s.finished())
+}
+
+/// The queries the checks ask: every filter alone, some together.
+fn queries(shapes: &[Shape]) -> Vec<SagaQuery> {
+    let base = SagaQuery::default();
+    let mut qs = vec![
+        base.clone(),
+        SagaQuery {
+            set: Some(SagaSet::Unfinished),
+            ..base.clone()
+        },
+        SagaQuery {
+            set: Some(SagaSet::Finished),
+            ..base.clone()
+        },
+    ];
+    for st in SagaStatus::ALL {
+        qs.push(SagaQuery {
+            state: Some(st),
+            ..base.clone()
+        });
+    }
+    for c in CHANNELS {
+        qs.push(SagaQuery {
+            channel: Some(c.into()),
+            ..base.clone()
+        });
+    }
+    for k in KINDS {
+        qs.push(SagaQuery {
+            kind: Some(k.into()),
+            ..base.clone()
+        });
+    }
+    for a in ACCOUNTS.iter().flatten() {
+        qs.push(SagaQuery {
+            account: Some((*a).into()),
+            ..base.clone()
+        });
+    }
+    for s in shapes.iter().take(4) {
+        qs.push(SagaQuery {
+            order: Some((s.channel.into(), s.order_id.clone())),
+            ..base.clone()
+        });
+    }
+    qs.push(SagaQuery {
+        order: Some(("tmall-tbc".into(), "no-such-order".into())),
+        ..base.clone()
+    });
+    if let Some(mid) = shapes.get(shapes.len() / 2) {
+        qs.push(SagaQuery {
+            since_ms: Some(mid.updated_at_ms),
+            ..base.clone()
+        });
+        qs.push(SagaQuery {
+            since_ms: Some(mid.updated_at_ms),
+            state: Some(SagaStatus::Stuck),
+            ..base.clone()
+        });
+    }
+    qs.push(SagaQuery {
+        state: Some(SagaStatus::Stuck),
+        channel: Some("damai".into()),
+        ..base.clone()
+    });
+    qs.push(SagaQuery {
+        account: Some("shop-a".into()),
+        kind: Some(crate::ids::CANCEL_PAID.into()),
+        set: Some(SagaSet::Unfinished),
+        ..base.clone()
+    });
+    qs.push(SagaQuery {
+        state: Some(SagaStatus::Completed),
+        set: Some(SagaSet::Unfinished),
+        ..base
+    });
+    qs
+}
+
+/// Every page of `q` at page size `limit`, checked as it goes: no page over
+/// the limit, a cursor exactly when more follow.
+async fn all_pages<J: Journal>(j: &J, q: &SagaQuery, limit: usize, what: &str) -> Vec<SagaId> {
+    let mut q = q.clone();
+    q.limit = limit;
+    q.cursor = None;
+    let mut out: Vec<SagaId> = Vec::new();
+    for round in 0..10_000 {
+        let page = j
+            .query(&q)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: query {q:?}: {e}"));
+        assert!(
+            page.ids.len() <= limit,
+            "{what}: page {round} of {q:?} has {} sagas, over the limit",
+            page.ids.len()
+        );
+        out.extend(&page.ids);
+        match page.next_cursor {
+            Some(c) => {
+                assert_eq!(
+                    Some(c.0),
+                    page.ids.last().copied(),
+                    "{what}: the cursor of page {round} of {q:?} is not its last saga"
+                );
+                q.cursor = Some(c);
+            }
+            None => return out,
+        }
+    }
+    panic!("{what}: {q:?} never reached its last page")
+}
+
+/// Check every query against the shapes and the scan.
+async fn check_queries<J: Journal>(j: &J, shapes: &[Shape], what: &str) {
+    for q in queries(shapes) {
+        let mut want: Vec<SagaId> = shapes
+            .iter()
+            .filter(|s| shape_matches(s, &q))
+            .map(|s| s.id)
+            .collect();
+        want.sort();
+        let got = all_pages(j, &q, 1000, what).await;
+        assert_eq!(got, want, "{what}: query {q:?}");
+        let mut scan_q = q.clone();
+        scan_q.limit = 1000;
+        let scanned = scan_query(j, &scan_q)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: scan {q:?}: {e}"));
+        assert_eq!(
+            got, scanned.ids,
+            "{what}: query {q:?} differs from the scan"
+        );
+    }
+}
+
+/// Each filter (order, account, state, channel, kind, since, set, and some
+/// together) returns exactly the sagas that match, which are exactly the
+/// ones a read-and-fold scan returns, in id order.
+pub async fn query_filters_return_what_the_scan_returns<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let shapes = write_shapes(&j, shapes(13, 40), 1_700_000_000_000).await;
+    check_queries(&j, &shapes, "filters").await;
+}
+
+/// Paging with the cursor visits each matching saga exactly once, at any
+/// page size; a cursor past the last saga gives an empty last page.
+pub async fn query_pages_visit_each_saga_once<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let shapes = write_shapes(&j, shapes(14, 23), 1_700_000_000_000).await;
+    for q in queries(&shapes) {
+        let whole = all_pages(&j, &q, 1000, "one page").await;
+        for limit in [1, 2, 7] {
+            let paged = all_pages(&j, &q, limit, "paged").await;
+            assert_eq!(paged, whole, "pages of {limit} of {q:?}");
+            let mut dedup = paged.clone();
+            dedup.dedup();
+            assert_eq!(dedup.len(), paged.len(), "a saga seen twice paging {q:?}");
+        }
+    }
+    let last = SagaQuery {
+        cursor: Some(crate::index::Cursor(SagaId::from_u128(u128::MAX))),
+        ..SagaQuery::default()
+    };
+    let page = j
+        .query(&last)
+        .await
+        .unwrap_or_else(|e| panic!("query after the last saga: {e}"));
+    assert_eq!(page.ids, Vec::<SagaId>::new(), "a page after the last saga");
+    assert_eq!(page.next_cursor, None, "a page after the last saga");
+}
+
+/// After a reopen (a restarted process, or a crash after the appends were
+/// acknowledged) the index neither points at a missing saga nor misses one;
+/// records appended after the reopen move the sagas in the index.
+pub async fn query_index_survives_reopen_and_follows_later_appends<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let mut shapes = write_shapes(&j, shapes(15, 20), 1_700_000_000_000).await;
+    let Some(j) = f.reopen(j).await else {
+        return;
+    };
+    check_queries(&j, &shapes, "after reopen").await;
+    // Every indexed saga reads back.
+    let all = all_pages(&j, &SagaQuery::default(), 1000, "after reopen").await;
+    for id in &all {
+        if let Err(e) = j.read(*id).await {
+            panic!("after reopen the index names saga {id}, which does not read: {e}");
+        }
+    }
+    // Unstick the stuck ones, stick the running ones, one record each.
+    let later = 1_800_000_000_000;
+    for s in shapes.iter_mut() {
+        let record = match s.state {
+            SagaStatus::Stuck => Record::Resumed { by: "op".into() },
+            SagaStatus::Running => Record::Stuck {
+                reason: "later".into(),
+            },
+            _ => continue,
+        };
+        let seq = j
+            .read(s.id)
+            .await
+            .unwrap_or_else(|e| panic!("read {}: {e}", s.id))
+            .len() as u64;
+        let e = Entry {
+            seq,
+            at_ms: later,
+            record,
+        };
+        j.append(s.id, &e)
+            .await
+            .unwrap_or_else(|err| panic!("append after reopen saga {} seq {seq}: {err}", s.id));
+        s.state = match s.state {
+            SagaStatus::Stuck => SagaStatus::Running,
+            _ => SagaStatus::Stuck,
+        };
+        s.updated_at_ms = later;
+    }
+    check_queries(&j, &shapes, "appends after reopen").await;
+    if let Some(j) = f.reopen(j).await {
+        check_queries(&j, &shapes, "second reopen").await;
     }
 }

@@ -6,6 +6,7 @@
 //! not yet durable — the tool the engine's crash tests are built on.
 
 use crate::ids::SagaId;
+use crate::index::{SagaPage, SagaQuery};
 use crate::record::{decode, encode, Entry};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -170,6 +171,15 @@ pub trait Journal: Send + Sync + 'static {
     /// Default: yes.
     async fn probe(&self) -> Result<(), JournalError> {
         Ok(())
+    }
+
+    /// One page of the sagas that match `q`, in saga id order, with the
+    /// cursor of the next page. A journal that keeps the saga indexes
+    /// ([`crate::index`]) answers in time proportional to the page; the
+    /// default reads and folds sagas in id order until the page is full
+    /// ([`crate::index::scan_query`]).
+    async fn query(&self, q: &SagaQuery) -> Result<SagaPage, JournalError> {
+        crate::index::scan_query(self, q).await
     }
 
     /// Group commits so far (records per commit, flush latency), for a

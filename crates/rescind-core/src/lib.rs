@@ -38,6 +38,7 @@ pub mod channel;
 pub mod conformance;
 pub mod engine;
 pub mod ids;
+pub mod index;
 pub mod journal;
 pub mod limits;
 pub mod machine;
@@ -64,6 +65,7 @@ pub use ids::{
     AccountId, ChannelName, OrderId, OrderRef, RefundId, SagaId, SagaKind, StockLockId,
     StockLockRef,
 };
+pub use index::{Cursor, IndexChange, QueryError, SagaIndexEntry, SagaPage, SagaQuery, SagaStatus};
 pub use journal::{CrashPoint, Journal, JournalError, MemoryJournal, SagaSet};
 pub use limits::{LimitError, Limits};
 pub use machine::{

@@ -83,3 +83,57 @@ async fn suite_catches_a_journal_without_sequence_checks() {
         "the duplicate check passed a journal that accepts duplicates"
     );
 }
+
+/// The index checks can fail: a journal whose query skips a stuck saga (a
+/// stale index) is caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_catches_a_query_that_misses_a_saga() {
+    use rescind_core::{Entry, Journal, JournalError, SagaPage, SagaQuery, SagaSet, SagaStatus};
+
+    /// Answers queries by the scan, minus the first stuck saga.
+    struct Stale(MemoryJournal);
+    #[async_trait]
+    impl Journal for Stale {
+        async fn append(&self, saga: SagaId, entry: &Entry) -> Result<(), JournalError> {
+            self.0.append(saga, entry).await
+        }
+        async fn read(&self, saga: SagaId) -> Result<Vec<Entry>, JournalError> {
+            self.0.read(saga).await
+        }
+        async fn list(&self, set: SagaSet) -> Result<Vec<SagaId>, JournalError> {
+            self.0.list(set).await
+        }
+        async fn mark_finished(&self, saga: SagaId) -> Result<(), JournalError> {
+            self.0.mark_finished(saga).await
+        }
+        async fn query(&self, q: &SagaQuery) -> Result<SagaPage, JournalError> {
+            let mut page = rescind_core::index::scan_query(self, q).await?;
+            if q.state == Some(SagaStatus::Stuck) && !page.ids.is_empty() {
+                page.ids.remove(0);
+            }
+            Ok(page)
+        }
+    }
+    struct StaleFactory;
+    #[async_trait]
+    impl JournalFactory for StaleFactory {
+        type Journal = Stale;
+        async fn fresh(&self) -> Stale {
+            Stale(MemoryJournal::new())
+        }
+        async fn corrupt(&self, j: &Stale, saga: SagaId, seq: u64, bytes: Vec<u8>) -> bool {
+            j.0.corrupt(saga, seq, bytes)
+        }
+        async fn reopen(&self, j: Stale) -> Option<Stale> {
+            Some(j)
+        }
+    }
+    let failed = tokio::spawn(async {
+        rescind_core::conformance::query_filters_return_what_the_scan_returns(&StaleFactory).await;
+    })
+    .await;
+    assert!(
+        failed.is_err(),
+        "the query check passed a journal whose index misses a stuck saga"
+    );
+}

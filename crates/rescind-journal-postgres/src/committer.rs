@@ -29,19 +29,30 @@ pub(crate) struct AppendReq {
     /// The token this worker holds, if any.
     pub(crate) fence: Option<i64>,
     pub(crate) body: Vec<u8>,
+    /// What the record changes in the saga's index columns.
+    pub(crate) change: rescind_core::IndexChange,
     pub(crate) reply: oneshot::Sender<Result<(), JournalError>>,
 }
 
 /// One statement for the whole batch. `$1..$4` are the rows (saga, seq, body,
-/// fence), `$5` this worker, `$6` the lease ttl in ms.
+/// fence), `$5` this worker, `$6` the lease ttl in ms, `$7..$12` the index
+/// columns each record sets (rescind-core's `IndexChange`: order channel,
+/// order id, account and kind only at seq 0; the state when the record
+/// changes it; its time). An ended saga keeps its end state, as
+/// `IndexChange::apply` says.
 const APPEND_SQL: &str = r#"
 WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::bytea[], $4::int8[]) AS t(saga_id, seq, body, fence)
+    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::bytea[], $4::int8[],
+                         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[])
+           AS t(saga_id, seq, body, fence, ix_channel, ix_order, ix_account, ix_kind, ix_state, ix_at)
 ),
 created AS (
     -- seq 0 creates the saga, leased to this worker with token 1
-    INSERT INTO sagas (saga_id, worker_id, lease_expires_at, fence, next_seq, finished, started_at)
-    SELECT saga_id, $5, now() + $6::int8 * interval '1 millisecond', 1, 1, false, now()
+    INSERT INTO sagas (saga_id, worker_id, lease_expires_at, fence, next_seq, finished, started_at,
+                       order_channel, order_id, account, kind, state, updated_at_ms)
+    SELECT saga_id, $5, now() + $6::int8 * interval '1 millisecond', 1, 1, false, now(),
+           ix_channel, ix_order, ix_account, coalesce(ix_kind, ''),
+           CASE WHEN ix_kind IS NULL THEN NULL ELSE ix_state END, ix_at
     FROM input WHERE seq = 0
     ON CONFLICT (saga_id) DO NOTHING
     RETURNING saga_id, 0::int8 AS seq
@@ -51,7 +62,11 @@ advanced AS (
     -- The row lock this takes orders the write against a concurrent claim.
     UPDATE sagas s
     SET next_seq = s.next_seq + 1,
-        lease_expires_at = now() + $6::int8 * interval '1 millisecond'
+        lease_expires_at = now() + $6::int8 * interval '1 millisecond',
+        state = CASE WHEN s.kind = '' THEN NULL
+                     WHEN s.state IN ('completed', 'failed', 'aborted') THEN s.state
+                     ELSE coalesce(i.ix_state, s.state) END,
+        updated_at_ms = i.ix_at
     FROM input i
     WHERE i.seq > 0 AND s.saga_id = i.saga_id AND NOT s.finished
       AND s.worker_id = $5 AND s.fence = i.fence AND s.next_seq = i.seq
@@ -157,6 +172,16 @@ async fn write_batch(
     let seqs: Vec<i64> = batch.iter().map(|r| r.seq).collect();
     let bodies: Vec<&[u8]> = batch.iter().map(|r| r.body.as_slice()).collect();
     let fences: Vec<i64> = batch.iter().map(|r| r.fence.unwrap_or(NO_TOKEN)).collect();
+    let cols: Vec<crate::index::IndexCols> = batch
+        .iter()
+        .map(|r| crate::index::columns(&r.change))
+        .collect();
+    let ix_channel: Vec<Option<String>> = cols.iter().map(|c| c.0.clone()).collect();
+    let ix_order: Vec<Option<String>> = cols.iter().map(|c| c.1.clone()).collect();
+    let ix_account: Vec<Option<String>> = cols.iter().map(|c| c.2.clone()).collect();
+    let ix_kind: Vec<Option<String>> = cols.iter().map(|c| c.3.clone()).collect();
+    let ix_state: Vec<Option<&str>> = cols.iter().map(|c| c.4).collect();
+    let ix_at: Vec<i64> = cols.iter().map(|c| c.5).collect();
     let ttl_ms = shared.cfg.lease_ttl_ms as i64;
     let mut attempt = 0u32;
     let rows = loop {
@@ -170,6 +195,12 @@ async fn write_batch(
                     &fences,
                     &shared.cfg.worker_id,
                     &ttl_ms,
+                    &ix_channel,
+                    &ix_order,
+                    &ix_account,
+                    &ix_kind,
+                    &ix_state,
+                    &ix_at,
                 ],
             )
             .await;

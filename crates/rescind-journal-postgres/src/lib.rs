@@ -54,6 +54,7 @@
 mod committer;
 mod config;
 mod error;
+mod index;
 mod pool;
 mod schema;
 mod tls;
@@ -70,7 +71,7 @@ use committer::{AppendReq, SagaRow, SagaRows};
 use error::backend;
 use pool::Pool;
 use rescind_core::record::{decode, encode};
-use rescind_core::{Entry, Journal, JournalError, SagaId, SagaSet};
+use rescind_core::{Entry, Journal, JournalError, SagaId, SagaPage, SagaQuery, SagaSet};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -298,6 +299,7 @@ impl PgJournal {
         {
             let mut first = pool.connect_raw().await?;
             schema::migrate(&mut first, &target, config.schema.as_deref()).await?;
+            index::backfill(&mut first, &target).await?;
         }
         tracing::info!(target_db = %target, worker = %config.worker_id, ssl_mode = %ssl_mode, "PostgreSQL journal open");
         let (tx, rx) = mpsc::channel(config.queue_records_max);
@@ -470,6 +472,7 @@ impl Journal for PgJournal {
             seq,
             fence: req_fence,
             body: encode(entry),
+            change: rescind_core::IndexChange::of(entry),
             reply,
         };
         self.tx
@@ -575,6 +578,13 @@ impl Journal for PgJournal {
                 })
             }
         }
+    }
+
+    /// One statement over the index columns (schema version 3), in saga id
+    /// order from the cursor, `limit + 1` rows.
+    async fn query(&self, q: &SagaQuery) -> Result<SagaPage, JournalError> {
+        let client = self.shared.client().await?;
+        index::run_query(&client, q).await
     }
 
     async fn claim_unfinished(&self) -> Result<Vec<SagaId>, JournalError> {

@@ -11,7 +11,7 @@ use rescind_core::JournalError;
 use tokio_postgres::Client;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Migration `n` (1-based) brings the schema from version `n - 1` to `n`.
 const MIGRATIONS: &[&str] = &[
@@ -48,6 +48,26 @@ const MIGRATIONS: &[&str] = &[
         heartbeat_expires_at timestamptz NOT NULL,
         started_at           timestamptz NOT NULL DEFAULT now()
     );
+    "#,
+    // 3: the saga index (rescind-core's SagaIndexEntry), kept by every append
+    // in the statement that writes the record. Rows of earlier versions have
+    // `kind` NULL until the journal that migrated fills them from their
+    // records (`sagas_unindexed` finds them without a scan).
+    r#"
+    ALTER TABLE sagas
+        ADD COLUMN order_channel text   NULL,
+        ADD COLUMN order_id      text   NULL,
+        ADD COLUMN account       text   NULL,
+        ADD COLUMN kind          text   NULL,
+        ADD COLUMN state         text   NULL,
+        ADD COLUMN updated_at_ms bigint NULL;
+    CREATE INDEX sagas_by_order   ON sagas (order_channel, order_id, saga_id);
+    CREATE INDEX sagas_by_account ON sagas (account, saga_id);
+    CREATE INDEX sagas_by_state   ON sagas (state, saga_id);
+    CREATE INDEX sagas_by_kind    ON sagas (kind, saga_id);
+    CREATE INDEX sagas_by_channel ON sagas (order_channel, saga_id);
+    CREATE INDEX sagas_by_updated ON sagas (updated_at_ms, saga_id);
+    CREATE INDEX sagas_unindexed  ON sagas (saga_id) WHERE kind IS NULL;
     "#,
 ];
 

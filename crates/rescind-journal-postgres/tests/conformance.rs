@@ -86,4 +86,7 @@ checks!(
     corrupt_record_is_typed_and_others_stay_readable,
     big_records_round_trip,
     reopen_keeps_records_sets_and_sequences,
+    query_filters_return_what_the_scan_returns,
+    query_pages_visit_each_saga_once,
+    query_index_survives_reopen_and_follows_later_appends,
 );

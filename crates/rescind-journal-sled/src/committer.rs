@@ -9,7 +9,7 @@
 
 use crate::config::{Durability, SledConfig};
 use crate::keys;
-use rescind_core::{JournalError, SagaId};
+use rescind_core::{IndexChange, JournalError, SagaId, SagaIndexEntry};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
@@ -28,16 +28,17 @@ pub(crate) enum Op {
         seq: u64,
         at_ms: u64,
         bytes: Vec<u8>,
+        change: IndexChange,
     },
     /// Move a saga to the finished set.
     Finish { saga: SagaId },
-    /// Append consecutive encoded records `(seq, at_ms, bytes)` of one saga in
+    /// Append consecutive encoded records `(seq, at_ms, bytes, change)` of one saga in
     /// order, then (with `finish`) move it to the finished set: staged in one
     /// batch. A refused record stops the rest; the finish is staged only if
     /// every record was.
     Batch {
         saga: SagaId,
-        records: Vec<(u64, u64, Vec<u8>)>,
+        records: Vec<(u64, u64, Vec<u8>, IndexChange)>,
         finish: bool,
     },
     /// Store raw bytes as record `seq`, bypassing codec and sequence checks.
@@ -61,11 +62,13 @@ pub(crate) struct Request {
     pub permit: Option<OwnedSemaphorePermit>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct SeqState {
     next: u64,
     /// `at_ms` of the last record, when this process wrote it.
     last_at_ms: Option<u64>,
+    /// The saga's index entry as of `next` (staged writes included).
+    index: Option<SagaIndexEntry>,
 }
 
 /// Makes sled's writes survive power loss: `fdatasync` of the data file, and
@@ -248,7 +251,8 @@ impl Committer {
                     seq,
                     at_ms,
                     bytes,
-                } => self.stage_append(&mut writes, &mut now, *saga, *seq, *at_ms, bytes),
+                    change,
+                } => self.stage_append(&mut writes, &mut now, *saga, *seq, *at_ms, bytes, change),
                 Op::Finish { saga } => self.stage_finish(&mut writes, &mut now, *saga),
                 Op::Batch {
                     saga,
@@ -256,8 +260,16 @@ impl Committer {
                     finish,
                 } => {
                     let mut r = Ok(0);
-                    for (seq, at_ms, bytes) in records {
-                        r = self.stage_append(&mut writes, &mut now, *saga, *seq, *at_ms, bytes);
+                    for (seq, at_ms, bytes, change) in records {
+                        r = self.stage_append(
+                            &mut writes,
+                            &mut now,
+                            *saga,
+                            *seq,
+                            *at_ms,
+                            bytes,
+                            change,
+                        );
                         if r.is_err() {
                             break;
                         }
@@ -339,10 +351,11 @@ impl Committer {
             return Ok(SeqState {
                 next: 0,
                 last_at_ms: None,
+                index: None,
             });
         }
         if let Some(s) = self.seqs.get(&saga) {
-            return Ok(*s);
+            return Ok(s.clone());
         }
         let last = self
             .tree
@@ -367,9 +380,50 @@ impl Committer {
         let state = SeqState {
             next,
             last_at_ms: None,
+            index: self.stored_entry(saga)?,
         };
-        self.remember(saga, state);
+        self.remember(saga, state.clone());
         Ok(state)
+    }
+
+    /// The saga's index entry as stored (not staged). An entry that does not
+    /// decode counts as none: the next `started` or a reopen rebuilds it.
+    fn stored_entry(&self, saga: SagaId) -> Result<Option<SagaIndexEntry>, JournalError> {
+        let stored = self
+            .tree
+            .get(keys::index(keys::ENTRY, saga))
+            .map_err(|e| self.backend(&format!("cannot read the index of saga {saga}"), e))?;
+        Ok(stored.and_then(|v| match SagaIndexEntry::decode(&v) {
+            Ok(e) => Some(e),
+            Err(why) => {
+                tracing::warn!(path = %self.path.display(), %saga, %why, "ignoring an unreadable index entry");
+                None
+            }
+        }))
+    }
+
+    /// Stage the index writes that take `saga` from entry `old` to `new`:
+    /// keys only in `old` removed, keys only in `new` inserted, the entry
+    /// rewritten. Same batch as the record: all-or-nothing with it.
+    fn stage_index(
+        writes: &mut sled::Batch,
+        saga: SagaId,
+        old: Option<&SagaIndexEntry>,
+        new: Option<&SagaIndexEntry>,
+    ) {
+        let old_keys = old.map(|e| keys::secondary(saga, e)).unwrap_or_default();
+        let new_keys = new.map(|e| keys::secondary(saga, e)).unwrap_or_default();
+        for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+            writes.remove(k.as_slice());
+        }
+        for k in new_keys.iter().filter(|k| !old_keys.contains(k)) {
+            writes.insert(k.as_slice(), &[][..]);
+        }
+        let ekey = keys::index(keys::ENTRY, saga);
+        match new {
+            Some(e) => writes.insert(&ekey[..], e.encode()),
+            None => writes.remove(&ekey[..]),
+        }
     }
 
     fn remember(&mut self, saga: SagaId, state: SeqState) {
@@ -380,6 +434,7 @@ impl Committer {
         self.seqs.insert(saga, state);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn stage_append(
         &mut self,
         writes: &mut sled::Batch,
@@ -388,6 +443,7 @@ impl Committer {
         seq: u64,
         at_ms: u64,
         bytes: &[u8],
+        change: &IndexChange,
     ) -> Result<u64, JournalError> {
         let state = self.next_seq(now, saga)?;
         if seq != state.next {
@@ -404,11 +460,14 @@ impl Committer {
                 &at_ms.to_be_bytes()[..],
             );
         }
+        let index = change.apply(state.index.as_ref());
+        Self::stage_index(writes, saga, state.index.as_ref(), index.as_ref());
         self.remember(
             saga,
             SeqState {
                 next: seq + 1,
                 last_at_ms: Some(at_ms),
+                index,
             },
         );
         Ok(0)
@@ -479,12 +538,22 @@ impl Committer {
                 &0u64.to_be_bytes()[..],
             );
         }
+        let mut index = state.index.clone();
+        if seq == state.next {
+            // Index what decodes, as an append would; bytes that do not
+            // decode (corrupt-record tests) leave the index as it was.
+            if let Ok(e) = rescind_core::record::decode(saga, seq, bytes) {
+                index = IndexChange::of(&e).apply(state.index.as_ref());
+                Self::stage_index(writes, saga, state.index.as_ref(), index.as_ref());
+            }
+        }
         if seq >= state.next {
             self.remember(
                 saga,
                 SeqState {
                     next: seq.saturating_add(1),
                     last_at_ms: None,
+                    index,
                 },
             );
         }
@@ -518,6 +587,9 @@ impl Committer {
                 records += 1;
             }
             writes.remove(&fkey[..]);
+            // Its index entry and every key derived from it go with it.
+            let entry = self.stored_entry(saga)?;
+            Self::stage_index(writes, saga, entry.as_ref(), None);
             // Defensive: a finished saga has no unfinished entry, but a
             // half-written index must not outlive the records it points to.
             writes.remove(&keys::index(keys::UNFINISHED, saga)[..]);

@@ -5,7 +5,7 @@
 //! key says what it is; big-endian numbers make byte order equal to numeric
 //! order, and uuid bytes make byte order equal to [`SagaId`] order.
 
-use rescind_core::SagaId;
+use rescind_core::{SagaId, SagaIndexEntry, SagaStatus};
 
 /// The sled tree holding the journal.
 pub const TREE: &[u8] = b"rescind_journal";
@@ -19,6 +19,23 @@ pub const RECORD: u8 = b'R';
 pub const UNFINISHED: u8 = b'U';
 /// Prefix of the finished index: `F ++ saga (16)` → finished `at_ms` (u64 BE).
 pub const FINISHED: u8 = b'F';
+
+/// The saga index entry: `I ++ saga (16)` → [`SagaIndexEntry::encode`].
+/// The secondary index keys below all end in the saga's 16 bytes and have
+/// empty values, so a prefix scan yields sagas in id order.
+pub const ENTRY: u8 = b'I';
+/// By state: `S ++ state code (1) ++ saga (16)` ([`SagaStatus::code`]).
+pub const BY_STATE: u8 = b'S';
+/// By order: `O ++ str(channel) ++ str(order id) ++ saga (16)`.
+pub const BY_ORDER: u8 = b'O';
+/// By account: `A ++ str(account) ++ saga (16)` (sagas that name one).
+pub const BY_ACCOUNT: u8 = b'A';
+/// By channel: `C ++ str(channel) ++ saga (16)`.
+pub const BY_CHANNEL: u8 = b'C';
+/// By kind (as started): `K ++ str(kind) ++ saga (16)`.
+pub const BY_KIND: u8 = b'K';
+/// By last update: `T ++ updated_at_ms (u64 BE) ++ saga (16)`.
+pub const BY_TIME: u8 = b'T';
 
 /// Length of a record key.
 pub const RECORD_KEY_LEN: usize = 1 + 16 + 8;
@@ -53,6 +70,71 @@ pub fn saga_of_index(key: &[u8]) -> Option<SagaId> {
         return None;
     }
     let bytes: [u8; 16] = key[1..].try_into().ok()?;
+    Some(SagaId(uuid::Uuid::from_bytes(bytes)))
+}
+
+/// `str(s)`: the string's length (u32 BE) then its bytes, so that one
+/// string's key prefix never matches another string's.
+fn push_str(k: &mut Vec<u8>, s: &str) {
+    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(s.as_bytes());
+}
+
+/// The prefix of the sagas of `channel`'s order `order_id` in [`BY_ORDER`].
+pub fn order_prefix(channel: &str, order_id: &str) -> Vec<u8> {
+    let mut k = vec![BY_ORDER];
+    push_str(&mut k, channel);
+    push_str(&mut k, order_id);
+    k
+}
+
+/// The prefix of the sagas whose `kind` ([`BY_ACCOUNT`], [`BY_CHANNEL`] or
+/// [`BY_KIND`]) field is `value`.
+pub fn str_prefix(kind: u8, value: &str) -> Vec<u8> {
+    let mut k = vec![kind];
+    push_str(&mut k, value);
+    k
+}
+
+/// The prefix of the sagas in `state` in [`BY_STATE`].
+pub fn state_prefix(state: SagaStatus) -> [u8; 2] {
+    [BY_STATE, state.code()]
+}
+
+/// The key of the time index at `at_ms` (with `saga`'s bytes after it).
+pub fn time_key(at_ms: u64, saga: SagaId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 8 + 16);
+    k.push(BY_TIME);
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(saga.0.as_bytes());
+    k
+}
+
+/// Every secondary index key of `saga` with entry `e` (not the entry key).
+pub fn secondary(saga: SagaId, e: &SagaIndexEntry) -> Vec<Vec<u8>> {
+    let id = saga.0.as_bytes();
+    let with_id = |mut k: Vec<u8>| {
+        k.extend_from_slice(id);
+        k
+    };
+    let mut out = vec![
+        with_id(state_prefix(e.state).to_vec()),
+        with_id(order_prefix(&e.channel, &e.order_id)),
+        with_id(str_prefix(BY_CHANNEL, &e.channel)),
+        with_id(str_prefix(BY_KIND, &e.kind)),
+        time_key(e.updated_at_ms, saga),
+    ];
+    if let Some(a) = &e.account {
+        out.push(with_id(str_prefix(BY_ACCOUNT, a)));
+    }
+    out
+}
+
+/// The saga named by the last 16 bytes of an index key, if it has them.
+pub fn saga_of_tail(key: &[u8]) -> Option<SagaId> {
+    let start = key.len().checked_sub(16)?;
+    let bytes: [u8; 16] = key[start..].try_into().ok()?;
     Some(SagaId(uuid::Uuid::from_bytes(bytes)))
 }
 

@@ -41,13 +41,16 @@ mod committer;
 mod config;
 pub mod keys;
 mod open;
+mod query;
 
 pub use config::{Durability, Retention, SledConfig};
 
 use async_trait::async_trait;
 use committer::{Op, Request};
 use rescind_core::record::{decode, encode};
-use rescind_core::{Entry, Journal, JournalError, SagaId, SagaSet};
+use rescind_core::{
+    Entry, IndexChange, Journal, JournalError, SagaId, SagaPage, SagaQuery, SagaSet,
+};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -56,7 +59,9 @@ use tokio::sync::{oneshot, Semaphore};
 /// The journal format version this build writes, stored in the database
 /// (see `docs/journal-format.md`). A database with a newer version is refused
 /// with [`JournalError::NewerFormat`].
-pub const JOURNAL_FORMAT_VERSION: u32 = 1;
+/// Version 2 added the saga indexes (`docs/journal-format.md`); a version 1
+/// journal gets them built from its records when it is opened.
+pub const JOURNAL_FORMAT_VERSION: u32 = 2;
 
 /// Finished sagas deleted per committer request during [`SledJournal::compact`],
 /// so a large compaction never holds up appends for long.
@@ -473,6 +478,7 @@ impl Journal for SledJournal {
             seq: entry.seq,
             at_ms: entry.at_ms,
             bytes,
+            change: IndexChange::of(entry),
         })
         .await
         .map(drop)
@@ -488,7 +494,7 @@ impl Journal for SledJournal {
         // finish mark) share a flush; the finish only if every record was taken.
         let mut records = Vec::with_capacity(entries.len());
         for e in entries {
-            records.push((e.seq, e.at_ms, self.encoded(saga, e)?));
+            records.push((e.seq, e.at_ms, self.encoded(saga, e)?, IndexChange::of(e)));
         }
         self.submit(Op::Batch {
             saga,
@@ -551,5 +557,15 @@ impl Journal for SledJournal {
 
     async fn mark_finished(&self, saga: SagaId) -> Result<(), JournalError> {
         self.submit(Op::Finish { saga }).await.map(drop)
+    }
+
+    /// From the index keys (`docs/journal-format.md`): one prefix scan of
+    /// the most selective filter given, in saga id order, checking the other
+    /// filters against each saga's index entry; it stops at a page.
+    async fn query(&self, q: &SagaQuery) -> Result<SagaPage, JournalError> {
+        let q = q.clone();
+        let path = self.path.clone();
+        self.blocking("query", move |tree| query::run(&tree, &path, &q))
+            .await
     }
 }

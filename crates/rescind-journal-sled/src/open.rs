@@ -3,7 +3,7 @@
 
 use crate::config::SledConfig;
 use crate::{keys, JOURNAL_FORMAT_VERSION};
-use rescind_core::JournalError;
+use rescind_core::{JournalError, SagaIndexEntry};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -156,6 +156,9 @@ fn check_format(
             if found == 0 {
                 return Err(err(path, "the stored format version is 0: corrupt"));
             }
+            if found < JOURNAL_FORMAT_VERSION {
+                build_index(path, db, tree)?;
+            }
             Ok(())
         }
         None => {
@@ -189,4 +192,64 @@ fn check_format(
             Ok(())
         }
     }
+}
+
+/// Sagas whose index keys are built per batch when a journal is upgraded.
+const BUILD_SAGAS_PER_BATCH: usize = 1024;
+
+/// Format 1 → 2: build every saga's index entry and keys from its records
+/// (the sagas of both sets), then store the new format version. Idempotent:
+/// nothing else writes meanwhile, so a run cut short is simply run again.
+/// A saga whose records do not read or fold gets no entry (it still lists,
+/// as unreadable).
+fn build_index(path: &Path, db: &sled::Db, tree: &sled::Tree) -> Result<(), JournalError> {
+    let started = std::time::Instant::now();
+    let mut sagas = Vec::new();
+    for prefix in [keys::UNFINISHED, keys::FINISHED] {
+        for k in tree.scan_prefix([prefix]).keys() {
+            let k = k.map_err(|e| err(path, format_args!("building the index: {e}")))?;
+            if let Some(s) = keys::saga_of_index(&k) {
+                sagas.push(s);
+            }
+        }
+    }
+    let mut indexed = 0u64;
+    for chunk in sagas.chunks(BUILD_SAGAS_PER_BATCH) {
+        let mut batch = sled::Batch::default();
+        for &saga in chunk {
+            let mut entry: Option<SagaIndexEntry> = None;
+            for kv in tree.scan_prefix(keys::record_prefix(saga)) {
+                let (k, v) = kv.map_err(|e| err(path, format_args!("building the index: {e}")))?;
+                let Some(seq) = keys::seq_of_record(&k) else {
+                    continue;
+                };
+                match rescind_core::record::decode(saga, seq, &v) {
+                    Ok(e) => entry = SagaIndexEntry::next(entry.as_ref(), &e),
+                    Err(why) => {
+                        tracing::warn!(path = %path.display(), %saga, error = %why, "not indexing a saga with an unreadable record");
+                        entry = None;
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = entry {
+                for key in keys::secondary(saga, &e) {
+                    batch.insert(key, &[][..]);
+                }
+                batch.insert(&keys::index(keys::ENTRY, saga)[..], e.encode());
+                indexed += 1;
+            }
+        }
+        tree.apply_batch(batch)
+            .map_err(|e| err(path, format_args!("writing the index: {e}")))?;
+    }
+    tree.insert(
+        keys::META_FORMAT_VERSION,
+        &JOURNAL_FORMAT_VERSION.to_be_bytes()[..],
+    )
+    .map_err(|e| err(path, format_args!("cannot write the format version: {e}")))?;
+    db.flush()
+        .map_err(|e| err(path, format_args!("cannot flush the index: {e}")))?;
+    tracing::info!(path = %path.display(), sagas = sagas.len(), indexed, elapsed_ms = started.elapsed().as_millis() as u64, "journal upgraded to format 2: saga indexes built");
+    Ok(())
 }

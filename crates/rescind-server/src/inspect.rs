@@ -1,8 +1,10 @@
 //! Read-only views of sagas for operators: summaries and timelines, as the
 //! CLI's `journal list|show` and the worker's HTTP API print them.
 
-use rescind_core::{Entry, Journal, JournalError, Record, SagaId, SagaSet, SagaState};
-use serde::Serialize;
+use rescind_core::{
+    Entry, Journal, JournalError, QueryError, Record, SagaId, SagaQuery, SagaSet, SagaState,
+};
+use serde::{Deserialize, Serialize};
 
 /// One saga at a glance.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -117,6 +119,94 @@ pub async fn summaries(
         }
     }
     Ok((out, bad))
+}
+
+/// The parameters of a saga listing as text, as `GET /sagas` and `rescind
+/// journal list` take them; every one optional, an empty one is absent.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct ListParams {
+    /// `CHANNEL:ORDER_ID`.
+    pub order: Option<String>,
+    /// `running`, `stuck`, `completed`, `failed` or `aborted`.
+    pub state: Option<String>,
+    /// A channel name.
+    pub channel: Option<String>,
+    /// The kind a saga was started as.
+    pub kind: Option<String>,
+    /// An account (shop).
+    pub account: Option<String>,
+    /// Updated at or after this time (ms since the Unix epoch).
+    pub since: Option<String>,
+    /// `unfinished`, `finished` or `all`.
+    pub set: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1 to 1000; default 100.
+    pub limit: Option<String>,
+}
+
+impl ListParams {
+    /// The query these parameters ask; a bad value is an error naming its
+    /// parameter.
+    pub fn to_query(&self) -> Result<SagaQuery, QueryError> {
+        fn given(v: &Option<String>) -> Option<&str> {
+            v.as_deref().filter(|s| !s.is_empty())
+        }
+        Ok(SagaQuery {
+            order: given(&self.order).map(SagaQuery::parse_order).transpose()?,
+            account: given(&self.account).map(str::to_owned),
+            state: given(&self.state).map(str::parse).transpose()?,
+            channel: given(&self.channel).map(str::to_owned),
+            kind: given(&self.kind).map(str::to_owned),
+            since_ms: given(&self.since).map(SagaQuery::parse_since).transpose()?,
+            set: match given(&self.set) {
+                Some(s) => SagaQuery::parse_set(s)?,
+                None => None,
+            },
+            cursor: given(&self.cursor).map(str::parse).transpose()?,
+            limit: match given(&self.limit) {
+                Some(l) => SagaQuery::parse_limit(l)?,
+                None => rescind_core::index::QUERY_LIMIT_DEFAULT,
+            },
+        })
+    }
+}
+
+/// One page of a saga listing: summaries in saga id order, the sagas of the
+/// page that could not be read, and where the next page starts.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SagaListing {
+    /// The sagas of the page that read and fold.
+    pub sagas: Vec<SagaSummary>,
+    /// The ones that do not, named.
+    pub unreadable: Vec<Unreadable>,
+    /// The `cursor` of the next page; `None` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// One page of the sagas `q` asks for: the journal's query (indexed where
+/// the journal keeps indexes), then the page's sagas read and summarised.
+pub async fn list_page(journal: &dyn Journal, q: &SagaQuery) -> Result<SagaListing, JournalError> {
+    let page = journal.query(q).await?;
+    let mut sagas = Vec::with_capacity(page.ids.len());
+    let mut unreadable = Vec::new();
+    for (id, read) in page.ids.iter().zip(journal.read_many(&page.ids).await) {
+        let folded = read
+            .map_err(rescind_core::Error::from)
+            .and_then(|entries| SagaState::fold(*id, &entries).map_err(rescind_core::Error::from));
+        match folded {
+            Ok(s) => sagas.push(SagaSummary::of(&s)),
+            Err(error) => unreadable.push(Unreadable {
+                id: *id,
+                error: error.to_string(),
+            }),
+        }
+    }
+    Ok(SagaListing {
+        sagas,
+        unreadable,
+        next_cursor: page.next_cursor.map(|c| c.to_string()),
+    })
 }
 
 /// One line of a saga's timeline.

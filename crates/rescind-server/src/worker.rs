@@ -5,7 +5,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /sagas` | start a saga ([`StartRequest`]); with `key`, idempotently |
-//! | `GET /sagas?set=unfinished\|finished` | list saga summaries |
+//! | `GET /sagas?order=&state=&channel=&kind=&account=&since=&set=&cursor=&limit=` | one page of saga summaries (`{"sagas", "unreadable", "next_cursor"}`), in saga id order |
 //! | `GET /sagas/{id}` | one saga's summary and timeline; `?wait_ms=N` (≤ 60 000) long-polls until it finishes or is stuck |
 //! | `POST /sagas/{id}/abort` | abort with compensation (`{"reason": ...}`) |
 //! | `POST /sagas/{id}/resume` | resume a stuck saga |
@@ -293,29 +293,30 @@ async fn start(
     }
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    set: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn list(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Response {
-    let sets: &[SagaSet] = match q.set.as_deref() {
-        None | Some("all") => &[SagaSet::Unfinished, SagaSet::Finished],
-        Some("unfinished") => &[SagaSet::Unfinished],
-        Some("finished") => &[SagaSet::Finished],
-        Some(other) => {
-            return err(
-                StatusCode::BAD_REQUEST,
-                format!("set must be unfinished, finished or all, not {other:?}"),
-            )
+async fn list(State(s): State<ApiState>, Query(q): Query<inspect::ListParams>) -> Response {
+    let query = match q.to_query() {
+        Ok(query) => query,
+        Err(e @ rescind_core::QueryError::BadParameter { parameter, .. }) => {
+            let value = match parameter {
+                "order" => q.order.clone(),
+                "state" => q.state.clone(),
+                "since" => q.since.clone(),
+                "set" => q.set.clone(),
+                "cursor" => q.cursor.clone(),
+                "limit" => q.limit.clone(),
+                _ => None,
+            };
+            let body = ApiError {
+                error: e.to_string(),
+                field: Some(parameter.to_owned()),
+                value,
+                ..ApiError::default()
+            };
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
         }
     };
-    match inspect::summaries(s.journal.as_ref(), sets).await {
-        Ok((mut out, bad)) => {
-            out.truncate(q.limit.unwrap_or(usize::MAX));
-            Json(serde_json::json!({ "sagas": out, "unreadable": bad })).into_response()
-        }
+    match inspect::list_page(s.journal.as_ref(), &query).await {
+        Ok(page) => Json(page).into_response(),
         Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -332,9 +332,17 @@ compact_interval_ms = 0
 
     /// Every saga in the journal, as the worker lists them.
     pub async fn listed(&self) -> Vec<Value> {
-        let (status, v) = self.get("/sagas?set=all").await;
-        assert_eq!(status, 200, "{v}");
-        v["sagas"].as_array().cloned().unwrap_or_default()
+        let mut out = Vec::new();
+        let mut path = "/sagas?set=all&limit=1000".to_owned();
+        loop {
+            let (status, v) = self.get(&path).await;
+            assert_eq!(status, 200, "{v}");
+            out.extend(v["sagas"].as_array().cloned().unwrap_or_default());
+            match v["next_cursor"].as_str() {
+                Some(c) => path = format!("/sagas?set=all&limit=1000&cursor={c}"),
+                None => return out,
+            }
+        }
     }
 
     /// Every saga in the journal, listed with `token`.
