@@ -230,9 +230,11 @@ impl IndexChange {
             | Record::Resumed { .. } => Some(SagaStatus::Running),
             Record::Stuck { .. } => Some(SagaStatus::Stuck),
             Record::Finished { outcome } => Some(SagaStatus::of_outcome(outcome)),
-            Record::Observed { .. } | Record::Switched { .. } | Record::AbortRequested { .. } => {
-                None
-            }
+            // A deferred step waits (parked) as part of running.
+            Record::Observed { .. }
+            | Record::Switched { .. }
+            | Record::AbortRequested { .. }
+            | Record::Deferred { .. } => None,
         };
         IndexChange::Update {
             state,

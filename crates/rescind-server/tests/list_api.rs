@@ -13,7 +13,11 @@ use std::sync::Arc;
 /// `n % 3 == 2`, running otherwise.
 async fn write_saga(j: &SledJournal, n: u128) -> SagaId {
     let id = SagaId::from_u128(0x5a9a_0000 + n);
-    let channel = if n.is_multiple_of(2) { "tmall-tbc" } else { "damai" };
+    let channel = if n.is_multiple_of(2) {
+        "tmall-tbc"
+    } else {
+        "damai"
+    };
     let input = SagaInput::cancel_unpaid(OrderRef::new(channel, format!("o{}", n / 2)))
         .with_account(if n < 5 { "shop-a" } else { "shop-b" });
     let mut entries = vec![Entry {
