@@ -167,6 +167,18 @@ pub trait TmcSink: Send + Sync + 'static {
     fn heartbeat(&self, channel: &ChannelName, valid_for: Duration);
     /// The consumer stopped: `channel` has no live push source.
     fn stopped(&self, channel: &ChannelName);
+    /// News that reached no saga here ([`TmcSink::deliver`] gave 0): should
+    /// it stay **unconfirmed**, because a saga on its order runs in another
+    /// worker of a shared journal? TMC then hands it out again, to whichever
+    /// consumer of the group asks next, until the worker running that saga
+    /// gets it. Default: no (confirm it; the saga's fallback poll finds the
+    /// news).
+    fn keep_for_others<'a>(
+        &'a self,
+        _obs: &'a Observation,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(async { false })
+    }
 }
 
 impl TmcSink for rescind_core::Engine {
@@ -304,6 +316,9 @@ pub struct TmcStats {
     pub matched: u64,
     /// Messages confirmed.
     pub confirmed: u64,
+    /// News left unconfirmed for the worker whose saga it is
+    /// ([`TmcSink::keep_for_others`]).
+    pub kept_for_others: u64,
     /// Messages with a topic rescind does not use (confirmed).
     pub unknown_topic: u64,
     /// Messages whose content could not be read (confirmed, logged with their id).
@@ -319,6 +334,7 @@ struct Counters {
     delivered: AtomicU64,
     matched: AtomicU64,
     confirmed: AtomicU64,
+    kept_for_others: AtomicU64,
     unknown_topic: AtomicU64,
     malformed: AtomicU64,
     errors: AtomicU64,
@@ -340,6 +356,7 @@ impl Counters {
             delivered: g(&self.delivered),
             matched: g(&self.matched),
             confirmed: g(&self.confirmed),
+            kept_for_others: g(&self.kept_for_others),
             unknown_topic: g(&self.unknown_topic),
             malformed: g(&self.malformed),
             errors: g(&self.errors),
@@ -438,20 +455,28 @@ impl TmcConsumer {
                     continue;
                 }
             };
-            ids.push(msg.id.clone());
             match map_message(msg, &self.channel) {
                 Ok(TmcNews::News(obs)) => {
                     bump(&c.delivered, 1);
-                    if self.sink.deliver(obs) > 0 {
+                    if self.sink.deliver(obs.clone()) > 0 {
                         bump(&c.matched, 1);
+                    } else if self.sink.keep_for_others(&obs).await {
+                        // Left unconfirmed: it comes back, to another
+                        // consumer of the group.
+                        bump(&c.kept_for_others, 1);
+                        continue;
                     }
+                    ids.push(msg.id.clone());
+                    continue;
                 }
-                Ok(TmcNews::Nothing) => {}
+                Ok(TmcNews::Nothing) => ids.push(msg.id.clone()),
                 Ok(TmcNews::UnknownTopic) => {
+                    ids.push(msg.id.clone());
                     bump(&c.unknown_topic, 1);
                     tracing::debug!(id = %msg.id, topic = %msg.topic.escape_debug(), "TMC topic not used: confirmed");
                 }
                 Err(why) => {
+                    ids.push(msg.id.clone());
                     bump(&c.malformed, 1);
                     tracing::warn!(id = %msg.id, topic = %msg.topic.escape_debug(), problem = %why.escape_debug(), "malformed TMC message: confirmed and skipped");
                 }

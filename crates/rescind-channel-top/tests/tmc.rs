@@ -225,3 +225,105 @@ async fn a_bad_config_is_refused_with_its_key() {
     assert_eq!(e.field, "tmc.quantity");
     assert!(e.to_string().contains("between 1 and 200"), "{e}");
 }
+
+/// A sink for a worker that runs none of the sagas: news about the orders
+/// in `others` belongs to a saga another worker runs.
+struct ElsewhereSink {
+    others: Vec<String>,
+    keep: std::sync::atomic::AtomicBool,
+    seen: Mutex<Vec<String>>,
+}
+
+impl TmcSink for ElsewhereSink {
+    fn deliver(&self, obs: Observation) -> usize {
+        let (Observation::Refund { order, .. } | Observation::Order { order, .. }) = &obs;
+        self.seen.lock().unwrap().push(order.order_id.to_string());
+        0
+    }
+    fn heartbeat(&self, _channel: &ChannelName, _valid_for: Duration) {}
+    fn stopped(&self, _channel: &ChannelName) {}
+    fn keep_for_others<'a>(
+        &'a self,
+        obs: &'a Observation,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        let mine = match obs {
+            Observation::Refund { order, .. } | Observation::Order { order, .. } => {
+                self.others.iter().any(|o| o == order.order_id.as_str())
+            }
+        };
+        let keep = self.keep.load(std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move { keep && mine })
+    }
+}
+
+/// News for a saga another worker runs stays unconfirmed (TMC hands it out
+/// again); everything else is confirmed; once nobody holds it back, it is.
+#[tokio::test]
+async fn news_for_a_saga_on_another_worker_is_left_unconfirmed() {
+    let sim = Sim::new(SimConfig::default());
+    sim.set_tmc(TmcSettings {
+        enabled: true,
+        redeliver_after_ms: 100,
+        ..TmcSettings::default()
+    })
+    .unwrap();
+    let server = sim.serve("127.0.0.1:0").await.unwrap();
+    let url = format!("{}/router/rest", server.base_url);
+    let tbc = TbcChannel::connect(TopConfig::new(gateway(&url))).unwrap();
+    for id in ["E0", "E1"] {
+        sim.add_order(OrderSeed {
+            channel: "tmall-tbc".into(),
+            order_id: id.into(),
+            status: "WAIT_SELLER_SEND_GOODS".into(),
+            refund: None,
+            stock_lock: None,
+        });
+        tbc.cancel_paid(&CancelRequest {
+            order: OrderRef::new("tmall-tbc", id),
+            account: None,
+            reason: None,
+            remark: None,
+        })
+        .await
+        .unwrap();
+        sim.schedule(ScheduledEvent {
+            after_ms: 0,
+            channel: "tmall-tbc".into(),
+            order_id: id.into(),
+            action: EventAction::CompleteRefund,
+        });
+    }
+    let _ = sim.order("tmall-tbc", "E0");
+    let sink = Arc::new(ElsewhereSink {
+        others: vec!["E0".into()],
+        keep: std::sync::atomic::AtomicBool::new(true),
+        seen: Mutex::default(),
+    });
+    let cfg = TmcConfig {
+        enabled: true,
+        poll_interval_ms: 30,
+        ..TmcConfig::default()
+    };
+    let client = TopClient::connect(gateway(&url)).unwrap();
+    let handle = TmcConsumer::new(client, cfg, "tmall-tbc", sink.clone())
+        .unwrap()
+        .spawn();
+    // E0's news comes back again and again: never confirmed.
+    until("E0's news handed out again", || {
+        sink.seen.lock().unwrap().iter().filter(|o| *o == "E0").count() >= 3
+    })
+    .await;
+    let st = sim.tmc_stats();
+    assert!(st.queued >= 1, "E0's news still queued: {st:?}");
+    assert!(st.redelivered >= 1, "{st:?}");
+    assert!(handle.stats().kept_for_others >= 3, "{:?}", handle.stats());
+    assert!(
+        sink.seen.lock().unwrap().iter().any(|o| o == "E1"),
+        "E1's news was delivered"
+    );
+    // Nobody holds it back any more: it is confirmed.
+    sink.keep.store(false, std::sync::atomic::Ordering::Relaxed);
+    until("every message confirmed", || sim.tmc_stats().queued == 0).await;
+    handle.stop().await;
+    server.shutdown().await;
+}

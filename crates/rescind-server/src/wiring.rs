@@ -134,6 +134,56 @@ pub fn build_tmc_consumers(
     Ok(out)
 }
 
+/// The TMC sink of a worker on a shared (PostgreSQL) journal: the engine,
+/// and news that reached no saga here stays unconfirmed while a *running*
+/// saga on its order lives in the journal but not in this worker (another
+/// worker runs it), so TMC hands it out again until that worker gets it.
+/// Stuck and finished sagas do not hold news back.
+pub struct SharedJournalTmcSink {
+    /// The worker's engine.
+    pub engine: rescind_core::Engine,
+    /// The shared journal, asked by order through its index.
+    pub journal: Arc<dyn rescind_core::Journal>,
+}
+
+impl TmcSink for SharedJournalTmcSink {
+    fn deliver(&self, obs: rescind_core::Observation) -> usize {
+        self.engine.deliver(obs)
+    }
+    fn heartbeat(&self, channel: &rescind_core::ChannelName, valid_for: std::time::Duration) {
+        self.engine.push_heartbeat(channel, valid_for);
+    }
+    fn stopped(&self, channel: &rescind_core::ChannelName) {
+        self.engine.set_push_live(channel, false);
+    }
+    fn keep_for_others<'a>(
+        &'a self,
+        obs: &'a rescind_core::Observation,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let order = match obs {
+                rescind_core::Observation::Order { order, .. }
+                | rescind_core::Observation::Refund { order, .. } => order,
+            };
+            let q = rescind_core::SagaQuery {
+                order: Some((order.channel.to_string(), order.order_id.to_string())),
+                state: Some(rescind_core::SagaStatus::Running),
+                set: Some(rescind_core::SagaSet::Unfinished),
+                limit: 16,
+                ..rescind_core::SagaQuery::default()
+            };
+            match self.journal.query(&q).await {
+                Ok(page) => page.ids.iter().any(|id| !self.engine.is_running(*id)),
+                // Cannot tell: confirm (the saga's fallback poll finds the news).
+                Err(e) => {
+                    tracing::warn!(error = %e, "TMC: cannot ask the journal who runs the order; confirming the message");
+                    false
+                }
+            }
+        })
+    }
+}
+
 /// The names the PandaPon channels are registered under (the config's
 /// `[channels.NAME]` tables), per platform, for the callback receiver: a
 /// callback is delivered to the sagas on orders of these channels. A
@@ -171,6 +221,15 @@ impl OpenJournal {
             #[cfg(feature = "postgres")]
             OpenJournal::Postgres(j) => j.clone(),
             OpenJournal::Other(j) => j.clone(),
+        }
+    }
+
+    /// Can other workers run sagas of this journal (PostgreSQL)?
+    pub fn is_shared(&self) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            OpenJournal::Postgres(_) => true,
+            _ => false,
         }
     }
 

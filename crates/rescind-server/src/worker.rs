@@ -815,7 +815,16 @@ pub async fn start_worker(
         builder = builder.observer(w.observer());
     }
     let engine = builder.build();
-    let consumers = crate::wiring::build_tmc_consumers(config, Arc::new(engine.clone()))?;
+    // On a shared journal, news for a saga another worker runs is left for it.
+    let tmc_sink: Arc<dyn rescind_channel_top::TmcSink> = if journal.is_shared() {
+        Arc::new(crate::wiring::SharedJournalTmcSink {
+            engine: engine.clone(),
+            journal: journal.journal(),
+        })
+    } else {
+        Arc::new(engine.clone())
+    };
+    let consumers = crate::wiring::build_tmc_consumers(config, tmc_sink)?;
     // A torn last line or a corrupt line is logged (warn) by open, never fatal.
     let store = rescind_channel_pandapon::callback::FileCallbackStore::open_with(
         &config.worker.callback_store,
