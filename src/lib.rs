@@ -11,6 +11,7 @@
 //! | `postgres` | `pg_journal` (tokio-postgres); PostgreSQL journals in `server`'s configuration | off |
 //! | `server` | `accounts`, `accounts_api`, `auth`, `config`, `wiring`, `worker`, `inspect`, `metrics`, `reconcile`, `webhooks` from `rescind-server` (axum) | off |
 //! | `sim` | `sim`, the channel simulator (with `server`: `simconfig`) | off |
+//! | `otel` | `otel` from `rescind-server` (implies `server`): OpenTelemetry traces over OTLP/HTTP | off |
 //!
 //! No feature is on by default, so an embedder compiles neither axum, the
 //! simulator nor tokio-postgres unless it asks; the `rescind` command enables
@@ -18,6 +19,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "otel")]
+pub use rescind_server::otel;
 #[cfg(all(feature = "server", feature = "sim"))]
 pub use rescind_server::simconfig;
 #[cfg(feature = "server")]

@@ -310,7 +310,13 @@ async fn news_for_a_saga_on_another_worker_is_left_unconfirmed() {
         .spawn();
     // E0's news comes back again and again: never confirmed.
     until("E0's news handed out again", || {
-        sink.seen.lock().unwrap().iter().filter(|o| *o == "E0").count() >= 3
+        sink.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| *o == "E0")
+            .count()
+            >= 3
     })
     .await;
     let st = sim.tmc_stats();

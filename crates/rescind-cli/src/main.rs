@@ -86,7 +86,18 @@ enum Command {
     DemoWorker(demo::DemoWorkerArgs),
 }
 
-fn init_tracing(verbose: u8) {
+/// The log on stderr and, with feature `otel`, the trace exporter (each
+/// with its own filter: `-v`/`RUST_LOG` choose what is logged, not what is
+/// traced).
+#[cfg(feature = "otel")]
+type Telemetry = rescind::otel::Telemetry;
+#[cfg(not(feature = "otel"))]
+type Telemetry = std::convert::Infallible;
+
+fn init_tracing(verbose: u8, telemetry: Option<&Telemetry>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let default = match verbose {
         0 => "warn",
         1 => "info,rescind=info",
@@ -94,15 +105,58 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_filter(filter);
+    #[cfg(feature = "otel")]
+    let traces = telemetry.map(|t| t.layer());
+    #[cfg(not(feature = "otel"))]
+    let traces: Option<tracing_subscriber::layer::Identity> = telemetry.map(|t| match *t {});
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(traces)
         .try_init();
+}
+
+/// The trace exporter of a command that runs sagas, when the configuration
+/// (`[telemetry]`) or the environment names an OTLP endpoint. A
+/// configuration that does not load is left to the command to report.
+#[cfg(feature = "otel")]
+fn start_telemetry(cli: &Cli) -> anyhow::Result<Option<Telemetry>> {
+    use rescind::otel::OtelSettings;
+    let runs_sagas = matches!(
+        cli.command,
+        Command::Worker(_)
+            | Command::Cancel(_)
+            | Command::WithdrawRefund(_)
+            | Command::Reconcile(_)
+            | Command::Journal(_)
+    );
+    if !runs_sagas {
+        return Ok(None);
+    }
+    let Ok(cfg) = rescind::config::Config::load(&cli.config) else {
+        return Ok(None);
+    };
+    let settings = OtelSettings::resolve(&cfg.telemetry, &|v| std::env::var(v).ok())?;
+    Ok(settings.map(Telemetry::start).transpose()?)
+}
+
+#[cfg(not(feature = "otel"))]
+fn start_telemetry(_: &Cli) -> anyhow::Result<Option<Telemetry>> {
+    Ok(None)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    let telemetry = match start_telemetry(&cli) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(cli.verbose, telemetry.as_ref());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,6 +183,13 @@ fn main() -> ExitCode {
             Command::Worker(a) => ops::worker(&cli.config, a).await,
         }
     });
+    // Outside the runtime: sending the last spans blocks.
+    #[cfg(feature = "otel")]
+    if let Some(t) = telemetry {
+        if let Err(e) = t.shutdown() {
+            eprintln!("warning: {e}");
+        }
+    }
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

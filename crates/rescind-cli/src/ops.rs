@@ -77,7 +77,12 @@ pub struct RunArgs {
 }
 
 pub(crate) fn load_config(path: &Path) -> Result<Config> {
-    Config::load(path).map_err(|e| anyhow!("{} ({})", e, path.display()))
+    let cfg = Config::load(path).map_err(|e| anyhow!("{} ({})", e, path.display()))?;
+    // This binary's own build decides (the library may have `otel` from
+    // another crate of the same build while this command exports nothing).
+    rescind::config::check_telemetry(&cfg.telemetry, cfg!(feature = "otel"))
+        .map_err(|e| anyhow!("{} ({})", e, path.display()))?;
+    Ok(cfg)
 }
 
 /// Open the configured journal for a one-shot command.

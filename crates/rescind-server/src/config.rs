@@ -182,6 +182,20 @@ impl ChannelConfig {
     }
 }
 
+/// `[telemetry]`: where traces go. Exporting them needs a build with the
+/// `otel` feature; see `docs/operations.md`, "Traces (OpenTelemetry)".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP receiver (a collector), e.g.
+    /// `http://127.0.0.1:4318`: spans are sent to `{otlp_endpoint}/v1/traces`
+    /// as protobuf. The environment variable `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// overrides it. Unset (and no variable): no traces are exported.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported spans. Unset: `rescind`.
+    pub service_name: Option<String>,
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -200,6 +214,9 @@ pub struct Config {
     /// `max_attempts`, `backoff_initial_ms`, `backoff_max_ms`, `timeout_ms`,
     /// `outbox`); `None`: none are sent.
     pub webhooks: Option<crate::webhooks::WebhooksConfig>,
+    /// Traces (`[telemetry]`): checked against this build by
+    /// [`check_telemetry`] when the configuration is parsed.
+    pub telemetry: TelemetryConfig,
 }
 
 /// Keys that hold secrets: they may only come from the environment.
@@ -292,13 +309,19 @@ impl Config {
             .map_err(|e: toml::de::Error| bad("", format!("not valid TOML: {}", e.message())))?;
         for key in root.keys() {
             if ![
-                "journal", "engine", "worker", "channels", "accounts", "webhooks",
+                "journal",
+                "engine",
+                "worker",
+                "channels",
+                "accounts",
+                "webhooks",
+                "telemetry",
             ]
             .contains(&key.as_str())
             {
                 return Err(bad(
                     key.clone(),
-                    "unknown section (expected journal, engine, worker, channels, accounts, webhooks)",
+                    "unknown section (expected journal, engine, worker, channels, accounts, webhooks, telemetry)",
                 ));
             }
         }
@@ -505,6 +528,11 @@ impl Config {
             }
             Some(_) => return Err(bad("webhooks", "must be a table")),
         };
+        let telemetry: TelemetryConfig = match root.remove("telemetry") {
+            None => TelemetryConfig::default(),
+            Some(v) => take_typed(v, "telemetry")?,
+        };
+        check_telemetry(&telemetry, cfg!(feature = "otel"))?;
         Ok(Config {
             journal,
             engine,
@@ -512,6 +540,7 @@ impl Config {
             channels,
             accounts,
             webhooks,
+            telemetry,
         })
     }
 
@@ -522,6 +551,53 @@ impl Config {
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         Self::from_toml_str(&text, base, &|v| std::env::var(v).ok())
     }
+}
+
+/// Check `[telemetry]`: an `otlp_endpoint` is an `http://` or `https://`
+/// URL with a host and no password (an exporter's credentials go in
+/// `OTEL_EXPORTER_OTLP_HEADERS`), `service_name` is not empty, and a build
+/// without OpenTelemetry (`otel_built` false: no `otel` feature) refuses an
+/// endpoint rather than silently export nothing.
+pub fn check_telemetry(t: &TelemetryConfig, otel_built: bool) -> Result<(), ConfigError> {
+    if let Some(name) = &t.service_name {
+        if name.trim().is_empty() {
+            return Err(bad("telemetry.service_name", "must not be empty"));
+        }
+    }
+    let Some(url) = &t.otlp_endpoint else {
+        return Ok(());
+    };
+    const KEY: &str = "telemetry.otlp_endpoint";
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let host = rest.and_then(|r| r.split(['/', '?', '#']).next());
+    match host {
+        None => {
+            return Err(bad(
+                KEY,
+                format!(
+                    "{:?} is not an http:// or https:// URL (e.g. http://127.0.0.1:4318)",
+                    redact_url(url)
+                ),
+            ))
+        }
+        Some("") => return Err(bad(KEY, "names no host (e.g. http://127.0.0.1:4318)")),
+        Some(h) if h.rsplit_once('@').is_some_and(|(user, _)| user.contains(':')) => {
+            return Err(bad(
+                KEY,
+                "carries a password, and secrets are never written in the file: give the receiver's credentials as headers in OTEL_EXPORTER_OTLP_HEADERS (the URL is not shown here)",
+            ))
+        }
+        Some(_) => {}
+    }
+    if !otel_built {
+        return Err(bad(
+            KEY,
+            "this rescind was built without OpenTelemetry support: build it with `--features otel` to export traces, or remove the key",
+        ));
+    }
+    Ok(())
 }
 
 /// TOP flow control is per app key: the channels on one (gateway URL, app
@@ -616,6 +692,41 @@ user_id = "u"
         }
     }
 
+    /// `[telemetry]` parses into the config; a build without `otel` refuses
+    /// an endpoint naming the feature to build with, and accepts a config
+    /// without one.
+    #[test]
+    fn telemetry_needs_the_otel_feature_for_an_endpoint() {
+        let text =
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nservice_name = \"rescind-eu\"";
+        let want = TelemetryConfig {
+            otlp_endpoint: Some("http://127.0.0.1:4318".into()),
+            service_name: Some("rescind-eu".into()),
+        };
+        let otel_built = cfg!(feature = "otel");
+        match Config::from_toml_str(text, Path::new("."), &env) {
+            Ok(c) => {
+                assert!(otel_built, "parsed without the feature");
+                assert_eq!(c.telemetry, want);
+            }
+            Err(e) => {
+                assert!(!otel_built, "refused with the feature: {e}");
+                assert_eq!(e.key, "telemetry.otlp_endpoint");
+            }
+        }
+        assert_eq!(check_telemetry(&want, true), Ok(()));
+        let err = check_telemetry(&want, false).expect_err("no otel, an endpoint");
+        assert_eq!(err.key, "telemetry.otlp_endpoint");
+        assert!(err.reason.contains("--features otel"), "{err}");
+        let unnamed = TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: Some("rescind".into()),
+        };
+        assert_eq!(check_telemetry(&unnamed, false), Ok(()));
+        let c = Config::from_toml_str("", Path::new("."), &env).unwrap();
+        assert_eq!(c.telemetry, TelemetryConfig::default());
+    }
+
     #[test]
     fn good_config_parses_and_never_prints_secrets() {
         let c = Config::from_toml_str(GOOD, Path::new("/etc/rescind"), &env).unwrap();
@@ -688,6 +799,15 @@ user_id = "u"
                 "poll_intervall_ms",
             ),
             ("this is = not toml [", "", "not valid TOML"),
+            ("[telemetry]\notlp_endpoint = \"udp://h:4318\"", "telemetry.otlp_endpoint", "not an http:// or https:// URL"),
+            ("[telemetry]\notlp_endpoint = \"http://\"", "telemetry.otlp_endpoint", "names no host"),
+            (
+                "[telemetry]\notlp_endpoint = \"https://u:hunter2-secret@h:4318\"",
+                "telemetry.otlp_endpoint",
+                "OTEL_EXPORTER_OTLP_HEADERS",
+            ),
+            ("[telemetry]\nservice_name = \" \"", "telemetry.service_name", "must not be empty"),
+            ("[telemetry]\nendpoint = \"http://h\"", "telemetry", "endpoint"),
             (
                 "[channels.t]\ntype = \"tmall-tbc\"\n[channels.t.gateway]\nurl = \"http://h\"\napp_key = \"k\"\napp_secret_env = \"TOP_SECRET\"\n\
                  [channels.u]\ntype = \"tmall-tbc\"\n[channels.u.gateway]\nurl = \"http://h\"\napp_key = \"k\"\napp_secret_env = \"TOP_SECRET\"\n\

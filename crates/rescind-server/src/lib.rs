@@ -14,7 +14,8 @@
 //! feature, at the same paths (`rescind::config`, `rescind::worker`, ...).
 //!
 //! Features: `postgres` (default) opens `[journal] postgres_url` journals;
-//! `sim` adds [`simconfig`] (and compiles the simulator).
+//! `sim` adds [`simconfig`] (and compiles the simulator); `otel` adds
+//! `otel`, OpenTelemetry traces exported over OTLP/HTTP.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -24,6 +25,8 @@ pub mod auth;
 pub mod config;
 pub mod inspect;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod reconcile;
 pub mod serve;
 #[cfg(feature = "sim")]

@@ -4,6 +4,27 @@
 
 use super::*;
 
+/// The span of one upstream call or lookup (`$name`): a child of the step
+/// span; its outcome and error code are recorded when it returns.
+macro_rules! upstream_span {
+    ($name:literal, $saga:expr, $channel:expr, $action:expr, $step:expr, $attempt:expr) => {
+        tracing::info_span!(
+            $name,
+            saga = %$saga,
+            // Integers as i64: OpenTelemetry has no unsigned attribute.
+            step = i64::from($step),
+            action = $action.name(),
+            channel = %$channel.escape_debug(),
+            attempt = i64::from($attempt),
+            outcome = tracing::field::Empty,
+            error_code = tracing::field::Empty,
+            error_sub_code = tracing::field::Empty,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+        )
+    };
+}
+
 impl Engine {
     /// Fold a record into the saga and queue it for the next flush. Records
     /// are made durable by [`Engine::flush`] before anything depends on them:
@@ -272,9 +293,51 @@ impl Engine {
         me: &Running,
         permit: &mut Option<OwnedSemaphorePermit>,
     ) -> std::result::Result<(), DriveStop> {
-        let (outcome, via, attempts) = self
+        let channel = action
+            .channel()
+            .unwrap_or(state.input.order.channel.as_str());
+        // The step span: a child of the saga span, parent of its calls and
+        // lookups (traces: docs/operations.md, "Traces (OpenTelemetry)").
+        let span = tracing::info_span!(
+            "step",
+            saga = %state.id,
+            // Integers as i64: OpenTelemetry has no unsigned attribute.
+            step = i64::from(step),
+            action = action.name(),
+            channel = %channel.escape_debug(),
+            in_doubt = resumed_in_doubt,
+            attempts = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            via = tracing::field::Empty,
+            error_code = tracing::field::Empty,
+            error_sub_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let performed = self
             .perform(state, step, action, resumed_in_doubt, me, permit)
-            .await?;
+            .instrument(span.clone())
+            .await;
+        match &performed {
+            Ok((outcome, via, attempts)) => {
+                span.record("attempts", i64::from(*attempts));
+                span.record("outcome", outcome_name(outcome));
+                span.record("via", via_name(*via));
+                if let StepOutcome::Failed { error } = outcome {
+                    record_error(&span, error);
+                }
+            }
+            Err(DriveStop::Stuck(_)) => {
+                span.record("outcome", "stuck");
+                span.record("otel.status_code", "error");
+            }
+            Err(DriveStop::Stopped(_)) => {
+                span.record("outcome", "stopped");
+            }
+            Err(DriveStop::Deferred { .. }) => {
+                span.record("outcome", "deferred");
+            }
+        }
+        let (outcome, via, attempts) = performed?;
         let record = Record::Outcome {
             step,
             outcome,
@@ -367,14 +430,20 @@ impl Engine {
             .channel()
             .unwrap_or(state.input.order.channel.as_str());
         let mut event = StepEvent::Begin;
+        // Calls and lookups sent by this run of the step, for their spans.
+        let (mut calls, mut lookups) = (0u32, 0u32);
         loop {
             let effect = machine
                 .step(event, inner.clock.now_ms(), inner.rng.as_ref())
                 .map_err(|e| DriveStop::Stuck(e.to_string()))?;
             event = match effect {
-                StepEffect::Call => StepEvent::Called(self.call(&ctx, channel, action, step).await),
+                StepEffect::Call => {
+                    calls += 1;
+                    StepEvent::Called(self.call(&ctx, channel, action, step, calls).await)
+                }
                 StepEffect::Lookup => {
-                    StepEvent::LookedUp(self.look_up(&ctx, channel, action, step).await)
+                    lookups += 1;
+                    StepEvent::LookedUp(self.look_up(&ctx, channel, action, step, lookups).await)
                 }
                 StepEffect::Sleep { ms } => {
                     if let Some(e) = machine.last_error() {
@@ -425,20 +494,26 @@ impl Engine {
         }
     }
 
-    /// One call of the action, bounded by `attempt_timeout_ms`.
+    /// One call of the action (the step's `attempt`-th), bounded by
+    /// `attempt_timeout_ms`.
     pub(super) async fn call(
         &self,
         ctx: &Ctx<'_>,
         channel: &str,
         action: &Action,
         step: u32,
+        attempt: u32,
     ) -> std::result::Result<StepOutcome, ChannelError> {
         let t0 = self.inner.clock.now_ms();
-        let span = tracing::info_span!("call", step, action = action.name());
+        let span = upstream_span!("call", ctx.saga, channel, action, step, attempt);
         let result = self
             .with_timeout(action.kind().call(ctx))
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        span.record("outcome", CallResult::of(&result).as_str());
+        if let Err(e) = &result {
+            record_error(&span, e);
+        }
         let stats = &self.inner.stats;
         let latency_ms = self.inner.clock.now_ms().saturating_sub(t0);
         stats.step_latency(latency_ms);
@@ -462,19 +537,30 @@ impl Engine {
         result
     }
 
-    /// One lookup of an in-doubt step, bounded by `attempt_timeout_ms`.
+    /// One lookup of an in-doubt step (the step's `attempt`-th), bounded by
+    /// `attempt_timeout_ms`.
     pub(super) async fn look_up(
         &self,
         ctx: &Ctx<'_>,
         channel: &str,
         action: &Action,
         step: u32,
+        attempt: u32,
     ) -> std::result::Result<Lookup, ChannelError> {
-        let span = tracing::info_span!("resolve", step, action = action.name());
+        let span = upstream_span!("lookup", ctx.saga, channel, action, step, attempt);
         let result = self
             .with_timeout(action.kind().lookup(ctx))
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        match &result {
+            Ok(found) => {
+                span.record("outcome", lookup_name(found));
+            }
+            Err(e) => {
+                span.record("outcome", CallResult::of(&result).as_str());
+                record_error(&span, e);
+            }
+        }
         match &result {
             Ok(Lookup::Applied(_)) => self.inner.stats.resolved_by_lookup(),
             Err(e) => {
@@ -506,6 +592,52 @@ impl Engine {
             r = fut => r,
             _ = self.inner.clock.sleep(Duration::from_millis(ms)) => Err(ChannelError::in_doubt(format!("no answer within {ms} ms"))),
         }
+    }
+}
+
+/// The channel's code and sub-code of a failure (none for errors of our own
+/// making, such as a timeout), and the span's status: error.
+pub(super) fn record_error(span: &tracing::Span, e: &ChannelError) {
+    if let Some(code) = e.code.as_deref() {
+        span.record("error_code", code.escape_debug().to_string());
+    }
+    if let Some(sub) = e.sub_code.as_deref() {
+        span.record("error_sub_code", sub.escape_debug().to_string());
+    }
+    span.record("otel.status_code", "error");
+}
+
+/// A step outcome's name, as journaled (`cancelled`, `refund_opened`...).
+fn outcome_name(o: &StepOutcome) -> &'static str {
+    match o {
+        StepOutcome::Cancelled { .. } => "cancelled",
+        StepOutcome::RefundOpened { .. } => "refund_opened",
+        StepOutcome::RefundWithdrawn { .. } => "refund_withdrawn",
+        StepOutcome::StockReleased { .. } => "stock_released",
+        StepOutcome::Conflict { .. } => "conflict",
+        StepOutcome::Failed { .. } => "failed",
+        StepOutcome::Custom { .. } => "custom",
+    }
+}
+
+/// How an outcome became known, as journaled (`reply`, `lookup`...).
+fn via_name(v: Via) -> &'static str {
+    match v {
+        Via::Reply => "reply",
+        Via::Lookup => "lookup",
+        Via::Poll => "poll",
+        Via::Callback => "callback",
+        Via::Operator => "operator",
+    }
+}
+
+/// What a lookup found: `applied`, `moved`, `not_applied`, `unknown`.
+fn lookup_name(l: &Lookup) -> &'static str {
+    match l {
+        Lookup::Applied(_) => "applied",
+        Lookup::Moved(_) => "moved",
+        Lookup::NotApplied => "not_applied",
+        Lookup::Unknown => "unknown",
     }
 }
 

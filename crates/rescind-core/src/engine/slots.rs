@@ -43,14 +43,28 @@ impl Engine {
         wait: Option<WaitProgress>,
     ) {
         let id = state.id;
+        // What this run is: a new saga, one resumed from the journal (a
+        // restart, an operator's resume), or one woken from a park.
+        let run = match (&wait, state.last_seq) {
+            (Some(_), _) => "wake",
+            (None, 0) => "start",
+            (None, _) => "resume",
+        };
+        // The root of the run's trace (`parent: None`: never a child of
+        // whatever span started it); steps and their calls are its children.
         let span = tracing::info_span!(
+            parent: None,
             "saga",
             saga = %id,
             kind = %state.input.kind,
             // Escaped: an id with control characters cannot forge a log line.
             order = %state.input.order.order_id.as_str().escape_debug(),
             channel = %state.input.order.channel.as_str().escape_debug(),
+            run,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
+        let saga_span = span.clone();
         let engine = self.clone();
         let r2 = running.clone();
         // A saga that runs again is no longer stuck (it may become so again).
@@ -95,6 +109,10 @@ impl Engine {
                                 SagaExit::Stopped { .. } => {}
                             }
                         }
+                        saga_span.record("outcome", end.map_or("stopped", SagaEnd::as_str));
+                        if matches!(end, Some(SagaEnd::Failed | SagaEnd::Stuck)) {
+                            saga_span.record("otel.status_code", "error");
+                        }
                         if let Some(end) = end {
                             engine.emit(MetricEvent::SagaEnded {
                                 kind: kind.as_str(),
@@ -111,6 +129,7 @@ impl Engine {
                         r2.finish_with(Some(exit));
                     }
                     TaskEnd::Park { wake_at_ms, parked } => {
+                        saga_span.record("outcome", "parked");
                         engine.park(id, &r2, wake_at_ms, parked)
                     }
                 }

@@ -170,10 +170,33 @@ impl Engine {
         let Some(lookup) = self.inner.channels.lookup(&order.channel) else {
             return Ok(None);
         };
-        match self
+        // An upstream call of the waiting saga: a child of the saga span.
+        let span = tracing::info_span!(
+            "poll",
+            saga = %state.id,
+            action = "refund_status",
+            channel = %order.channel.as_str().escape_debug(),
+            outcome = tracing::field::Empty,
+            error_code = tracing::field::Empty,
+            error_sub_code = tracing::field::Empty,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+        );
+        let polled = self
             .with_timeout(lookup.refund_status(order, refund_id, state.input.account.as_ref()))
-            .await
-        {
+            .instrument(span.clone())
+            .await;
+        match &polled {
+            Ok(status) => {
+                let open = !status.state.is_terminal();
+                span.record("outcome", if open { "open" } else { "final" });
+            }
+            Err(e) => {
+                span.record("outcome", CallResult::of(&polled).as_str());
+                super::drive::record_error(&span, e);
+            }
+        }
+        match polled {
             Ok(status) if status.state.is_terminal() => Ok(Some(Observation::Refund {
                 order: order.clone(),
                 refund_id: refund_id.clone(),
