@@ -379,6 +379,59 @@ impl PgJournal {
         Ok(())
     }
 
+    /// Publish a TOP app-key ban that lasts `remaining_ms` more (from the
+    /// database's clock) for the other workers ([`PgJournal::app_key_bans`]).
+    /// A longer ban already published is kept.
+    pub async fn publish_app_key_ban(
+        &self,
+        gateway: &str,
+        app_key: &str,
+        remaining_ms: u64,
+    ) -> Result<(), JournalError> {
+        let ms = i64::try_from(remaining_ms).unwrap_or(i64::MAX);
+        let client = self.shared.client().await?;
+        client
+            .execute(
+                "INSERT INTO app_key_bans (gateway, app_key, banned_until)
+                 VALUES ($1, $2, now() + $3::int8 * interval '1 millisecond')
+                 ON CONFLICT (gateway, app_key) DO UPDATE
+                 SET banned_until = GREATEST(app_key_bans.banned_until, EXCLUDED.banned_until)",
+                &[&gateway, &app_key, &ms],
+            )
+            .await
+            .map_err(|e| backend("publishing an app-key ban", &e))?;
+        Ok(())
+    }
+
+    /// The app-key bans in force, as `(gateway, app_key, remaining_ms)`;
+    /// ended ones are deleted on the way.
+    pub async fn app_key_bans(&self) -> Result<Vec<(String, String, u64)>, JournalError> {
+        let client = self.shared.client().await?;
+        client
+            .execute("DELETE FROM app_key_bans WHERE banned_until <= now()", &[])
+            .await
+            .map_err(|e| backend("reading app-key bans", &e))?;
+        let rows = client
+            .query(
+                "SELECT gateway, app_key,
+                        CEIL(EXTRACT(EPOCH FROM (banned_until - now())) * 1000)::int8
+                 FROM app_key_bans WHERE banned_until > now() ORDER BY gateway, app_key",
+                &[],
+            )
+            .await
+            .map_err(|e| backend("reading app-key bans", &e))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<_, String>(0)?,
+                    r.try_get::<_, String>(1)?,
+                    u64::try_from(r.try_get::<_, i64>(2)?).unwrap_or(0),
+                ))
+            })
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(|e| backend("reading app-key bans", &e))
+    }
+
     /// The workers registered live on this database (this one included while
     /// it renews): each renews its heartbeat with its leases, every
     /// `lease_renew_interval_ms`, for `lease_ttl_ms`; a worker that stops

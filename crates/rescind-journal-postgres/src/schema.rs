@@ -11,7 +11,7 @@ use rescind_core::JournalError;
 use tokio_postgres::Client;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Migration `n` (1-based) brings the schema from version `n - 1` to `n`.
 const MIGRATIONS: &[&str] = &[
@@ -68,6 +68,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX sagas_by_channel ON sagas (order_channel, saga_id);
     CREATE INDEX sagas_by_updated ON sagas (updated_at_ms, saga_id);
     CREATE INDEX sagas_unindexed  ON sagas (saga_id) WHERE kind IS NULL;
+    "#,
+    // 4: TOP app-key bans shared by the workers: a worker that meets a ban
+    // (code 4–8) publishes its end; the others pause the app key until then
+    // (times on the database's clock, so workers' clocks need not agree).
+    r#"
+    CREATE TABLE app_key_bans (
+        gateway      text        NOT NULL,
+        app_key      text        NOT NULL,
+        banned_until timestamptz NOT NULL,
+        PRIMARY KEY (gateway, app_key)
+    );
     "#,
 ];
 

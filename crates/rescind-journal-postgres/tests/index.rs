@@ -48,6 +48,7 @@ async fn a_version_2_database_opens_and_its_sagas_get_indexed() {
                     sagas_by_channel, sagas_by_updated, sagas_unindexed;
          ALTER TABLE sagas DROP COLUMN order_channel, DROP COLUMN order_id, DROP COLUMN account,
                            DROP COLUMN kind, DROP COLUMN state, DROP COLUMN updated_at_ms;
+         DROP TABLE app_key_bans;
          UPDATE rescind_meta SET schema_version = 2;",
     )
     .await

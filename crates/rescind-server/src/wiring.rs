@@ -243,6 +243,51 @@ impl OpenJournal {
         }
     }
 
+    /// Share TOP app-key bans with the other workers of a PostgreSQL
+    /// journal: publish the bans this worker's limiters are under, then ban
+    /// here every app key another worker published (for what is left of
+    /// it, when that is more than a second beyond the ban in force here).
+    /// Returns how many bans were taken from others. A no-op (0) for other
+    /// journals.
+    pub async fn share_bans(
+        &self,
+        flow: &rescind_wire::flow::AppKeyLimiters,
+    ) -> Result<usize, JournalError> {
+        match self {
+            #[cfg(feature = "postgres")]
+            OpenJournal::Postgres(j) => {
+                let limiters = flow.all();
+                for l in &limiters {
+                    if let Some(left) = l.banned_for() {
+                        let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                        j.publish_app_key_ban(l.url(), l.app_key(), ms).await?;
+                    }
+                }
+                let mut taken = 0;
+                for (gateway, app_key, ms) in j.app_key_bans().await? {
+                    for l in limiters
+                        .iter()
+                        .filter(|l| l.url() == gateway && l.app_key() == app_key)
+                    {
+                        // The published end lands later than the local one
+                        // by the publication's latency: only a ban clearly
+                        // longer than the one in force here is taken.
+                        let mine = l.banned_for().map_or(0, |d| d.as_millis());
+                        if u128::from(ms) > mine + 1_000 {
+                            l.ban_for(std::time::Duration::from_millis(ms));
+                            taken += 1;
+                        }
+                    }
+                }
+                Ok(taken)
+            }
+            _ => {
+                let _ = flow;
+                Ok(0)
+            }
+        }
+    }
+
     /// Leave the worker registry (graceful stop); a no-op for other journals.
     pub async fn deregister(&self) -> Result<(), JournalError> {
         match self {

@@ -1046,7 +1046,8 @@ pub async fn start_worker(
 }
 
 /// Set every app key's share to `1 / live workers` (a registry that cannot
-/// be read keeps the share it had, and says so).
+/// be read keeps the share it had, and says so), and share app-key bans
+/// with the other workers ([`crate::wiring::OpenJournal::share_bans`]).
 async fn refresh_flow_share(
     journal: &crate::wiring::OpenJournal,
     flow: &rescind_wire::flow::AppKeyLimiters,
@@ -1056,6 +1057,14 @@ async fn refresh_flow_share(
         Err(e) => {
             tracing::warn!(error = %e, "cannot count live workers; the flow share stays as it was")
         }
+    }
+    match journal.share_bans(flow).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            bans = n,
+            "app-key bans met by other workers: paused here too"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot share app-key bans with the other workers"),
     }
 }
 
