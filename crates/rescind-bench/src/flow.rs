@@ -1,18 +1,22 @@
-//! The cost of fairness in TOP flow control: order cancels through one app
-//! key's limiter (`rescind_wire::flow`) on behalf of 200 accounts, against
-//! the same work on behalf of one account, at the same app-key rate.
+//! The cost of fairness in TOP flow control: unpaid-cancel sagas through one
+//! app key's limiter (`rescind_wire::flow`) on behalf of 200 accounts,
+//! against the same sagas on behalf of one account, at the same app-key rate.
 //!
-//! Each call is a real `tmall.tbc.order.cancel` — signed by the TOP client,
-//! paced by the shared limiter with its account, and handled (signature,
-//! timestamp, order book) by the simulator's router in process — so the
-//! figure is cancels/s (one cancel per unpaid-cancel saga) with the
-//! limiter's queueing as the only difference between the rows. At a rate the
+//! Each saga runs in the engine (in-memory journal: intent, call, outcome,
+//! finish); its one call is a real `tmall.tbc.order.cancel` — signed by the
+//! TOP client, paced by the shared limiter with the saga's account, and
+//! handled (signature, timestamp, order book) by the simulator's router in
+//! process — so the figure is sagas/s with the limiter's queueing as the
+//! only difference between the rows. At a rate the
 //! limiter binds (the default), both rows should reach it; the ratio shows
 //! what round-robin across 200 accounts costs. `--rate 0` turns the limit off
 //! to show the raw call rate.
 
 use anyhow::{anyhow, Result};
-use rescind::core::{Clock, TokioClock};
+use rescind::core::{
+    Channels, Clock, Engine, Limits, MemoryJournal, OrderRef, SagaExit, SagaInput, SagaOutcome,
+    TokioClock,
+};
 use rescind::top::{GatewayConfig, TbcChannel, TopConfig};
 use rescind::wire::flow::{AppKeyLimiter, FlowSettings};
 use rescind::wire::sign::Secret;
@@ -60,12 +64,21 @@ async fn one_row(rate: f64, calls: usize, concurrency: usize, accounts: usize) -
             .map_err(|e| anyhow!("{e}"))?
             .with_limiter(limiter.clone()),
     );
+    // Whole sagas (intent, call, outcome, finish) on the in-memory journal:
+    // the limiter's queueing is the only difference between the rows.
+    let engine = Engine::builder(Arc::new(MemoryJournal::new()))
+        .channels(Channels::new().with_cancel("tmall-tbc", tbc))
+        .limits(Limits {
+            in_flight_max: concurrency.max(1),
+            ..Limits::default()
+        })
+        .build();
     let names: Arc<Vec<String>> = Arc::new((0..accounts).map(|a| format!("acct-{a}")).collect());
     let per_task = calls.div_ceil(concurrency);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..concurrency {
-        let (tbc, names) = (tbc.clone(), names.clone());
+        let (engine, names) = (engine.clone(), names.clone());
         tasks.push(tokio::spawn(async move {
             for j in 0..per_task {
                 let i = t * per_task + j;
@@ -73,15 +86,14 @@ async fn one_row(rate: f64, calls: usize, concurrency: usize, accounts: usize) -
                     break;
                 }
                 let order = format!("O{i}");
-                let account = &names[i % names.len()];
-                tbc.client()
-                    .call_as(
-                        "tmall.tbc.order.cancel",
-                        &[("out_order_no", &order), ("source_site", "LAZADA_SG")],
-                        Some(account),
-                    )
-                    .await
-                    .map_err(|e| anyhow!("cancel {order}: {e}"))?;
+                let account = names[i % names.len()].as_str();
+                let input = SagaInput::cancel_unpaid(OrderRef::new("tmall-tbc", order.as_str()))
+                    .with_account(account);
+                match engine.run(input).await {
+                    Ok((_, SagaExit::Finished(SagaOutcome::Completed { .. }))) => {}
+                    Ok((_, other)) => return Err(anyhow!("saga on {order}: {other:?}")),
+                    Err(e) => return Err(anyhow!("saga on {order}: {e}")),
+                }
             }
             Ok::<_, anyhow::Error>(())
         }));
@@ -119,9 +131,9 @@ pub async fn run(rate: f64, calls: usize, concurrency: usize) -> Result<()> {
         "off".to_owned()
     };
     println!(
-        "App-key rate {limit}, {calls} cancels (one per unpaid-cancel saga) from {concurrency} concurrent callers, in-process simulator.\n"
+        "App-key rate {limit}, {calls} unpaid-cancel sagas (one call each) from {concurrency} concurrent callers, engine on the in-memory journal, in-process simulator.\n"
     );
-    println!("| accounts | cancels/s | seconds | callers queued (sampled max) |");
+    println!("| accounts | sagas/s | seconds | callers queued (sampled max) |");
     println!("|---:|---:|---:|---:|");
     for r in [&one, &many] {
         println!(

@@ -81,13 +81,13 @@ enum Cmd {
         #[arg(long, env = "RESCIND_PG_URL")]
         pg_url: Option<String>,
     },
-    /// TOP flow control: cancels/s through one app key's limiter on behalf
+    /// TOP flow control: unpaid-cancel sagas/s through one app key's limiter on behalf
     /// of 200 accounts vs one account, at the same rate, and their ratio.
     Flow {
         /// The app key's rate, calls/s (0: no limit).
         #[arg(long, default_value_t = 2_000.0)]
         rate: f64,
-        /// Cancels per row.
+        /// Sagas per row (one call each).
         #[arg(long, default_value_t = 6_000)]
         calls: usize,
         /// Concurrent callers.

@@ -948,8 +948,12 @@ impl Engine {
         for (id, r) in &targets {
             lock(&r.mailbox).push(Msg::Observed(obs.clone()));
             r.notify.notify_one();
-            // A parked saga has no task to notify: run it again.
-            self.wake(*id, r);
+            // A saga parked on its refund has no task to notify: run it
+            // again. One parked on a deferred step keeps the news in its
+            // mailbox for its refund wait, after the step.
+            if !matches!(*lock(&r.parked), Some(Parked::Step)) {
+                self.wake(*id, r);
+            }
         }
         targets.len()
     }

@@ -167,6 +167,13 @@ impl Engine {
                 }
             }
         }
+        // News wakes a saga parked on its refund; a deferred step keeps news
+        // for later (its wait reads it after the step) and wakes only for an
+        // abort.
+        let wake_on_mail = match parked {
+            Parked::Refund(_) => true,
+            Parked::Step => false,
+        };
         if lock(&r.parked).replace(parked).is_none() {
             self.inner.parked.fetch_add(1, Ordering::Relaxed);
         }
@@ -174,7 +181,14 @@ impl Engine {
         self.ensure_timer();
         self.inner.timers_changed.notify_one();
         // News or an abort that arrived while it was parking: wake it now.
-        if !lock(&r.mailbox).is_empty() {
+        let wake_now = {
+            let mail = lock(&r.mailbox);
+            match wake_on_mail {
+                true => !mail.is_empty(),
+                false => mail.iter().any(|m| matches!(m, Msg::Abort(..))),
+            }
+        };
+        if wake_now {
             self.wake(id, r);
         }
     }
