@@ -106,7 +106,7 @@ pub trait IdGen: Send + Sync + 'static {
     fn next_id(&self) -> SagaId;
 }
 
-/// Random v4 ids (production).
+/// Unique, time-ordered ids (UUID v7, [`SagaId::new_random`]; production).
 #[derive(Debug, Default)]
 pub struct RandomIds;
 
