@@ -1214,6 +1214,16 @@ pub async fn append_many_is_as_if_appended_one_by_one<F: JournalFactory>(f: &F) 
 /// of the states asked, newest first.
 pub async fn count_counts_and_recent_agree_with_the_query<F: JournalFactory>(f: &F) {
     let j = f.fresh().await;
+    // Counted before any write, so a journal that keeps counts must keep
+    // them up to date through the writes below.
+    let empty = j
+        .counts()
+        .await
+        .unwrap_or_else(|e| panic!("counts of an empty journal: {e}"));
+    assert!(
+        empty.by_state_channel.values().all(|n| *n == 0),
+        "counts of an empty journal: {empty:?}"
+    );
     let shapes = write_shapes(&j, shapes(17, 40), 1_700_000_000_000).await;
     for q in queries(&shapes) {
         let paged = all_pages(&j, &q, 1000, "count").await.len() as u64;
