@@ -41,7 +41,7 @@
 //! ```
 
 use crate::ids::{OrderRef, SagaId};
-use crate::index::{scan_query, SagaQuery, SagaStatus};
+use crate::index::{scan_query, SagaCounts, SagaQuery, SagaStatus};
 use crate::journal::{Journal, JournalError, SagaSet};
 use crate::record::{Entry, Record, SagaInput, SagaOutcome, RECORD_FORMAT_VERSION};
 use crate::OrderState;
@@ -94,6 +94,8 @@ pub const CHECKS: &[&str] = &[
     "query_filters_return_what_the_scan_returns",
     "query_pages_visit_each_saga_once",
     "query_index_survives_reopen_and_follows_later_appends",
+    "append_many_is_as_if_appended_one_by_one",
+    "count_counts_and_recent_agree_with_the_query",
 ];
 
 /// Run every check in [`CHECKS`]; returns their names. Panics at the first
@@ -126,6 +128,8 @@ pub async fn run_all<F: JournalFactory>(f: &F) -> Vec<&'static str> {
         query_filters_return_what_the_scan_returns,
         query_pages_visit_each_saga_once,
         query_index_survives_reopen_and_follows_later_appends,
+        append_many_is_as_if_appended_one_by_one,
+        count_counts_and_recent_agree_with_the_query,
     );
     debug_assert_eq!(passed, CHECKS);
     passed
@@ -157,6 +161,8 @@ macro_rules! journal_conformance_tests {
             query_filters_return_what_the_scan_returns,
             query_pages_visit_each_saga_once,
             query_index_survives_reopen_and_follows_later_appends,
+            append_many_is_as_if_appended_one_by_one,
+            count_counts_and_recent_agree_with_the_query,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -1079,5 +1085,198 @@ pub async fn query_index_survives_reopen_and_follows_later_appends<F: JournalFac
     check_queries(&j, &shapes, "appends after reopen").await;
     if let Some(j) = f.reopen(j).await {
         check_queries(&j, &shapes, "second reopen").await;
+    }
+}
+
+/// Every loaded saga reads back as loaded, lists in its set, and the
+/// queries answer as the shapes say.
+async fn check_loaded<J: Journal>(
+    j: &J,
+    load: &[(SagaId, Vec<Entry>, bool)],
+    shapes: &[Shape],
+    what: &str,
+) {
+    for (id, entries, _) in load {
+        let got = j
+            .read(*id)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: read saga {id}: {e}"));
+        assert_eq!(&got, entries, "{what}: saga {id} reads back differently");
+    }
+    let mut unfinished: Vec<SagaId> = shapes
+        .iter()
+        .filter(|s| !s.finished())
+        .map(|s| s.id)
+        .collect();
+    let mut finished: Vec<SagaId> = shapes
+        .iter()
+        .filter(|s| s.finished())
+        .map(|s| s.id)
+        .collect();
+    unfinished.sort();
+    finished.sort();
+    expect_list(j, SagaSet::Unfinished, &unfinished, what).await;
+    expect_list(j, SagaSet::Finished, &finished, what).await;
+    check_queries(j, shapes, what).await;
+}
+
+/// What [`Journal::append_many`] wrote reads, lists and queries exactly as
+/// the same sagas appended one by one; later appends continue their
+/// sequences; a sequence that does not start at the saga's next is refused;
+/// and it all survives a reopen.
+pub async fn append_many_is_as_if_appended_one_by_one<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    let t0 = 1_700_000_000_000;
+    let mut shapes = shapes(16, 30);
+    let mut load: Vec<(SagaId, Vec<Entry>, bool)> = Vec::new();
+    for (i, s) in shapes.iter_mut().enumerate() {
+        let entries = shape_entries(s, t0 + 100 * i as u64);
+        s.updated_at_ms = entries.last().map_or(0, |e| e.at_ms);
+        load.push((s.id, entries, s.finished()));
+    }
+    // Two calls, so a journal that writes one call at once meets a second.
+    let (a, b) = load.split_at(load.len() / 2);
+    j.append_many(a)
+        .await
+        .unwrap_or_else(|e| panic!("append_many (first half): {e}"));
+    j.append_many(b)
+        .await
+        .unwrap_or_else(|e| panic!("append_many (second half): {e}"));
+    j.append_many(&[])
+        .await
+        .unwrap_or_else(|e| panic!("append_many of nothing: {e}"));
+    check_loaded(&j, &load, &shapes, "after append_many").await;
+    // Sequences continue where the load left them.
+    let next = shapes
+        .iter()
+        .zip(&load)
+        .find(|(s, _)| !s.finished())
+        .map(|(s, (_, entries, _))| (s.id, entries.len() as u64));
+    if let Some((id, n)) = next {
+        expect_conflict(
+            j.append(id, &entry(id, n - 1)).await,
+            id,
+            n - 1,
+            n,
+            "re-append after append_many",
+        );
+        let mut e = entry(id, n);
+        e.record = Record::Resumed { by: "op".into() };
+        j.append(id, &e)
+            .await
+            .unwrap_or_else(|err| panic!("append after append_many saga {id} seq {n}: {err}"));
+        let (_, entries, _) = load
+            .iter_mut()
+            .find(|(s, _, _)| *s == id)
+            .unwrap_or_else(|| panic!("saga {id} not loaded"));
+        entries.push(e);
+        if let Some(s) = shapes.iter_mut().find(|s| s.id == id) {
+            s.state = SagaStatus::Running;
+            s.updated_at_ms = 1_700_000_000_000 + n;
+        }
+    }
+    // A saga that exists already, loaded again from seq 0: refused, and
+    // nothing of it changes.
+    let again = sid(16, 200);
+    j.append_many(&[(again, vec![entry(again, 0)], false)])
+        .await
+        .unwrap_or_else(|e| panic!("append_many of one saga: {e}"));
+    match j
+        .append_many(&[(again, vec![entry(again, 0)], false)])
+        .await
+    {
+        Err(JournalError::SequenceConflict { saga, seq: 0, .. }) => {
+            assert_eq!(saga, again, "the conflict names the wrong saga")
+        }
+        other => panic!("append_many of an existing saga from seq 0: {other:?}"),
+    }
+    expect_entries(&j, again, 1, "after a refused append_many").await;
+    load.push((again, vec![entry(again, 0)], false));
+    shapes.push(Shape {
+        id: again,
+        channel: "tmall-tbc",
+        order_id: format!("{}", again.0.as_u128() % 1_000_000_007),
+        account: None,
+        kind: crate::ids::CANCEL_UNPAID,
+        state: SagaStatus::Running,
+        updated_at_ms: 1_700_000_000_000,
+    });
+    check_loaded(&j, &load, &shapes, "after later appends").await;
+    if let Some(j) = f.reopen(j).await {
+        check_loaded(&j, &load, &shapes, "after reopen").await;
+    }
+}
+
+/// [`Journal::count`] is the number of sagas [`Journal::query`] pages
+/// through, for every query; [`Journal::counts`] counts sagas by state and
+/// channel as the index holds them (the terminal states when the journal
+/// says they are exact); [`Journal::recent`] lists the newest-updated sagas
+/// of the states asked, newest first.
+pub async fn count_counts_and_recent_agree_with_the_query<F: JournalFactory>(f: &F) {
+    let j = f.fresh().await;
+    // Counted before any write, so a journal that keeps counts must keep
+    // them up to date through the writes below.
+    let empty = j
+        .counts()
+        .await
+        .unwrap_or_else(|e| panic!("counts of an empty journal: {e}"));
+    assert!(
+        empty.by_state_channel.values().all(|n| *n == 0),
+        "counts of an empty journal: {empty:?}"
+    );
+    let shapes = write_shapes(&j, shapes(17, 40), 1_700_000_000_000).await;
+    for q in queries(&shapes) {
+        let paged = all_pages(&j, &q, 1000, "count").await.len() as u64;
+        let mut with_cursor = q.clone();
+        with_cursor.cursor = Some(crate::index::Cursor(SagaId::from_u128(u128::MAX)));
+        with_cursor.limit = 1;
+        for q2 in [&q, &with_cursor] {
+            let n = j
+                .count(q2)
+                .await
+                .unwrap_or_else(|e| panic!("count {q2:?}: {e}"));
+            assert_eq!(n, paged, "count {q2:?} (cursor and limit ignored)");
+        }
+    }
+    let mut want = SagaCounts::default();
+    for s in &shapes {
+        want.add(s.state, s.channel, 1);
+    }
+    let got = j.counts().await.unwrap_or_else(|e| panic!("counts: {e}"));
+    let keep = |c: &SagaCounts, terminal: bool| -> Vec<((SagaStatus, String), u64)> {
+        c.by_state_channel
+            .iter()
+            .filter(|((s, _), n)| **n > 0 && (terminal || !s.is_terminal()))
+            .map(|(k, n)| (k.clone(), *n))
+            .collect()
+    };
+    assert_eq!(
+        keep(&got, got.terminal_exact),
+        keep(&want, got.terminal_exact),
+        "counts by state and channel"
+    );
+    for states in [
+        vec![SagaStatus::Failed, SagaStatus::Stuck],
+        vec![SagaStatus::Running],
+        vec![
+            SagaStatus::Aborted,
+            SagaStatus::Completed,
+            SagaStatus::Failed,
+        ],
+    ] {
+        let mut hits: Vec<(u64, SagaId)> = shapes
+            .iter()
+            .filter(|s| states.contains(&s.state))
+            .map(|s| (s.updated_at_ms, s.id))
+            .collect();
+        hits.sort_by(|a, b| b.cmp(a));
+        for limit in [1, 3, 1000] {
+            let want: Vec<SagaId> = hits.iter().take(limit).map(|(_, id)| *id).collect();
+            let got = j
+                .recent(&states, limit)
+                .await
+                .unwrap_or_else(|e| panic!("recent {states:?} {limit}: {e}"));
+            assert_eq!(got, want, "recent {states:?} limit {limit}");
+        }
     }
 }

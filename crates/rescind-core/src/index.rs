@@ -15,6 +15,7 @@ use crate::ids::SagaId;
 use crate::journal::{Journal, JournalError, SagaSet};
 use crate::record::{Entry, Record, SagaOutcome};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Page size when a query names none.
@@ -488,6 +489,114 @@ pub async fn scan_query<J: Journal + ?Sized>(
         }
     }
     Ok(SagaPage::from_gathered(out, limit))
+}
+
+/// Sagas by state and channel, from [`Journal::counts`](crate::Journal::counts):
+/// what an overview shows without reading every saga.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SagaCounts {
+    /// `(state, channel)` → sagas in that state on that channel. Sagas
+    /// without an index entry (a first record that is not `started`) are
+    /// not counted.
+    pub by_state_channel: BTreeMap<(SagaStatus, String), u64>,
+    /// Are the counts of the terminal states (completed, failed, aborted)
+    /// exact? Counts of running and stuck sagas always are; a journal that
+    /// cannot count its finished sagas in time proportional to the answer
+    /// (PostgreSQL) gives its query planner's estimate for the terminal
+    /// states and says so here.
+    pub terminal_exact: bool,
+}
+
+impl SagaCounts {
+    /// Add `n` sagas in `state` on `channel`.
+    pub fn add(&mut self, state: SagaStatus, channel: &str, n: u64) {
+        if n > 0 {
+            *self
+                .by_state_channel
+                .entry((state, channel.to_owned()))
+                .or_default() += n;
+        }
+    }
+
+    /// Sagas in `state`, all channels.
+    pub fn in_state(&self, state: SagaStatus) -> u64 {
+        self.by_state_channel
+            .iter()
+            .filter(|((s, _), _)| *s == state)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The index entries of every saga that has one, by reading and folding
+/// them all (256 per [`Journal::read_many`]): the reference for
+/// [`Journal::counts`](crate::Journal::counts) and
+/// [`Journal::recent`](crate::Journal::recent), and their default.
+async fn scan_entries<J: Journal + ?Sized>(
+    journal: &J,
+) -> Result<Vec<(SagaId, SagaIndexEntry)>, JournalError> {
+    let mut ids = journal.list(SagaSet::Unfinished).await?;
+    ids.extend(journal.list(SagaSet::Finished).await?);
+    ids.sort();
+    ids.dedup();
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(SCAN_CHUNK) {
+        for (id, r) in chunk.iter().zip(journal.read_many(chunk).await) {
+            if let Some(e) = r.ok().and_then(|es| SagaIndexEntry::from_entries(&es)) {
+                out.push((*id, e));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`SagaCounts`] by reading and folding every saga (exact).
+pub async fn scan_counts<J: Journal + ?Sized>(journal: &J) -> Result<SagaCounts, JournalError> {
+    let mut c = SagaCounts {
+        terminal_exact: true,
+        ..SagaCounts::default()
+    };
+    for (_, e) in scan_entries(journal).await? {
+        c.add(e.state, &e.channel, 1);
+    }
+    Ok(c)
+}
+
+/// The sagas in any of `states`, newest update first (ties: higher id
+/// first), at most `limit`, by reading and folding every saga.
+pub async fn scan_recent<J: Journal + ?Sized>(
+    journal: &J,
+    states: &[SagaStatus],
+    limit: usize,
+) -> Result<Vec<SagaId>, JournalError> {
+    let mut hits: Vec<(u64, SagaId)> = scan_entries(journal)
+        .await?
+        .into_iter()
+        .filter(|(_, e)| states.contains(&e.state))
+        .map(|(id, e)| (e.updated_at_ms, id))
+        .collect();
+    hits.sort_by(|a, b| b.cmp(a));
+    Ok(hits.into_iter().take(limit).map(|(_, id)| id).collect())
+}
+
+/// [`Journal::count`](crate::Journal::count)'s default: page through
+/// [`Journal::query`] ([`QUERY_LIMIT_MAX`] a page) and count.
+pub async fn count_by_paging<J: Journal + ?Sized>(
+    journal: &J,
+    q: &SagaQuery,
+) -> Result<u64, JournalError> {
+    let mut q = q.clone();
+    q.cursor = None;
+    q.limit = QUERY_LIMIT_MAX;
+    let mut n = 0u64;
+    loop {
+        let page = journal.query(&q).await?;
+        n += page.ids.len() as u64;
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => return Ok(n),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! not yet durable — the tool the engine's crash tests are built on.
 
 use crate::ids::SagaId;
-use crate::index::{SagaPage, SagaQuery};
+use crate::index::{SagaCounts, SagaPage, SagaQuery, SagaStatus};
 use crate::record::{decode, encode, Entry};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -126,6 +126,21 @@ pub trait Journal: Send + Sync + 'static {
         }
         Ok(())
     }
+    /// Bulk load: for each `(saga, entries, finish)` in order, what
+    /// [`Journal::append_batch`]`(saga, entries, finish)` would do, so the
+    /// result reads, lists, queries and counts exactly as if appended one by
+    /// one (the conformance suite checks it). For filling a journal (imports,
+    /// benchmarks), not for the engine. The default loops `append_batch`; a
+    /// journal that can write many sagas in one write (sled: one batch;
+    /// PostgreSQL: one transaction) overrides it. On an error, the sagas
+    /// before the one named, and a prefix of that one, may have been written
+    /// (an override may also write none).
+    async fn append_many(&self, sagas: &[(SagaId, Vec<Entry>, bool)]) -> Result<(), JournalError> {
+        for (saga, entries, finish) in sagas {
+            self.append_batch(*saga, entries, *finish).await?;
+        }
+        Ok(())
+    }
     /// All entries of a saga, in order. Unknown saga: `UnknownSaga`.
     async fn read(&self, saga: SagaId) -> Result<Vec<Entry>, JournalError>;
     /// The entries of many sagas, each result as [`Journal::read`] would give
@@ -180,6 +195,38 @@ pub trait Journal: Send + Sync + 'static {
     /// ([`crate::index::scan_query`]).
     async fn query(&self, q: &SagaQuery) -> Result<SagaPage, JournalError> {
         crate::index::scan_query(self, q).await
+    }
+
+    /// How many sagas match `q`'s filters and set (its cursor and limit are
+    /// ignored); exactly the number [`Journal::query`] would page through.
+    /// The default pages through `query` ([`crate::index::count_by_paging`]);
+    /// indexed journals count index keys instead.
+    async fn count(&self, q: &SagaQuery) -> Result<u64, JournalError> {
+        crate::index::count_by_paging(self, q).await
+    }
+
+    /// Sagas by state and channel ([`SagaCounts`]), for an overview. The
+    /// default reads and folds every saga ([`crate::index::scan_counts`]);
+    /// an indexed journal answers from its indexes, in time that does not
+    /// grow with the number of finished sagas (see [`SagaCounts::terminal_exact`]).
+    async fn counts(&self) -> Result<SagaCounts, JournalError> {
+        crate::index::scan_counts(self).await
+    }
+
+    /// The sagas in any of `states` updated last, newest first (ties: the
+    /// higher saga id first), at most `limit`: the console's "recent
+    /// failures". The default reads and folds every saga
+    /// ([`crate::index::scan_recent`]); an indexed journal walks its
+    /// update-time index from the newest end and may look no further back
+    /// than a bounded window of the newest updates (sled:
+    /// `RECENT_WINDOW_SAGAS`), so a saga whose last update is older than
+    /// that window is not returned.
+    async fn recent(
+        &self,
+        states: &[SagaStatus],
+        limit: usize,
+    ) -> Result<Vec<SagaId>, JournalError> {
+        crate::index::scan_recent(self, states, limit).await
     }
 
     /// Group commits so far (records per commit, flush latency), for a

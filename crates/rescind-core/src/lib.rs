@@ -65,7 +65,9 @@ pub use ids::{
     AccountId, ChannelName, OrderId, OrderRef, RefundId, SagaId, SagaKind, StockLockId,
     StockLockRef,
 };
-pub use index::{Cursor, IndexChange, QueryError, SagaIndexEntry, SagaPage, SagaQuery, SagaStatus};
+pub use index::{
+    Cursor, IndexChange, QueryError, SagaCounts, SagaIndexEntry, SagaPage, SagaQuery, SagaStatus,
+};
 pub use journal::{CrashPoint, Journal, JournalError, MemoryJournal, SagaSet};
 pub use limits::{LimitError, Limits};
 pub use machine::{

@@ -71,7 +71,9 @@ use committer::{AppendReq, SagaRow, SagaRows};
 use error::backend;
 use pool::Pool;
 use rescind_core::record::{decode, encode};
-use rescind_core::{Entry, Journal, JournalError, SagaId, SagaPage, SagaQuery, SagaSet};
+use rescind_core::{
+    Entry, Journal, JournalError, SagaCounts, SagaId, SagaPage, SagaQuery, SagaSet, SagaStatus,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -556,6 +558,90 @@ impl Journal for PgJournal {
         res
     }
 
+    /// New sagas (records from seq 0) in one statement per call
+    /// (`index::load_new`: multi-row `INSERT`s from `unnest` arrays, the
+    /// same columns as the append statement leaves); unfinished ones are
+    /// leased to this worker under token 1, as their first append would
+    /// have. A saga that exists already refuses the whole call (nothing
+    /// written) with a `SequenceConflict` naming it. Calls with sagas that
+    /// do not start at seq 0 go through `append_batch`, one saga at a time.
+    async fn append_many(&self, sagas: &[(SagaId, Vec<Entry>, bool)]) -> Result<(), JournalError> {
+        if sagas.is_empty() {
+            return Ok(());
+        }
+        if !sagas.iter().all(|(_, e, _)| index::starts_a_saga(e)) {
+            for (saga, entries, finish) in sagas {
+                self.append_batch(*saga, entries, *finish).await?;
+            }
+            return Ok(());
+        }
+        let client = self.shared.client().await?;
+        let ttl_ms = self.shared.cfg.lease_ttl_ms as i64;
+        let leased = index::load_new(&client, &self.shared.cfg.worker_id, ttl_ms, sagas).await?;
+        let mut leases = self.shared.leases();
+        for saga in leased {
+            leases.insert(
+                saga,
+                Lease {
+                    fence: 1,
+                    lost: false,
+                    creating: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// One query for the whole batch (`saga_id = ANY($1)`), each saga's
+    /// result as [`Journal::read`] gives it.
+    async fn read_many(&self, sagas: &[SagaId]) -> Vec<Result<Vec<Entry>, JournalError>> {
+        if sagas.is_empty() {
+            return Vec::new();
+        }
+        let ids: Vec<uuid::Uuid> = sagas.iter().map(|s| s.0).collect();
+        let rows = match self.shared.client().await {
+            Ok(client) => client
+                .query(
+                    "SELECT saga_id, seq, body FROM records WHERE saga_id = ANY($1) ORDER BY saga_id, seq",
+                    &[&ids],
+                )
+                .await
+                .map_err(|e| backend(&format!("reading {} sagas", ids.len()), &e)),
+            Err(e) => Err(e),
+        };
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => return sagas.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let mut by_saga: HashMap<uuid::Uuid, Result<Vec<Entry>, JournalError>> = HashMap::new();
+        for r in &rows {
+            let row: Result<(uuid::Uuid, i64, &[u8]), _> =
+                (|| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))();
+            let (id, seq, body) = match row {
+                Ok(v) => v,
+                Err(e) => {
+                    let e: tokio_postgres::Error = e;
+                    let err = backend("reading sagas", &e);
+                    return sagas.iter().map(|_| Err(err.clone())).collect();
+                }
+            };
+            let slot = by_saga.entry(id).or_insert_with(|| Ok(Vec::new()));
+            if let Ok(v) = slot {
+                match decode(SagaId(id), seq.max(0) as u64, body) {
+                    Ok(e) => v.push(e),
+                    Err(e) => *slot = Err(e),
+                }
+            }
+        }
+        sagas
+            .iter()
+            .map(|s| match by_saga.get(&s.0) {
+                Some(r) => r.clone(),
+                None => Err(JournalError::UnknownSaga(*s)),
+            })
+            .collect()
+    }
+
     async fn read(&self, saga: SagaId) -> Result<Vec<Entry>, JournalError> {
         let client = self.shared.client().await?;
         let rows = client
@@ -638,6 +724,30 @@ impl Journal for PgJournal {
     async fn query(&self, q: &SagaQuery) -> Result<SagaPage, JournalError> {
         let client = self.shared.client().await?;
         index::run_query(&client, q).await
+    }
+
+    /// `count(*)` over the same `WHERE` terms as [`Journal::query`].
+    async fn count(&self, q: &SagaQuery) -> Result<u64, JournalError> {
+        let client = self.shared.client().await?;
+        index::run_count(&client, q).await
+    }
+
+    /// Running and stuck sagas counted exactly; the terminal states counted
+    /// exactly only while the table is small, else the query planner's
+    /// estimate (`index::COUNTS_EXACT_ROWS_MAX`, [`SagaCounts::terminal_exact`]).
+    async fn counts(&self) -> Result<SagaCounts, JournalError> {
+        let client = self.shared.client().await?;
+        index::run_counts(&client).await
+    }
+
+    /// The update-time index (`updated_at_ms, saga_id`) walked backwards.
+    async fn recent(
+        &self,
+        states: &[SagaStatus],
+        limit: usize,
+    ) -> Result<Vec<SagaId>, JournalError> {
+        let client = self.shared.client().await?;
+        index::run_recent(&client, states, limit).await
     }
 
     async fn claim_unfinished(&self) -> Result<Vec<SagaId>, JournalError> {

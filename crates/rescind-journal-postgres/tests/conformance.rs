@@ -89,4 +89,6 @@ checks!(
     query_filters_return_what_the_scan_returns,
     query_pages_visit_each_saga_once,
     query_index_survives_reopen_and_follows_later_appends,
+    append_many_is_as_if_appended_one_by_one,
+    count_counts_and_recent_agree_with_the_query,
 );

@@ -9,7 +9,7 @@
 
 use crate::config::{Durability, SledConfig};
 use crate::keys;
-use rescind_core::{IndexChange, JournalError, SagaId, SagaIndexEntry};
+use rescind_core::{IndexChange, JournalError, SagaId, SagaIndexEntry, SagaStatus};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
@@ -41,6 +41,13 @@ pub(crate) enum Op {
         records: Vec<(u64, u64, Vec<u8>, IndexChange)>,
         finish: bool,
     },
+    /// Many sagas' [`Op::Batch`]es in order, staged in one batch (a bulk
+    /// load): the first refused one stops the rest and is the answer.
+    Many { sagas: Vec<BatchOf> },
+    /// Count the index entries by state and channel into
+    /// [`Counters::states`], if not counted yet; appends keep the counts
+    /// from then on.
+    CountStates,
     /// Store raw bytes as record `seq`, bypassing codec and sequence checks.
     Raw {
         saga: SagaId,
@@ -53,6 +60,12 @@ pub(crate) enum Op {
     /// Finish what is queued before this, then stop.
     Shutdown,
 }
+
+/// One saga's part of [`Op::Many`]: `(saga, records, finish)` as in [`Op::Batch`].
+pub(crate) type BatchOf = (SagaId, Vec<(u64, u64, Vec<u8>, IndexChange)>, bool);
+
+/// Sagas per (state, channel), as the index entries say.
+pub(crate) type StateCounts = HashMap<(SagaStatus, String), i64>;
 
 /// A queued request and where to send its answer.
 pub(crate) struct Request {
@@ -153,6 +166,8 @@ struct BatchState {
     touched: HashSet<SagaId>,
     /// Sagas deleted by compaction in this batch.
     compacted: HashSet<SagaId>,
+    /// What this batch's index writes change in the counts by state and channel.
+    count_deltas: StateCounts,
 }
 
 /// Counts of the committer's work, shared with the journal handle.
@@ -164,6 +179,17 @@ pub(crate) struct Counters {
     pub records: AtomicU64,
     /// Group sizes and flush latencies, for metrics.
     pub groups: rescind_core::metrics::GroupCommitStats,
+    /// Sagas by state and channel, once counted ([`Op::CountStates`]); the
+    /// committer adds each durable batch's changes. `None`: not counted yet
+    /// (or a flush failed).
+    pub states: std::sync::Mutex<Option<StateCounts>>,
+}
+
+impl Counters {
+    pub(crate) fn states(&self) -> std::sync::MutexGuard<'_, Option<StateCounts>> {
+        // Every mutation is a whole-map replace or a merge of deltas.
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 pub(crate) struct Committer {
@@ -280,27 +306,18 @@ impl Committer {
                     saga,
                     records,
                     finish,
-                } => {
+                } => self.stage_batch(&mut writes, &mut now, *saga, records, *finish),
+                Op::Many { sagas } => {
                     let mut r = Ok(0);
-                    for (seq, at_ms, bytes, change) in records {
-                        r = self.stage_append(
-                            &mut writes,
-                            &mut now,
-                            *saga,
-                            *seq,
-                            *at_ms,
-                            bytes,
-                            change,
-                        );
+                    for (saga, records, finish) in sagas {
+                        r = self.stage_batch(&mut writes, &mut now, *saga, records, *finish);
                         if r.is_err() {
                             break;
                         }
                     }
-                    if r.is_ok() && *finish {
-                        r = self.stage_finish(&mut writes, &mut now, *saga);
-                    }
                     r
                 }
+                Op::CountStates => self.count_states(),
                 Op::Raw { saga, seq, bytes } => {
                     self.stage_raw(&mut writes, &mut now, *saga, *seq, bytes)
                 }
@@ -309,7 +326,7 @@ impl Committer {
             };
             match result {
                 Ok(n) => {
-                    dirty |= !matches!(req.op, Op::Shutdown);
+                    dirty |= !matches!(req.op, Op::Shutdown | Op::CountStates);
                     pending.push((req, n));
                 }
                 Err(e) => answer(req, Err(e)),
@@ -330,6 +347,13 @@ impl Committer {
             tracing::error!(path = %self.path.display(), error = %e, "journal flush failed; refusing further writes");
             self.failed = Some(format!("{e}; the journal refuses writes until reopened"));
             self.seqs.clear();
+            *self.counters.states() = None;
+        } else if let Some(counts) = self.counters.states().as_mut() {
+            for (k, d) in now.count_deltas.drain() {
+                let n = counts.entry(k).or_default();
+                *n += d;
+            }
+            counts.retain(|_, n| *n != 0);
         }
         tracing::trace!(records = pending.len(), "group commit");
         if outcome.is_ok() {
@@ -445,6 +469,7 @@ impl Committer {
     /// rewritten. Same batch as the record: all-or-nothing with it.
     fn stage_index(
         writes: &mut sled::Batch,
+        now: &mut BatchState,
         saga: SagaId,
         old: Option<&SagaIndexEntry>,
         new: Option<&SagaIndexEntry>,
@@ -456,6 +481,16 @@ impl Committer {
         }
         for k in new_keys.iter().filter(|k| !old_keys.contains(k)) {
             writes.insert(k.as_slice(), &[][..]);
+        }
+        if let Some(e) = old {
+            *now.count_deltas
+                .entry((e.state, e.channel.clone()))
+                .or_default() -= 1;
+        }
+        if let Some(e) = new {
+            *now.count_deltas
+                .entry((e.state, e.channel.clone()))
+                .or_default() += 1;
         }
         let ekey = keys::index(keys::ENTRY, saga);
         match new {
@@ -499,7 +534,7 @@ impl Committer {
             );
         }
         let index = change.apply(state.index.as_ref());
-        Self::stage_index(writes, saga, state.index.as_ref(), index.as_ref());
+        Self::stage_index(writes, now, saga, state.index.as_ref(), index.as_ref());
         self.remember(
             saga,
             SeqState {
@@ -508,6 +543,49 @@ impl Committer {
                 index,
             },
         );
+        Ok(0)
+    }
+
+    /// Stage one saga's consecutive records, then (with `finish`, and only
+    /// if every record was taken) its finish mark.
+    fn stage_batch(
+        &mut self,
+        writes: &mut sled::Batch,
+        now: &mut BatchState,
+        saga: SagaId,
+        records: &[(u64, u64, Vec<u8>, IndexChange)],
+        finish: bool,
+    ) -> Result<u64, JournalError> {
+        for (seq, at_ms, bytes, change) in records {
+            self.stage_append(writes, now, saga, *seq, *at_ms, bytes, change)?;
+        }
+        if finish {
+            self.stage_finish(writes, now, saga)?;
+        }
+        Ok(0)
+    }
+
+    /// Count the stored index entries by state and channel, unless counted
+    /// already. Reads every entry once (O(sagas)); from then on each durable
+    /// batch adds its changes. The tree does not show this batch's staged
+    /// writes yet, and their changes are added after its flush: counted once.
+    fn count_states(&mut self) -> Result<u64, JournalError> {
+        if self.counters.states().is_some() {
+            return Ok(0);
+        }
+        let mut counts = StateCounts::new();
+        for kv in self.tree.scan_prefix([keys::ENTRY]) {
+            let (k, v) = kv.map_err(|e| self.backend("counting the index", e))?;
+            if keys::saga_of_index(&k).is_none() {
+                continue;
+            }
+            // An entry that does not decode has no index keys either
+            // (`stored_entry` treats it as none): not counted.
+            if let Ok(e) = SagaIndexEntry::decode(&v) {
+                *counts.entry((e.state, e.channel)).or_default() += 1;
+            }
+        }
+        *self.counters.states() = Some(counts);
         Ok(0)
     }
 
@@ -582,7 +660,7 @@ impl Committer {
             // decode (corrupt-record tests) leave the index as it was.
             if let Ok(e) = rescind_core::record::decode(saga, seq, bytes) {
                 index = IndexChange::of(&e).apply(state.index.as_ref());
-                Self::stage_index(writes, saga, state.index.as_ref(), index.as_ref());
+                Self::stage_index(writes, now, saga, state.index.as_ref(), index.as_ref());
             }
         }
         if seq >= state.next {
@@ -627,7 +705,7 @@ impl Committer {
             writes.remove(&fkey[..]);
             // Its index entry and every key derived from it go with it.
             let entry = self.stored_entry(saga)?;
-            Self::stage_index(writes, saga, entry.as_ref(), None);
+            Self::stage_index(writes, now, saga, entry.as_ref(), None);
             // Defensive: a finished saga has no unfinished entry, but a
             // half-written index must not outlive the records it points to.
             writes.remove(&keys::index(keys::UNFINISHED, saga)[..]);

@@ -49,7 +49,8 @@ use async_trait::async_trait;
 use committer::{Op, Request};
 use rescind_core::record::{decode, encode};
 use rescind_core::{
-    Entry, IndexChange, Journal, JournalError, SagaId, SagaPage, SagaQuery, SagaSet,
+    Entry, IndexChange, Journal, JournalError, SagaCounts, SagaId, SagaPage, SagaQuery, SagaSet,
+    SagaStatus,
 };
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -66,6 +67,11 @@ pub const JOURNAL_FORMAT_VERSION: u32 = 2;
 /// Finished sagas deleted per committer request during [`SledJournal::compact`],
 /// so a large compaction never holds up appends for long.
 pub const COMPACT_SAGAS_PER_BATCH: usize = 256;
+
+/// How far back [`Journal::recent`] walks the update-time index: the newest
+/// this many updated sagas. A failed or stuck saga updated before all of
+/// them is not among the recent ones (the console's "recent failures").
+pub const RECENT_WINDOW_SAGAS: usize = 10_000;
 
 /// Counts and sizes of a journal, from [`SledJournal::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -505,6 +511,25 @@ impl Journal for SledJournal {
         .map(drop)
     }
 
+    /// Every saga's records as [`Journal::append_batch`] would stage them,
+    /// all in one request to the committer: one `sled::Batch`, one flush
+    /// (with the other writers' requests queued with it). The first saga
+    /// refused stops the rest; the sagas before it are written.
+    async fn append_many(&self, sagas: &[(SagaId, Vec<Entry>, bool)]) -> Result<(), JournalError> {
+        if sagas.is_empty() {
+            return Ok(());
+        }
+        let mut all = Vec::with_capacity(sagas.len());
+        for (saga, entries, finish) in sagas {
+            let mut records = Vec::with_capacity(entries.len());
+            for e in entries {
+                records.push((e.seq, e.at_ms, self.encoded(*saga, e)?, IndexChange::of(e)));
+            }
+            all.push((*saga, records, *finish));
+        }
+        self.submit(Op::Many { sagas: all }).await.map(drop)
+    }
+
     async fn read(&self, saga: SagaId) -> Result<Vec<Entry>, JournalError> {
         let path = self.path.clone();
         self.blocking("read", move |tree| read_saga(&tree, &path, saga))
@@ -567,5 +592,70 @@ impl Journal for SledJournal {
         let path = self.path.clone();
         self.blocking("query", move |tree| query::run(&tree, &path, &q))
             .await
+    }
+
+    /// State and channel filters alone: from the counts [`Journal::counts`]
+    /// keeps. One other filter alone: its index keys counted, O(matches).
+    /// Anything else: pages through the query.
+    async fn count(&self, q: &SagaQuery) -> Result<u64, JournalError> {
+        let only_state_channel = (q.state.is_some() || q.channel.is_some())
+            && q.order.is_none()
+            && q.account.is_none()
+            && q.kind.is_none()
+            && q.since_ms.is_none()
+            && q.set.is_none();
+        if only_state_channel {
+            let c = self.counts().await?;
+            return Ok(c
+                .by_state_channel
+                .iter()
+                .filter(|((s, ch), _)| {
+                    q.state.is_none_or(|want| want == *s)
+                        && q.channel.as_ref().is_none_or(|want| want == ch)
+                })
+                .map(|(_, n)| n)
+                .sum());
+        }
+        let q = q.clone();
+        let path = self.path.clone();
+        self.blocking("count", move |tree| query::count(&tree, &path, &q))
+            .await
+    }
+
+    /// Exact, from counts the committer keeps by state and channel: the
+    /// first call of a process counts every index entry once (O(sagas), in
+    /// the committer, so writes wait for it); later calls copy the counts,
+    /// which every durable write keeps up to date.
+    async fn counts(&self) -> Result<SagaCounts, JournalError> {
+        if self.counters.states().is_none() {
+            self.submit(Op::CountStates).await?;
+        }
+        let mut out = SagaCounts {
+            terminal_exact: true,
+            ..SagaCounts::default()
+        };
+        let states = self.counters.states();
+        let Some(counts) = states.as_ref() else {
+            return Err(self.backend("the saga counts were dropped by a failed write"));
+        };
+        for ((state, channel), n) in counts {
+            out.add(*state, channel, u64::try_from(*n).unwrap_or(0));
+        }
+        Ok(out)
+    }
+
+    /// From the update-time index, newest first, looking back at most
+    /// [`RECENT_WINDOW_SAGAS`] sagas.
+    async fn recent(
+        &self,
+        states: &[SagaStatus],
+        limit: usize,
+    ) -> Result<Vec<SagaId>, JournalError> {
+        let states = states.to_vec();
+        let path = self.path.clone();
+        self.blocking("recent", move |tree| {
+            query::recent(&tree, &path, &states, limit, RECENT_WINDOW_SAGAS)
+        })
+        .await
     }
 }

@@ -8,7 +8,10 @@
 //! filter the unfinished and finished sets merged.
 
 use crate::keys;
-use rescind_core::{Cursor, JournalError, SagaId, SagaIndexEntry, SagaPage, SagaQuery, SagaSet};
+use rescind_core::index::QUERY_LIMIT_MAX;
+use rescind_core::{
+    Cursor, JournalError, SagaId, SagaIndexEntry, SagaPage, SagaQuery, SagaSet, SagaStatus,
+};
 use std::path::Path;
 
 fn backend(path: &Path, e: impl std::fmt::Display) -> JournalError {
@@ -166,4 +169,92 @@ pub(crate) fn run(tree: &sled::Tree, path: &Path, q: &SagaQuery) -> Result<SagaP
         }
     });
     page_from(tree, path, q, merged, true)
+}
+
+/// How many sagas match `q` (cursor and limit ignored). A query with one
+/// filter that has its own index (order, account, kind, channel, state, or
+/// the set alone) counts that index's keys without reading an entry:
+/// O(matches). Others page through [`run`].
+pub(crate) fn count(tree: &sled::Tree, path: &Path, q: &SagaQuery) -> Result<u64, JournalError> {
+    let filters = [
+        q.order.is_some(),
+        q.account.is_some(),
+        q.state.is_some(),
+        q.kind.is_some(),
+        q.channel.is_some(),
+        q.since_ms.is_some(),
+        q.set.is_some(),
+    ];
+    let single = filters.iter().filter(|f| **f).count() == 1;
+    let prefix: Option<Vec<u8>> = if !single {
+        None
+    } else if let Some((c, o)) = &q.order {
+        Some(keys::order_prefix(c, o))
+    } else if let Some(a) = &q.account {
+        Some(keys::str_prefix(keys::BY_ACCOUNT, a))
+    } else if let Some(s) = q.state {
+        Some(keys::state_prefix(s).to_vec())
+    } else if let Some(k) = &q.kind {
+        Some(keys::str_prefix(keys::BY_KIND, k))
+    } else if let Some(c) = &q.channel {
+        Some(keys::str_prefix(keys::BY_CHANNEL, c))
+    } else {
+        q.set.map(|set| vec![set_prefix(set)])
+    };
+    if let Some(prefix) = prefix {
+        let mut n = 0u64;
+        for id in ids_under(tree, path, prefix, None) {
+            id?;
+            n += 1;
+        }
+        return Ok(n);
+    }
+    let mut q = q.clone();
+    q.cursor = None;
+    q.limit = QUERY_LIMIT_MAX;
+    let mut n = 0u64;
+    loop {
+        let page = run(tree, path, &q)?;
+        n += page.ids.len() as u64;
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => return Ok(n),
+        }
+    }
+}
+
+/// The sagas in `states` updated last, newest first, from the time index
+/// walked back from its newest key, at most `window` keys back.
+pub(crate) fn recent(
+    tree: &sled::Tree,
+    path: &Path,
+    states: &[SagaStatus],
+    limit: usize,
+    window: usize,
+) -> Result<Vec<SagaId>, JournalError> {
+    let mut out = Vec::new();
+    if limit == 0 || states.is_empty() {
+        return Ok(out);
+    }
+    let start = vec![keys::BY_TIME];
+    let end = vec![keys::BY_TIME + 1];
+    for k in tree.range(start..end).keys().rev().take(window) {
+        let k = k.map_err(|e| backend(path, e))?;
+        let Some(saga) = keys::saga_of_tail(&k) else {
+            continue;
+        };
+        let stored = tree
+            .get(keys::index(keys::ENTRY, saga))
+            .map_err(|e| backend(path, e))?;
+        let hit = stored
+            .and_then(|v| SagaIndexEntry::decode(&v).ok())
+            .is_some_and(|e| states.contains(&e.state));
+        if hit {
+            out.push(saga);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
 }
