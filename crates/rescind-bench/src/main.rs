@@ -164,6 +164,14 @@ struct RecoveryArgs {
     /// journal default, 256): shows how much of the RSS is sled's cache.
     #[arg(long)]
     sled_cache_mb: Option<u64>,
+    /// Only these ways of leaving the sagas (comma-separated; default both).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    mode: Vec<recovery::ParkMode>,
+    /// Keep the written journals under this directory (one per mode and
+    /// size) and reuse them on the next run instead of writing them again:
+    /// for repeated measurements and profiling of the recovering child.
+    #[arg(long, value_name = "DIR")]
+    keep_journals: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -229,14 +237,24 @@ async fn run_sagas(a: &SagasArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_recovery(c: &Common, n: Option<u64>, cache_mb: Option<u64>) -> Result<()> {
+async fn run_recovery(
+    c: &Common,
+    n: Option<u64>,
+    cache_mb: Option<u64>,
+    modes: &[recovery::ParkMode],
+    keep: Option<&std::path::Path>,
+) -> Result<()> {
     let n = n.unwrap_or(if c.quick { 20_000 } else { 100_000 });
     if n == 0 {
         return Err(anyhow!("--sagas must be at least 1"));
     }
+    let modes = match modes {
+        [] => &[recovery::ParkMode::InDoubt, recovery::ParkMode::RefundWait][..],
+        some => some,
+    };
     let mut results = Vec::new();
-    for mode in [recovery::ParkMode::InDoubt, recovery::ParkMode::RefundWait] {
-        results.push(recovery::measure(c.dir.as_ref(), mode, n, cache_mb).await?);
+    for mode in modes {
+        results.push(recovery::measure(c.dir.as_ref(), *mode, n, cache_mb, keep).await?);
     }
     std::fs::create_dir_all(&c.out)
         .with_context(|| format!("cannot create {}", c.out.display()))?;
@@ -260,7 +278,14 @@ async fn run(cli: Cli, started: Instant) -> Result<()> {
         }
         Cmd::Recovery(a) => {
             println!("{}", report::machine_markdown());
-            run_recovery(&a.common, a.sagas, a.sled_cache_mb).await
+            run_recovery(
+                &a.common,
+                a.sagas,
+                a.sled_cache_mb,
+                &a.mode,
+                a.keep_journals.as_deref(),
+            )
+            .await
         }
         Cmd::Pg {
             url,
@@ -304,7 +329,7 @@ async fn run(cli: Cli, started: Instant) -> Result<()> {
         Cmd::All(a) => {
             println!("{}", report::machine_markdown());
             run_sagas(&a.sagas).await?;
-            run_recovery(&a.sagas.common, a.recovery_sagas, None).await
+            run_recovery(&a.sagas.common, a.recovery_sagas, None, &[], None).await
         }
     }
 }

@@ -34,6 +34,13 @@ pub enum ParkMode {
 }
 
 impl ParkMode {
+    fn slug(&self) -> &'static str {
+        match self {
+            ParkMode::InDoubt => "in-doubt",
+            ParkMode::RefundWait => "refund-wait",
+        }
+    }
+
     fn label(&self) -> &'static str {
         match self {
             ParkMode::InDoubt => "in-doubt custom step (lookup never answers)",
@@ -187,6 +194,17 @@ pub struct ChildReport {
     pub failed: usize,
     /// Process main() → journal open, ms.
     pub open_ms: f64,
+    /// CPU time (user + system, all threads) of the child when the journal
+    /// was open, ms (10 ms resolution).
+    #[serde(default)]
+    pub open_cpu_ms: f64,
+    /// CPU time of the child when every saga was resumed, ms.
+    #[serde(default)]
+    pub all_resumed_cpu_ms: f64,
+    /// Where `recover()` spent its time (`RecoveryTimings`), ms: claim,
+    /// read (summed, overlapping the rest), read_wait, fold, launch, total.
+    #[serde(default)]
+    pub phases_ms: Phases,
     /// Process main() → `recover()` returned, ms.
     pub recover_returned_ms: f64,
     /// Process main() → every saga observed running (in-doubt: reached its
@@ -229,6 +247,7 @@ pub async fn child(
         .await
         .with_context(|| format!("cannot open the journal in {}", dir.display()))?;
     let t_open = Instant::now();
+    let open_cpu_ms = cpu_ms();
     let exec = Arc::new(ParkExec {
         reached: AtomicUsize::new(0),
     });
@@ -286,6 +305,7 @@ pub async fn child(
             Instant::now()
         }
     };
+    let all_resumed_cpu_ms = cpu_ms();
     // Settle, then measure memory with everything parked.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_in_flight = rss_bytes()?;
@@ -323,6 +343,9 @@ pub async fn child(
         in_doubt: report.in_doubt,
         failed: report.failed.len(),
         open_ms: ms(t_open),
+        open_cpu_ms,
+        all_resumed_cpu_ms,
+        phases_ms: report.timings.into(),
         recover_returned_ms: ms(t_recover),
         all_resumed_ms: ms(t_all),
         report_ms: 0.0,
@@ -338,6 +361,62 @@ pub async fn child(
     println!("{}", serde_json::to_string(&out)?);
     // Exit without tearing 100,000 tasks down.
     std::process::exit(0);
+}
+
+/// `RecoveryTimings` in ms.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Phases {
+    /// Listing the unfinished sagas.
+    pub claim: f64,
+    /// Reading and decoding (summed over batches; overlaps fold and launch).
+    pub read: f64,
+    /// Waiting for a batch being read.
+    pub read_wait: f64,
+    /// Folding.
+    pub fold: f64,
+    /// Reserving, parking, spawning.
+    pub launch: f64,
+    /// Journal writes (finish marks, releases).
+    pub writes: f64,
+    /// The whole `recover()`.
+    pub total: f64,
+}
+
+impl From<rescind_core::RecoveryTimings> for Phases {
+    fn from(t: rescind_core::RecoveryTimings) -> Self {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        Phases {
+            claim: ms(t.claim),
+            read: ms(t.read),
+            read_wait: ms(t.read_wait),
+            fold: ms(t.fold),
+            launch: ms(t.launch),
+            writes: ms(t.writes),
+            total: ms(t.total),
+        }
+    }
+}
+
+/// CPU time of this process so far (user + system, all threads), ms, from
+/// `/proc/self/stat` (Linux; clock ticks taken as 100 Hz, the kernel's
+/// `USER_HZ` on every common architecture). 0 where it cannot be read.
+fn cpu_ms() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (tick(11) + tick(12)) as f64 * 10.0
 }
 
 /// One recovery measurement as the report shows it.
@@ -374,26 +453,50 @@ fn dir_size(p: &Path) -> u64 {
     total
 }
 
-/// Write the journal, spawn the child, collect its report.
+/// Write the journal (or reuse the one kept under `keep`), spawn the child,
+/// collect its report.
 pub async fn measure(
     base: Option<&PathBuf>,
     mode: ParkMode,
     n: u64,
     cache_mb: Option<u64>,
+    keep: Option<&Path>,
 ) -> Result<RecoveryResult> {
     let tmp = match base {
         Some(b) => tempfile::tempdir_in(b),
         None => tempfile::tempdir(),
     }
     .context("cannot create a temp dir")?;
-    let dir = tmp.path().join("journal");
-    let t = Instant::now();
-    write_unfinished(&dir, mode, n).await?;
-    eprintln!(
-        "  wrote {n} unfinished sagas ({}) in {:.1} s",
-        mode.label(),
-        t.elapsed().as_secs_f64()
-    );
+    let dir = match keep {
+        Some(k) => k.join(format!("{}-{n}", mode.slug())),
+        None => tmp.path().join("journal"),
+    };
+    // A kept journal is complete only once its marker exists (a run cut
+    // short while writing leaves none, and the journal is written again).
+    let complete = dir.join("rescind-bench-complete");
+    if complete.is_file() {
+        eprintln!(
+            "  reusing {n} unfinished sagas ({}) in {}",
+            mode.label(),
+            dir.display()
+        );
+    } else {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove the partial journal {}", dir.display()))?;
+        }
+        let t = Instant::now();
+        write_unfinished(&dir, mode, n).await?;
+        eprintln!(
+            "  wrote {n} unfinished sagas ({}) in {:.1} s",
+            mode.label(),
+            t.elapsed().as_secs_f64()
+        );
+        if keep.is_some() {
+            std::fs::write(&complete, b"")
+                .with_context(|| format!("cannot write {}", complete.display()))?;
+        }
+    }
     let journal_bytes = dir_size(&dir);
     let me = std::env::current_exe().context("cannot find this binary's path")?;
     let mut cmd = tokio::process::Command::new(me);
@@ -401,10 +504,7 @@ pub async fn measure(
         .arg("--dir")
         .arg(&dir)
         .arg("--mode")
-        .arg(match mode {
-            ParkMode::InDoubt => "in-doubt",
-            ParkMode::RefundWait => "refund-wait",
-        })
+        .arg(mode.slug())
         .arg("--sagas")
         .arg(n.to_string());
     if let Some(mb) = cache_mb {

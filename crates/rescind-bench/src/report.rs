@@ -188,6 +188,22 @@ pub fn recovery_markdown(rs: &[RecoveryResult]) -> String {
     for r in rs {
         let _ = writeln!(
             s,
+            "\n{}: child CPU time (all threads) {:.0} ms to open, {:.0} ms to all resumed; recover() phases ms: claim {:.0}, read {:.0} (waited for {:.0}), fold {:.0}, launch {:.0}, writes {:.0}, total {:.0}",
+            r.mode,
+            r.child.open_cpu_ms,
+            r.child.all_resumed_cpu_ms,
+            r.child.phases_ms.claim,
+            r.child.phases_ms.read,
+            r.child.phases_ms.read_wait,
+            r.child.phases_ms.fold,
+            r.child.phases_ms.launch,
+            r.child.phases_ms.writes,
+            r.child.phases_ms.total
+        );
+    }
+    for r in rs {
+        let _ = writeln!(
+            s,
             "\n{}: after Engine::kill RSS {:.1} MB ({:.0} bytes/saga given back); reading + folding every saga afterwards (cache warm): one by one {:.0} ms, 64 at a time {:.0} ms",
             r.mode,
             r.child.rss_after_kill as f64 / 1048576.0,

@@ -58,8 +58,8 @@ pub use channel::{
     RefundStatus, ReleaseStock, WithdrawRequest,
 };
 pub use engine::{
-    credentials_account, Engine, EngineBuilder, Error, RecoveryReport, Resolution, Resolved,
-    SagaExit, StepExecutor,
+    credentials_account, Engine, EngineBuilder, Error, RecoveryReport, RecoveryTimings, Resolution,
+    Resolved, SagaExit, StepExecutor,
 };
 pub use ids::{
     AccountId, ChannelName, OrderId, OrderRef, RefundId, SagaId, SagaKind, StockLockId,

@@ -180,6 +180,116 @@ pub struct RecoveryReport {
     /// first write (a shared journal fenced the write): theirs now, not a
     /// failure.
     pub taken_over: usize,
+    /// Where the recovery's time went.
+    pub timings: RecoveryTimings,
+}
+
+/// Where an [`Engine::recover`] spent its time (wall clock). Batches are
+/// read ahead while the previous one is folded, so `read` overlaps `fold`
+/// and `launch`; `read_wait` is the part of reading that was not hidden.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryTimings {
+    /// Listing (or, on a shared journal, claiming) the unfinished sagas.
+    pub claim: Duration,
+    /// Reading and decoding their records ([`Journal::read_many`] calls, summed).
+    pub read: Duration,
+    /// Time the folding loop waited for a batch still being read.
+    pub read_wait: Duration,
+    /// Folding records into saga states.
+    pub fold: Duration,
+    /// Reserving each saga's slot, then parking it (a wait) or spawning its task.
+    pub launch: Duration,
+    /// Marking sagas found finished, releasing stuck ones left alone.
+    pub writes: Duration,
+    /// The whole recovery, claim to the last saga launched.
+    pub total: Duration,
+}
+
+/// How a recovered saga was resumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resumed {
+    /// Parked on its refund wait: no task until its first poll.
+    Parked,
+    /// Its task runs, starting with the lookup of its in-doubt step.
+    InDoubt,
+    /// Its task runs.
+    Running,
+}
+
+/// One batch of sagas read for recovery: the ids, their records (as
+/// [`Journal::read_many`] gave them) and how long the read took.
+type ReadBatch = (
+    Vec<SagaId>,
+    Vec<std::result::Result<Vec<Entry>, JournalError>>,
+    Duration,
+);
+
+/// Reads recovery batches one ahead of the folding loop: on a task of its
+/// own inside a tokio runtime, inline (one batch at a time) outside one.
+enum ReadAhead {
+    Task {
+        rx: tokio::sync::mpsc::Receiver<ReadBatch>,
+        /// Batches not received yet: a reader that stops short (a panic
+        /// inside the journal) must not look like the end of the sagas.
+        left: usize,
+    },
+    Inline {
+        journal: Arc<dyn Journal>,
+        todo: std::vec::IntoIter<Vec<SagaId>>,
+    },
+}
+
+impl ReadAhead {
+    fn start(journal: Arc<dyn Journal>, todo: Vec<SagaId>) -> ReadAhead {
+        let chunks: Vec<Vec<SagaId>> = todo
+            .chunks(RECOVER_BATCH_SAGAS)
+            .map(<[SagaId]>::to_vec)
+            .collect();
+        if tokio::runtime::Handle::try_current().is_err() {
+            return ReadAhead::Inline {
+                journal,
+                todo: chunks.into_iter(),
+            };
+        }
+        // One batch in the channel and one being read: the reader stays a
+        // batch ahead, and stops when the receiver is dropped.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let left = chunks.len();
+        tokio::spawn(async move {
+            for chunk in chunks {
+                let t = std::time::Instant::now();
+                let reads = journal.read_many(&chunk).await;
+                if tx.send((chunk, reads, t.elapsed())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        ReadAhead::Task { rx, left }
+    }
+
+    /// The next batch; `Ok(None)` once every batch was given.
+    async fn next(&mut self) -> std::result::Result<Option<ReadBatch>, JournalError> {
+        match self {
+            ReadAhead::Task { left: 0, .. } => Ok(None),
+            ReadAhead::Task { rx, left } => match rx.recv().await {
+                Some(batch) => {
+                    *left -= 1;
+                    Ok(Some(batch))
+                }
+                None => Err(JournalError::Backend(format!(
+                    "recovery: the journal reader stopped with {left} batches of sagas unread"
+                ))),
+            },
+            ReadAhead::Inline { journal, todo } => {
+                let Some(chunk) = todo.next() else {
+                    return Ok(None);
+                };
+                let t = std::time::Instant::now();
+                let reads = journal.read_many(&chunk).await;
+                Ok(Some((chunk, reads, t.elapsed())))
+            }
+        }
+    }
 }
 
 enum Msg {
@@ -699,8 +809,10 @@ impl Engine {
     }
 
     async fn recover_sagas(&self, leave_stuck: bool) -> Result<RecoveryReport> {
+        let started = std::time::Instant::now();
         let ids = self.inner.journal.claim_unfinished().await?;
         let mut report = RecoveryReport::default();
+        report.timings.claim = started.elapsed();
         let todo: Vec<SagaId> = ids
             .into_iter()
             .filter(|id| {
@@ -709,18 +821,37 @@ impl Engine {
                 !running
             })
             .collect();
-        for chunk in todo.chunks(RECOVER_BATCH_SAGAS) {
-            let reads = self.inner.journal.read_many(chunk).await;
-            for (id, entries) in chunk.iter().zip(reads) {
-                match self.resume_from(*id, entries, leave_stuck).await {
+        // Batches are read ahead by a task of their own (for sled: decoded
+        // on its blocking thread) while this one folds and launches the
+        // previous batch; at most two batches wait in memory.
+        let mut batches = ReadAhead::start(self.inner.journal.clone(), todo);
+        let mut parked_any = false;
+        loop {
+            let waited = std::time::Instant::now();
+            let Some((chunk, reads, read_took)) = batches.next().await? else {
+                break;
+            };
+            report.timings.read_wait += waited.elapsed();
+            report.timings.read += read_took;
+            for (id, entries) in chunk.into_iter().zip(reads) {
+                let resumed = self
+                    .resume_read(id, entries, leave_stuck, true, &mut report.timings)
+                    .await;
+                match resumed {
                     Ok(Some(in_doubt)) => {
                         report.resumed += 1;
-                        report.in_doubt += usize::from(in_doubt);
+                        match in_doubt {
+                            Resumed::Parked => parked_any = true,
+                            Resumed::InDoubt => report.in_doubt += 1,
+                            Resumed::Running => {}
+                        }
                     }
                     Ok(None) => {
                         report.left_stuck += 1;
                         // Another worker may take it when an operator asks.
-                        let _ = self.inner.journal.release(*id).await;
+                        let t = std::time::Instant::now();
+                        let _ = self.inner.journal.release(id).await;
+                        report.timings.writes += t.elapsed();
                     }
                     Err(Error::Journal(JournalError::Crashed)) => {
                         return Err(Error::Journal(JournalError::Crashed))
@@ -733,11 +864,29 @@ impl Engine {
                     }
                     Err(e) => {
                         tracing::warn!(saga = %id, error = %e, "saga not resumed");
-                        report.failed.push((*id, e));
+                        report.failed.push((id, e));
                     }
                 }
             }
+            // Sagas parked quietly: the timer learns of them once per batch.
+            if std::mem::take(&mut parked_any) {
+                self.inner.timers_changed.notify_one();
+            }
         }
+        report.timings.total = started.elapsed();
+        let t = &report.timings;
+        tracing::info!(
+            resumed = report.resumed,
+            in_doubt = report.in_doubt,
+            failed = report.failed.len(),
+            total_ms = t.total.as_millis() as u64,
+            claim_ms = t.claim.as_millis() as u64,
+            read_ms = t.read.as_millis() as u64,
+            read_wait_ms = t.read_wait.as_millis() as u64,
+            fold_ms = t.fold.as_millis() as u64,
+            launch_ms = t.launch.as_millis() as u64,
+            "recovery done"
+        );
         Ok(report)
     }
 
@@ -752,27 +901,56 @@ impl Engine {
 
     async fn resume_one(&self, id: SagaId) -> Result<bool> {
         let entries = self.inner.journal.read(id).await;
-        Ok(self.resume_from(id, entries, false).await?.unwrap_or(false))
+        let mut timings = RecoveryTimings::default();
+        let resumed = self
+            .resume_read(id, entries, false, false, &mut timings)
+            .await?;
+        Ok(matches!(resumed, Some(Resumed::InDoubt)))
     }
 
-    /// Run an unfinished saga again: `Some(in_doubt)`, or `None` when it is
-    /// stuck and `leave_stuck` asked to leave it alone.
-    async fn resume_from(
+    /// Run an unfinished saga again from its records: `Some(how)`, or
+    /// `None` when it is stuck and `leave_stuck` asked to leave it alone. A
+    /// saga found finished but not marked (a crash between the two) is
+    /// marked now and reported as [`Error::AlreadyFinished`]. `quiet`: a
+    /// parked saga does not wake the timer (the caller does, once).
+    async fn resume_read(
         &self,
         id: SagaId,
         entries: std::result::Result<Vec<Entry>, JournalError>,
         leave_stuck: bool,
-    ) -> Result<Option<bool>> {
+        quiet: bool,
+        timings: &mut RecoveryTimings,
+    ) -> Result<Option<Resumed>> {
+        let t = std::time::Instant::now();
         let entries = entries.inspect_err(|e| self.on_journal_error(e))?;
-        let state = SagaState::fold(id, &entries)?;
+        let state = SagaState::fold(id, &entries);
+        drop(entries);
+        let state = state?;
+        let folded = std::time::Instant::now();
+        timings.fold += folded - t;
         if let Some(o) = &state.outcome {
             // Finished but not marked (crash between the two): mark it now.
             self.inner.journal.mark_finished(id).await?;
+            timings.writes += folded.elapsed();
             return Err(Error::AlreadyFinished {
                 saga: id,
                 outcome: o.label().into(),
             });
         }
+        let resumed = self.resume_state(state, leave_stuck, quiet);
+        timings.launch += folded.elapsed();
+        resumed
+    }
+
+    /// Run an unfinished, folded saga again: park it when all it does is
+    /// wait for its refund, else spawn its task. Nothing is awaited.
+    fn resume_state(
+        &self,
+        state: SagaState,
+        leave_stuck: bool,
+        quiet: bool,
+    ) -> Result<Option<Resumed>> {
+        let id = state.id;
         if leave_stuck && state.stuck.is_some() {
             return Ok(None);
         }
@@ -807,12 +985,16 @@ impl Engine {
                     next_poll_at_ms: Some(wake_at_ms),
                     push_scheduled: push,
                 };
-                self.park(id, &slot, wake_at_ms, Parked::Refund(progress));
-                return Ok(Some(false));
+                self.park_as(id, &slot, wake_at_ms, Parked::Refund(progress), quiet);
+                return Ok(Some(Resumed::Parked));
             }
         }
         self.launch(state, def, slot, None);
-        Ok(Some(in_doubt))
+        Ok(Some(if in_doubt {
+            Resumed::InDoubt
+        } else {
+            Resumed::Running
+        }))
     }
 
     /// Ask a saga to abort. Running here: delivered to its task, which

@@ -147,12 +147,19 @@ impl Engine {
     /// The saga waits without a task: its slot stays reserved (so recovery
     /// leaves it alone and `deliver`/`abort` find it), its state is dropped
     /// (everything is durable), and a timer wakes it.
-    pub(super) fn park(
+    pub(super) fn park(&self, id: SagaId, r: &Arc<Running>, wake_at_ms: u64, parked: Parked) {
+        self.park_as(id, r, wake_at_ms, parked, false)
+    }
+
+    /// [`Engine::park`]; `quiet`: do not wake the timer loop (recovery
+    /// parks a batch, then wakes it once).
+    pub(super) fn park_as(
         &self,
         id: SagaId,
         r: &Arc<Running>,
         mut wake_at_ms: u64,
         mut parked: Parked,
+        quiet: bool,
     ) {
         *lock(&r.task) = None;
         // Planned on the push interval, but the push source lapsed while the
@@ -179,7 +186,9 @@ impl Engine {
         }
         lock(&self.inner.timers).insert((wake_at_ms, id));
         self.ensure_timer();
-        self.inner.timers_changed.notify_one();
+        if !quiet {
+            self.inner.timers_changed.notify_one();
+        }
         // News or an abort that arrived while it was parking: wake it now.
         let wake_now = {
             let mail = lock(&r.mailbox);
