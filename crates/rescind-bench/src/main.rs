@@ -20,6 +20,7 @@ mod chart;
 mod custom;
 mod driver;
 mod flow;
+mod grows;
 mod pg;
 mod procs;
 mod query;
@@ -33,6 +34,12 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// mimalloc instead of glibc's allocator: sled allocates and frees a node
+/// copy per insert, and glibc's malloc was a quarter of the journal
+/// committer's time in the profile (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// rescind's end-to-end benchmarks.
 #[derive(Parser)]
@@ -80,6 +87,26 @@ enum Cmd {
         /// PostgreSQL URL; none: sled only.
         #[arg(long, env = "RESCIND_PG_URL")]
         pg_url: Option<String>,
+    },
+    /// The two-step saga on journals already holding N finished sagas
+    /// (retention on, a compaction pass per run), against the first size
+    /// in the same repetition: does the cost grow with the journal?
+    Grows {
+        /// Finished sagas in each journal, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,1000000")]
+        finished: Vec<u64>,
+        /// Sagas in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Measured seconds per row.
+        #[arg(long, default_value_t = 4.0)]
+        secs: f64,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Put the journals under this directory (default: the system temp dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// TOP flow control: unpaid-cancel sagas/s through one app key's limiter on behalf
     /// of 200 accounts vs one account, at the same rate, and their ratio.
@@ -315,6 +342,23 @@ async fn run(cli: Cli, started: Instant) -> Result<()> {
                 sagas,
                 reps,
                 pg_url,
+            })
+            .await
+        }
+        Cmd::Grows {
+            finished,
+            concurrency,
+            secs,
+            reps,
+            dir,
+        } => {
+            println!("{}", report::machine_markdown());
+            grows::run(&grows::GrowsOpts {
+                finished,
+                concurrency,
+                secs,
+                reps,
+                dir,
             })
             .await
         }
