@@ -2,8 +2,12 @@
 //! real simulator, over real HTTP: a small axum receiver verifies the
 //! signature of every delivery; events answered 500 are retried; an event
 //! whose receiver was down when its saga finished survives a `kill -9` of
-//! the worker and is delivered after the restart; `GET /sagas/{id}?wait_ms=`
-//! answers when the saga ends, or at the timeout.
+//! the worker and is delivered after the restart; a `stuck` event lost
+//! between the journal and the outbox (the test hook drops it, then the
+//! worker is killed with SIGKILL) is re-derived from the journal at restart
+//! and delivered under the same id; `/metrics` counts deliveries, retries
+//! and give-ups by event; `GET /sagas/{id}?wait_ms=` answers when the saga
+//! ends, or at the timeout.
 
 mod common;
 
@@ -11,10 +15,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use common::{log_tail, spawn_proc, start_sim_with_faults, Proc};
+use prometheus_parse::{Sample, Scrape, Value as PValue};
 use rescind::simconfig::simulator_channels_toml;
 use rescind_wire::sign::{pandapon_message_signature, Secret};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +37,8 @@ struct Seen {
     bad: Vec<String>,
     /// Answer 500 to the first N attempts of the events of these orders.
     fail_first: HashMap<String, u32>,
+    /// Answer 410 to the events of these orders (the worker gives them up).
+    reject: HashSet<String>,
 }
 
 /// Check `X-Rescind-Signature: t=..,v1=..` independently of the worker's code.
@@ -86,6 +93,9 @@ async fn hook(State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap, body: By
         *a
     };
     let order = v["order_id"].as_str().unwrap_or_default();
+    if s.reject.contains(order) {
+        return StatusCode::GONE;
+    }
     if n <= s.fail_first.get(order).copied().unwrap_or(0) {
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
@@ -114,7 +124,9 @@ struct Rig {
 }
 
 impl Rig {
-    async fn new(hook_port: u16) -> Rig {
+    /// A simulator and a worker (with these extra environment variables)
+    /// sending webhooks to `127.0.0.1:hook_port`.
+    async fn new(hook_port: u16, env: &[(&str, &str)]) -> Rig {
         let dir = tempfile::Builder::new()
             .prefix("rescind-webhooks-")
             .tempdir()
@@ -156,7 +168,7 @@ outbox = "{outbox}"
         );
         std::fs::write(&cfg, text).expect("write config");
         let cfg = cfg.to_string_lossy().into_owned();
-        let (worker, url) = Rig::spawn_worker(dir.path(), &cfg, "worker.log").await;
+        let (worker, url) = Rig::spawn_worker(dir.path(), &cfg, "worker.log", env).await;
         Rig {
             dir,
             sim,
@@ -168,14 +180,16 @@ outbox = "{outbox}"
         }
     }
 
-    async fn spawn_worker(dir: &std::path::Path, cfg: &str, log: &str) -> (Proc, String) {
-        let mut worker = spawn_proc(
-            &["--config", cfg, "-v", "worker"],
-            dir,
-            log,
-            &[("RESCIND_TEST_HOOK_SECRET", HOOK_SECRET)],
-        )
-        .expect("spawn the worker");
+    async fn spawn_worker(
+        dir: &std::path::Path,
+        cfg: &str,
+        log: &str,
+        env: &[(&str, &str)],
+    ) -> (Proc, String) {
+        let mut envs = vec![("RESCIND_TEST_HOOK_SECRET", HOOK_SECRET)];
+        envs.extend_from_slice(env);
+        let mut worker = spawn_proc(&["--config", cfg, "-v", "worker"], dir, log, &envs)
+            .expect("spawn the worker");
         match worker.wait_listening().await {
             Ok((url, _)) => (worker, url),
             Err(e) => panic!(
@@ -228,6 +242,48 @@ outbox = "{outbox}"
         let v = r.json::<Value>().await.unwrap_or_default();
         (status, v, t0.elapsed())
     }
+
+    /// `GET /metrics`, parsed by a Prometheus text parser.
+    async fn scrape(&self) -> (String, Scrape) {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}\n{}", self.logs()));
+        assert_eq!(r.status().as_u16(), 200);
+        let text = r.text().await.expect("body");
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parse");
+        (text, scrape)
+    }
+}
+
+fn number(v: &PValue) -> f64 {
+    match v {
+        PValue::Counter(x) | PValue::Gauge(x) | PValue::Untyped(x) => *x,
+        _ => f64::NAN,
+    }
+}
+
+/// The value of the one sample of `metric` whose labels are exactly these;
+/// a missing series is a failure naming it.
+fn one(s: &Scrape, text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&Sample> = s
+        .samples
+        .iter()
+        .filter(|x| {
+            x.metric == metric
+                && x.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{metric}{labels:?}: expected one series, found {}\n{text}",
+        found.len()
+    );
+    number(&found[0].value)
 }
 
 /// Wait until `cond` holds on what the receiver saw.
@@ -263,7 +319,7 @@ async fn webhooks_are_signed_retried_and_survive_a_kill_9_and_long_poll_answers_
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let mut rig = Rig::new(hook_port).await;
+    let mut rig = Rig::new(hook_port, &[]).await;
     rig.admin(
         "orders",
         json!([
@@ -271,6 +327,7 @@ async fn webhooks_are_signed_retried_and_survive_a_kill_9_and_long_poll_answers_
             {"channel": "tmall-tbc", "order_id": "R1", "status": "WAIT_BUYER_PAY"},
             {"channel": "tmall-tbc", "order_id": "L1", "status": "WAIT_BUYER_PAY"},
             {"channel": "tmall-tbc", "order_id": "S1", "status": "WAIT_BUYER_PAY"},
+            {"channel": "tmall-tbc", "order_id": "G1", "status": "WAIT_BUYER_PAY"},
             {"channel": "damai", "order_id": "LS1", "status": "WAIT_PAY", "stock_lock": "LS1"}
         ]),
     )
@@ -304,11 +361,12 @@ async fn webhooks_are_signed_retried_and_survive_a_kill_9_and_long_poll_answers_
     // worker restarts: K1's event is delivered from the outbox.
     let seen = Arc::new(Mutex::new(Seen::default()));
     seen.lock().unwrap().fail_first.insert("R1".into(), 2);
+    seen.lock().unwrap().reject.insert("G1".into());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", hook_port))
         .await
         .expect("bind the receiver's port again");
     serve_receiver(listener, seen.clone());
-    let (worker, url) = Rig::spawn_worker(rig.dir.path(), &rig.cfg, "worker2.log").await;
+    let (worker, url) = Rig::spawn_worker(rig.dir.path(), &rig.cfg, "worker2.log", &[]).await;
     rig.worker = worker;
     rig.url = url;
     let log2 = rig.worker.log.clone();
@@ -341,6 +399,14 @@ async fn webhooks_are_signed_retried_and_survive_a_kill_9_and_long_poll_answers_
     })
     .await;
     assert_eq!(seen.lock().unwrap().attempts[&event_r1], 3);
+
+    // G1: answered 410, given up at once (one attempt, never delivered).
+    let g1 = rig.start("G1", None).await;
+    let event_g1 = format!("{g1}.finished");
+    until(&seen, "G1's event answered 410", &logs, |s| {
+        s.attempts.contains_key(&event_g1)
+    })
+    .await;
 
     // 4. A stuck saga (the stock release refused) is told as `stuck`, and
     // its long-poll answers when it is stuck.
@@ -400,11 +466,196 @@ async fn webhooks_are_signed_retried_and_survive_a_kill_9_and_long_poll_answers_
             "deliveries that did not verify: {:?}",
             s.bad
         );
-        // Every finish was acknowledged.
+        // Every finish was acknowledged, but G1's (given up after one 410).
         for id in [&k1, &r1, &l1] {
             assert!(s.delivered.contains_key(&format!("{id}.finished")));
         }
+        assert!(!s.delivered.contains_key(&event_g1));
+        assert_eq!(s.attempts[&event_g1], 1, "a 410 is not retried");
     }
+
+    // 7. `/metrics` of the restarted worker, parsed: K1 (from the outbox),
+    // R1 and L1 delivered; R1's two 500s retried; G1 given up as rejected.
+    let (text, m) = rig.scrape().await;
+    let completed = [("event", "completed")];
+    assert_eq!(
+        one(&m, &text, "rescind_webhook_delivered_total", &completed),
+        3.0
+    );
+    assert_eq!(
+        one(&m, &text, "rescind_webhook_retries_total", &completed),
+        2.0
+    );
+    assert_eq!(
+        one(
+            &m,
+            &text,
+            "rescind_webhook_given_up_total",
+            &[("event", "completed"), ("reason", "rejected")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        one(
+            &m,
+            &text,
+            "rescind_webhook_enqueued_total",
+            &[("event", "completed"), ("source", "hook")]
+        ),
+        3.0,
+        "R1, G1 and L1 (K1 was written by the first worker)"
+    );
+    assert!(
+        one(
+            &m,
+            &text,
+            "rescind_webhook_delivered_total",
+            &[("event", "stuck")]
+        ) >= 1.0
+    );
+    assert_eq!(one(&m, &text, "rescind_webhook_pending", &completed), 0.0);
+    assert_eq!(
+        one(
+            &m,
+            &text,
+            "rescind_webhook_delivery_latency_ms_count",
+            &completed
+        ),
+        3.0
+    );
+    assert!(
+        !text.contains(HOOK_SECRET),
+        "the signing secret is not in /metrics"
+    );
+    let _ = rig.worker.terminate(Duration::from_secs(10)).await;
+    let _ = rig.sim.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_event_lost_between_the_journal_and_the_outbox_is_re_derived_after_a_kill_9() {
+    let hook_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    // The test hook drops `stuck` events before the outbox, as a kill in the
+    // instant between the journal's stuck record and the outbox write would.
+    let mut rig = Rig::new(
+        hook_port,
+        &[(rescind::webhooks::TEST_DROP_EVENTS_ENV, "stuck")],
+    )
+    .await;
+    rig.admin(
+        "orders",
+        json!([
+            {"channel": "tmall-tbc", "order_id": "X1", "status": "WAIT_BUYER_PAY"},
+            {"channel": "damai", "order_id": "LX1", "status": "WAIT_PAY", "stock_lock": "LX1"}
+        ]),
+    )
+    .await;
+    rig.admin(
+        "faults",
+        json!({"alibaba.damai.yuntoc.order.cancellockstock": {"permanent": 1.0}}),
+    )
+    .await;
+    let x1 = rig.start("X1", Some("LX1")).await;
+    let (status, v, _) = rig.long_poll(&x1, "10000").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["summary"]["state"], "stuck", "{v:#}");
+    let stuck = v["timeline"]
+        .as_array()
+        .and_then(|t| t.iter().rev().find(|r| r["record"] == "stuck"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no stuck record in {v:#}"));
+    let (seq, at_ms) = (
+        stuck["seq"].as_u64().expect("seq"),
+        stuck["at_ms"].as_u64().expect("at_ms"),
+    );
+    let reason = stuck["detail"]["reason"]
+        .as_str()
+        .expect("reason")
+        .to_owned();
+    // The hook dropped it: the outbox never had it. Then SIGKILL.
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&rig.worker.log)
+        .unwrap_or_default()
+        .contains("event dropped before the outbox")
+    {
+        assert!(
+            t0.elapsed() < WAIT,
+            "the test hook did not drop the stuck event\n{}",
+            rig.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(rig.worker.kill9().await);
+
+    // The receiver comes up; the worker restarts without the hook.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", hook_port))
+        .await
+        .expect("bind the receiver's port");
+    serve_receiver(listener, seen.clone());
+    let (worker, url) = Rig::spawn_worker(rig.dir.path(), &rig.cfg, "worker2.log", &[]).await;
+    rig.worker = worker;
+    rig.url = url;
+    let log2 = rig.worker.log.clone();
+    let logs = move || log_tail(&log2, 40);
+    let stuck_id = format!("{x1}.stuck.{seq}");
+    let unstuck_id = format!("{x1}.unstuck.{seq}");
+    // Reconciled from the journal: the stuck event, exactly as the hook
+    // would have sent it. The restart also resumes the stuck saga: its
+    // `unstuck` names the same stuck record.
+    until(&seen, "X1's stuck event after the kill -9", &logs, |s| {
+        s.delivered.contains_key(&stuck_id) && s.delivered.contains_key(&unstuck_id)
+    })
+    .await;
+    {
+        let s = seen.lock().unwrap();
+        assert!(
+            s.bad.is_empty(),
+            "deliveries that did not verify: {:?}",
+            s.bad
+        );
+        let e = &s.delivered[&stuck_id];
+        assert_eq!(e["event"], "stuck", "{e}");
+        assert_eq!(e["state"], "stuck", "{e}");
+        assert_eq!(e["saga_id"], x1.as_str(), "{e}");
+        assert_eq!(e["order_id"], "X1", "{e}");
+        assert_eq!(e["outcome"], Value::Null, "{e}");
+        assert_eq!(
+            e["at_ms"].as_u64(),
+            Some(at_ms),
+            "the stuck record's time: {e}"
+        );
+        assert_eq!(e["reason"].as_str(), Some(reason.as_str()), "{e}");
+        assert_eq!(s.attempts[&stuck_id], 1, "{:?}", s.attempts);
+    }
+    let (text, m) = rig.scrape().await;
+    assert_eq!(
+        one(
+            &m,
+            &text,
+            "rescind_webhook_enqueued_total",
+            &[("event", "stuck"), ("source", "reconciled")]
+        ),
+        1.0
+    );
+    assert!(
+        one(
+            &m,
+            &text,
+            "rescind_webhook_delivered_total",
+            &[("event", "stuck")]
+        ) >= 1.0
+    );
+    assert!(
+        one(
+            &m,
+            &text,
+            "rescind_webhook_delivered_total",
+            &[("event", "unstuck")]
+        ) >= 1.0
+    );
     let _ = rig.worker.terminate(Duration::from_secs(10)).await;
     let _ = rig.sim.kill9().await;
 }

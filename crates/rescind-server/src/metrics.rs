@@ -107,8 +107,11 @@ pub struct WorkerMetrics {
     listeners: Listeners,
     /// The TMC consumers, by channel.
     tmc: TmcProbes,
+    /// The outcome webhooks' counters, if the worker sends webhooks.
+    webhooks: WebhookCounters,
 }
 
+type WebhookCounters = Arc<Mutex<Option<Arc<crate::webhooks::WebhookStats>>>>;
 type Listeners = Arc<Mutex<Vec<(&'static str, crate::serve::Served)>>>;
 type TmcProbes = Arc<Mutex<Vec<(String, rescind_channel_top::TmcProbe)>>>;
 
@@ -134,6 +137,7 @@ impl Default for WorkerMetrics {
             registry: OnceLock::new(),
             listeners: Arc::default(),
             tmc: Arc::default(),
+            webhooks: Arc::default(),
         }
     }
 }
@@ -196,6 +200,7 @@ impl WorkerMetrics {
                 sources,
                 self.listeners.clone(),
                 self.tmc.clone(),
+                self.webhooks.clone(),
             )));
             r
         });
@@ -215,6 +220,11 @@ impl WorkerMetrics {
         let mut l = self.tmc.lock().unwrap_or_else(|p| p.into_inner());
         l.retain(|(n, _)| n != channel);
         l.push((channel.to_owned(), probe));
+    }
+
+    /// Serve the outcome webhooks' counters (the `rescind_webhook_*` series).
+    pub fn watch_webhooks(&self, stats: Arc<crate::webhooks::WebhookStats>) {
+        *self.webhooks.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
     }
 
     /// The Prometheus text (format 0.0.4) of every series. Before
@@ -328,7 +338,7 @@ impl MetricsSink for WorkerMetrics {
 }
 
 /// The values read at scrape time.
-struct Scraped(Sources, Listeners, TmcProbes);
+struct Scraped(Sources, Listeners, TmcProbes, WebhookCounters);
 
 impl std::fmt::Debug for Scraped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -558,6 +568,10 @@ impl Collector for Scraped {
                 let fam = m.encode_family(&labels)?;
                 ConstGauge::new(i64::from(*live)).encode(fam)?;
             }
+        }
+        let webhooks = self.3.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(w) = webhooks {
+            w.encode(&mut enc)?;
         }
         Ok(())
     }

@@ -12,39 +12,58 @@
 //!    connection errors, timeouts, 5xx, 408 and 429, up to `max_attempts`;
 //!    any other answer that is not 2xx gives the event up (a warning, counted
 //!    in [`WebhookStats::given_up`], and kept in the outbox's `dead` tree).
-//! 4. A kill between the journal's finish and the outbox write would lose the
-//!    hook's call: at start the outbox task reconciles the journal's finished
-//!    set against the sagas it has enqueued (`seen`), and enqueues the
-//!    finished sagas it never saw that finished since it was last alive. Event
-//!    ids are stable (`SAGA.finished`), so a receiver dedupes by
-//!    `X-Rescind-Event-Id`.
+//! 4. A kill between the journal's write and the outbox write would lose the
+//!    hook's call: at start the outbox task reconciles. It asks the
+//!    journal's time index for the sagas updated since the outbox was last
+//!    alive (less [`RECONCILE_MARGIN_MS`]), re-derives their finish, stuck
+//!    and unstuck events from their records ([`journal_events`]), and
+//!    enqueues those the outbox has not already taken. Event ids are
+//!    deterministic (`SAGA.finished`, `SAGA.stuck.SEQ`, `SAGA.unstuck.SEQ`
+//!    with SEQ the journal sequence of the stuck record), so a receiver
+//!    dedupes by `X-Rescind-Event-Id`.
+//!
+//! Counters ([`WebhookStats`]) are served in `/metrics` as the
+//! `rescind_webhook_*` series.
 //!
 //! Signature: `X-Rescind-Signature: t=<unix ms>,v1=<hex HMAC-SHA256(secret,
 //! "<t>.<body>")>`, computed at each attempt ([`signature_header`],
 //! [`verify_signature`]).
 
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::TypedMetric;
 use rescind_core::{
-    Journal, JournalError, SagaChange, SagaId, SagaNotice, SagaObserver, SagaOutcome, SagaSet,
-    SagaState,
+    Entry, Journal, JournalError, Record, SagaChange, SagaId, SagaNotice, SagaObserver,
+    SagaOutcome, SagaQuery, SagaState,
 };
 use rescind_wire::sign::{pandapon_message_signature, signatures_match, Secret};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The events a webhook can carry (`[webhooks] events`).
 pub const EVENTS: [&str; 5] = ["completed", "failed", "aborted", "stuck", "unstuck"];
 
-/// How long before its last sign of life the outbox reconciles finished
-/// sagas at start (the alive mark is written about once a second).
-const RECONCILE_MARGIN_MS: u64 = 10_000;
+/// How long before its last sign of life the outbox reconciles at start: the
+/// events of records written from then on are re-derived from the journal
+/// (the alive mark is written about once a second; the margin also covers
+/// clocks of other workers on a shared journal a little behind this one's).
+pub const RECONCILE_MARGIN_MS: u64 = 10_000;
 /// Deliveries in flight at once.
 const CONCURRENCY: usize = 8;
 /// Sagas read from the journal per batch while reconciling.
 const RECONCILE_BATCH: usize = 256;
+/// The test hook's environment variable: a comma-separated list of events
+/// (`stuck`, `unstuck`, …) the engine hook drops instead of queueing them
+/// for the outbox, as if the worker died between the journal write and the
+/// outbox write. For tests of the reconciliation only; never set it in
+/// production (each dropped event is logged as a warning).
+pub const TEST_DROP_EVENTS_ENV: &str = "RESCIND_WEBHOOKS_TEST_DROP_EVENTS";
 
 /// The `[webhooks]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,8 +206,11 @@ impl WebhooksConfig {
 /// The JSON body of one webhook.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookEvent {
-    /// Stable id: `SAGA.finished` for a finish, `SAGA.stuck.AT_MS` and
-    /// `SAGA.unstuck.AT_MS` otherwise. The same event re-sent keeps its id.
+    /// Deterministic id: `SAGA.finished` for a finish; `SAGA.stuck.SEQ` for
+    /// the stuck record SEQ of the saga's journal and `SAGA.unstuck.SEQ`
+    /// when the saga leaves that stuck record. The same event re-sent or
+    /// re-derived from the journal keeps its id. (`SAGA.stuck.tAT_MS` when
+    /// the journal could not be read to find SEQ.)
     pub event_id: String,
     /// One of [`EVENTS`].
     pub event: String,
@@ -249,15 +271,17 @@ impl WebhookEvent {
                 e.state = "finished".into();
                 e.reason = reason;
             }
+            // Provisional ids: the outbox task replaces them with the
+            // journal's (`SAGA.stuck.SEQ`) before the event is written.
             SagaChange::Stuck { reason } => {
                 e.event = "stuck".into();
-                e.event_id = format!("{}.stuck.{}", n.saga, n.at_ms);
+                e.event_id = format!("{}.stuck.t{}", n.saga, n.at_ms);
                 e.state = "stuck".into();
                 e.reason = Some(reason.to_owned());
             }
             SagaChange::Unstuck => {
                 e.event = "unstuck".into();
-                e.event_id = format!("{}.unstuck.{}", n.saga, n.at_ms);
+                e.event_id = format!("{}.unstuck.t{}", n.saga, n.at_ms);
                 e.state = "running".into();
             }
             _ => return None,
@@ -277,6 +301,107 @@ impl WebhookEvent {
         e.state = "finished".into();
         e.reason = reason;
         Some(e)
+    }
+    fn stuck(state: &SagaState, seq: u64, at_ms: u64, reason: &str) -> WebhookEvent {
+        let mut e = WebhookEvent::base(state.id, &state.input, at_ms);
+        e.event = "stuck".into();
+        e.event_id = format!("{}.stuck.{seq}", state.id);
+        e.state = "stuck".into();
+        e.reason = Some(reason.to_owned());
+        e
+    }
+
+    fn unstuck(state: &SagaState, stuck_seq: u64, at_ms: u64) -> WebhookEvent {
+        let mut e = WebhookEvent::base(state.id, &state.input, at_ms);
+        e.event = "unstuck".into();
+        e.event_id = format!("{}.unstuck.{stuck_seq}", state.id);
+        e.state = "running".into();
+        e
+    }
+}
+
+/// Does this record take a stuck saga out of stuck? (What the journal's
+/// state index counts as running again, and a finish.)
+fn leaves_stuck(r: &Record) -> bool {
+    matches!(
+        r,
+        Record::Intent { .. }
+            | Record::Outcome { .. }
+            | Record::Resolved { .. }
+            | Record::Resumed { .. }
+            | Record::Finished { .. }
+    )
+}
+
+/// The webhook events a saga's records imply, in record order, keeping
+/// those that happened at or after `since_ms`: a `stuck` event per stuck
+/// record (id `SAGA.stuck.SEQ`, at the record's time, with its reason), an
+/// `unstuck` event when a later record leaves it (an intent, an outcome, an
+/// operator's resolution or resume, a finish, or another stuck record — a
+/// restart resumed it in between; id `SAGA.unstuck.SEQ` of the stuck record,
+/// at the time of the record that left it), and the finish. A restart that
+/// resumes a stuck saga writes no record of its own: that `unstuck` is only
+/// told live (with the same id). Empty when the records do not fold.
+pub fn journal_events(saga: SagaId, entries: &[Entry], since_ms: u64) -> Vec<WebhookEvent> {
+    let Ok(state) = SagaState::fold(saga, entries) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut open: Option<u64> = None;
+    for e in entries {
+        let stuck_reason = match &e.record {
+            Record::Stuck { reason } => Some(reason.as_str()),
+            _ => None,
+        };
+        if stuck_reason.is_some() || leaves_stuck(&e.record) {
+            if let Some(seq) = open.take() {
+                if e.at_ms >= since_ms {
+                    out.push(WebhookEvent::unstuck(&state, seq, e.at_ms));
+                }
+            }
+        }
+        if let Some(reason) = stuck_reason {
+            open = Some(e.seq);
+            if e.at_ms >= since_ms {
+                out.push(WebhookEvent::stuck(&state, e.seq, e.at_ms, reason));
+            }
+        }
+    }
+    let last_at = entries.last().map_or(0, |e| e.at_ms);
+    if let Some(f) = WebhookEvent::of_finished(&state, last_at).filter(|f| f.at_ms >= since_ms) {
+        out.push(f);
+    }
+    out
+}
+
+/// The journal's form of a live `stuck` or `unstuck` notice `e` (told at
+/// `e.at_ms`) of a saga whose records are `entries`: the stuck record the
+/// notice is about is the last one written at or before the notice (else the
+/// last one). A `stuck` event takes that record's id, time and reason; an
+/// `unstuck` event its id and, when a record already left it, that record's
+/// time. `None` when the journal has no stuck record for it.
+fn journal_form(e: &WebhookEvent, entries: &[Entry]) -> Option<WebhookEvent> {
+    let derived = journal_events(e.saga_id, entries, 0);
+    let stucks: Vec<&WebhookEvent> = derived.iter().filter(|d| d.event == "stuck").collect();
+    let stuck = stucks
+        .iter()
+        .rev()
+        .find(|d| d.at_ms <= e.at_ms)
+        .or(stucks.last())?;
+    match e.event.as_str() {
+        "stuck" => Some((*stuck).clone()),
+        "unstuck" => {
+            let seq = stuck.event_id.rsplit('.').next()?;
+            let id = format!("{}.unstuck.{seq}", e.saga_id);
+            Some(match derived.iter().find(|d| d.event_id == id) {
+                Some(d) => d.clone(),
+                None => WebhookEvent {
+                    event_id: id,
+                    ..e.clone()
+                },
+            })
+        }
+        _ => None,
     }
 }
 
@@ -317,19 +442,192 @@ pub fn verify_signature(
     signatures_match(expected, v1)
 }
 
-/// Delivery counters since start.
-#[derive(Debug, Default)]
+/// Latency buckets of `rescind_webhook_delivery_latency_ms` (ms, from the
+/// outbox write to the receiver's 2xx).
+pub const DELIVERY_LATENCY_BUCKETS_MS: [f64; 14] = [
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1_000.0,
+    2_500.0,
+    5_000.0,
+    10_000.0,
+    30_000.0,
+    60_000.0,
+    300_000.0,
+    3_600_000.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    event: String,
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GiveUpLabels {
+    event: String,
+    reason: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(DELIVERY_LATENCY_BUCKETS_MS)
+}
+
+/// Why an event was given up (the `reason` label of
+/// `rescind_webhook_given_up_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GiveUpReason {
+    /// The receiver answered a 4xx other than 408/429, or a redirect.
+    Rejected,
+    /// `max_attempts` attempts failed.
+    Exhausted,
+}
+
+impl GiveUpReason {
+    /// `rejected` or `exhausted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GiveUpReason::Rejected => "rejected",
+            GiveUpReason::Exhausted => "exhausted",
+        }
+    }
+}
+
+/// Delivery counters since start, by event (`completed`, `stuck`, …); served
+/// in `/metrics` as the `rescind_webhook_*` series ([`WebhookStats::encode`]).
+#[derive(Debug)]
 pub struct WebhookStats {
-    /// Events written to the outbox.
-    pub enqueued: AtomicU64,
-    /// Events the receiver acknowledged (2xx).
-    pub delivered: AtomicU64,
-    /// Failed attempts that will be retried.
-    pub retried: AtomicU64,
-    /// Events given up (a 4xx other than 408/429, or `max_attempts` spent).
-    pub given_up: AtomicU64,
+    enqueued: Family<SourceLabels, Counter>,
+    delivered: Family<EventLabels, Counter>,
+    retried: Family<EventLabels, Counter>,
+    given_up: Family<GiveUpLabels, Counter>,
+    pending: Family<EventLabels, Gauge>,
+    latency: Family<EventLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for WebhookStats {
+    fn default() -> Self {
+        WebhookStats {
+            enqueued: Family::default(),
+            delivered: Family::default(),
+            retried: Family::default(),
+            given_up: Family::default(),
+            pending: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        }
+    }
+}
+
+fn ev(event: &str) -> EventLabels {
+    EventLabels {
+        event: event.to_owned(),
+    }
+}
+
+impl WebhookStats {
+    /// Events written to the outbox of this `event`, by the engine's hook
+    /// (`source` `hook`) or by the reconciliation at start (`reconciled`).
+    pub fn enqueued(&self, event: &str, source: &str) -> u64 {
+        self.enqueued
+            .get_or_create(&SourceLabels {
+                event: event.to_owned(),
+                source: source.to_owned(),
+            })
+            .get()
+    }
+
+    /// Events of this kind the receiver acknowledged (2xx).
+    pub fn delivered(&self, event: &str) -> u64 {
+        self.delivered.get_or_create(&ev(event)).get()
+    }
+
+    /// Failed attempts that were retried (every attempt after an event's first).
+    pub fn retried(&self, event: &str) -> u64 {
+        self.retried.get_or_create(&ev(event)).get()
+    }
+
+    /// Events given up for `reason`.
+    pub fn given_up(&self, event: &str, reason: GiveUpReason) -> u64 {
+        self.given_up
+            .get_or_create(&GiveUpLabels {
+                event: event.to_owned(),
+                reason: reason.as_str().to_owned(),
+            })
+            .get()
+    }
+
     /// Events waiting in the outbox now.
-    pub pending: AtomicU64,
+    pub fn pending(&self, event: &str) -> i64 {
+        self.pending.get_or_create(&ev(event)).get()
+    }
+
+    fn add_pending(&self, event: &str) {
+        self.pending.get_or_create(&ev(event)).inc();
+    }
+
+    fn remove_pending(&self, event: &str) {
+        self.pending.get_or_create(&ev(event)).dec();
+    }
+
+    /// Write the `rescind_webhook_*` series (for a `prometheus-client`
+    /// collector): `enqueued_total{event, source}`, `delivered_total{event}`,
+    /// `retries_total{event}`, `given_up_total{event, reason}`,
+    /// `pending{event}` (gauge) and `delivery_latency_ms{event}` (histogram).
+    pub fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        fn one<M: EncodeMetric + TypedMetric>(
+            enc: &mut DescriptorEncoder<'_>,
+            name: &str,
+            help: &str,
+            m: &M,
+        ) -> Result<(), std::fmt::Error> {
+            m.encode(enc.encode_descriptor(name, help, None, M::TYPE)?)
+        }
+        one(
+            enc,
+            "rescind_webhook_enqueued",
+            "Webhook events written to the outbox, by event and source (hook: the engine told; reconciled: re-derived from the journal at start)",
+            &self.enqueued,
+        )?;
+        one(
+            enc,
+            "rescind_webhook_delivered",
+            "Webhook events the receiver acknowledged (2xx), by event",
+            &self.delivered,
+        )?;
+        one(
+            enc,
+            "rescind_webhook_retries",
+            "Failed webhook attempts that were retried, by event",
+            &self.retried,
+        )?;
+        one(
+            enc,
+            "rescind_webhook_given_up",
+            "Webhook events given up, by event and reason (rejected: a 4xx other than 408/429 or a redirect; exhausted: max_attempts spent)",
+            &self.given_up,
+        )?;
+        one(
+            enc,
+            "rescind_webhook_pending",
+            "Webhook events waiting in the outbox now, by event",
+            &self.pending,
+        )?;
+        one(
+            enc,
+            "rescind_webhook_delivery_latency_ms",
+            "From the outbox write to the receiver's 2xx, by event",
+            &self.latency,
+        )
+    }
 }
 
 /// Why the webhooks could not start.
@@ -352,12 +650,18 @@ pub enum WebhookError {
 #[derive(Debug)]
 pub struct WebhookObserver {
     events: HashSet<String>,
+    /// Events dropped by the test hook ([`TEST_DROP_EVENTS_ENV`]).
+    drop_for_test: HashSet<String>,
     tx: tokio::sync::mpsc::UnboundedSender<WebhookEvent>,
 }
 
 impl SagaObserver for WebhookObserver {
     fn saga_changed(&self, notice: &SagaNotice<'_>) {
         if let Some(e) = WebhookEvent::of_notice(notice) {
+            if self.drop_for_test.contains(&e.event) {
+                tracing::warn!(event_id = %e.event_id, event = %e.event, "webhooks test hook ({TEST_DROP_EVENTS_ENV}): event dropped before the outbox");
+                return;
+            }
             if self.events.contains(&e.event) {
                 // The outbox task is gone only at shutdown; a finish it
                 // misses then is reconciled at the next start.
@@ -376,14 +680,21 @@ struct Pending {
     event: String,
     attempts: u32,
     due_ms: u64,
+    /// When it was written to the outbox (0 in entries of older builds).
+    #[serde(default)]
+    enqueued_ms: u64,
 }
 
 /// The outbox: sled trees `pending` (event id → [`Pending`]), `seen` (saga
-/// id → nothing: its finish was enqueued), `dead` (given-up events), `meta`.
+/// id → the finish's time: its finish was enqueued), `told` (stuck and
+/// unstuck event id → its time: enqueued), `dead` (given-up events), `meta`
+/// (`alive_ms`). `seen` and `told` are pruned at start of what is older than
+/// the reconciliation window.
 struct Outbox {
     db: sled::Db,
     pending: sled::Tree,
     seen: sled::Tree,
+    told: sled::Tree,
     dead: sled::Tree,
     meta: sled::Tree,
 }
@@ -403,6 +714,7 @@ impl Outbox {
         Ok(Outbox {
             pending: tree("pending")?,
             seen: tree("seen")?,
+            told: tree("told")?,
             dead: tree("dead")?,
             meta: tree("meta")?,
             db,
@@ -422,17 +734,20 @@ impl Outbox {
             .map_err(sled_err)
     }
 
-    /// Write an event (a finish only once per saga). `None`: already there.
+    /// Write an event, once per event id (a finish once per saga). `None`:
+    /// it was already taken.
     fn put(&self, e: &WebhookEvent, now_ms: u64) -> Result<Option<Pending>, String> {
-        if e.state == "finished" {
-            let first = self
-                .seen
-                .insert(seen_key(&e.saga_id).as_bytes(), &[])
-                .map_err(sled_err)?
-                .is_none();
-            if !first {
-                return Ok(None);
-            }
+        let (tree, key) = if e.state == "finished" {
+            (&self.seen, seen_key(&e.saga_id))
+        } else {
+            (&self.told, e.event_id.clone())
+        };
+        let first = tree
+            .insert(key.as_bytes(), &e.at_ms.to_be_bytes())
+            .map_err(sled_err)?
+            .is_none();
+        if !first {
+            return Ok(None);
         }
         let body = serde_json::to_string(e).map_err(|e| e.to_string())?;
         let p = Pending {
@@ -441,6 +756,7 @@ impl Outbox {
             event: e.event.clone(),
             attempts: 0,
             due_ms: now_ms,
+            enqueued_ms: now_ms,
         };
         let v = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
         self.pending
@@ -564,8 +880,19 @@ impl Webhooks {
             .build()
             .map_err(|e| WebhookError::Client(e.to_string()))?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let drop_for_test: HashSet<String> = std::env::var(TEST_DROP_EVENTS_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if !drop_for_test.is_empty() {
+            tracing::warn!(events = ?drop_for_test, "webhooks test hook {TEST_DROP_EVENTS_ENV} is set: these events are dropped before the outbox");
+        }
         let observer = Arc::new(WebhookObserver {
             events: cfg.events.iter().cloned().collect(),
+            drop_for_test,
             tx,
         });
         Ok(Webhooks {
@@ -623,22 +950,40 @@ impl OutboxTask {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         match reconcile(&self.outbox, journal.as_ref(), &self.cfg.events, now_ms()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                events = n,
-                "webhooks: finished sagas the outbox missed were enqueued"
-            ),
+            Ok(r) => {
+                if r.enqueued.is_empty() {
+                    tracing::debug!(
+                        sagas = r.sagas_read,
+                        "webhooks: reconciled with the journal, nothing missed"
+                    );
+                } else {
+                    tracing::info!(
+                        events = r.enqueued.len(),
+                        sagas = r.sagas_read,
+                        "webhooks: events the outbox missed were re-derived from the journal and enqueued"
+                    );
+                }
+                for e in &r.enqueued {
+                    self.stats
+                        .enqueued
+                        .get_or_create(&SourceLabels {
+                            event: e.clone(),
+                            source: "reconciled".into(),
+                        })
+                        .inc();
+                }
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "webhooks: reconciliation with the journal failed; finishes missed before a crash may not be sent")
+                tracing::warn!(error = %e, "webhooks: reconciliation with the journal failed; events missed before a crash may not be sent")
             }
         }
         let mut queue: BTreeSet<(u64, String)> = BTreeSet::new();
         let mut items: HashMap<String, Pending> = HashMap::new();
         for (id, p) in self.outbox.all_pending() {
+            self.stats.add_pending(&p.event);
             queue.insert((p.due_ms, id.clone()));
             items.insert(id, p);
         }
-        self.stats.pending.store(items.len() as u64, Relaxed);
         let mut inflight: tokio::task::JoinSet<(String, Attempt)> = tokio::task::JoinSet::new();
         let mut last_alive = 0u64;
         loop {
@@ -676,7 +1021,7 @@ impl OutboxTask {
                     while let Ok(more) = rx.try_recv() {
                         batch.push(more);
                     }
-                    self.write(batch, &mut queue, &mut items).await;
+                    self.write(journal.as_ref(), batch, &mut queue, &mut items).await;
                 }
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                     if let Ok((id, result)) = done {
@@ -691,18 +1036,55 @@ impl OutboxTask {
         let _ = self.outbox.flush().await;
     }
 
+    /// Give live stuck and unstuck events their journal ids (one read of
+    /// each such saga; they are rare), so that a re-derivation after a crash
+    /// names them the same.
+    async fn journal_ids(&self, journal: &dyn Journal, batch: &mut [WebhookEvent]) {
+        let sagas: Vec<SagaId> = batch
+            .iter()
+            .filter(|e| e.state != "finished")
+            .map(|e| e.saga_id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if sagas.is_empty() {
+            return;
+        }
+        let read: HashMap<SagaId, Result<Vec<Entry>, JournalError>> = sagas
+            .iter()
+            .copied()
+            .zip(journal.read_many(&sagas).await)
+            .collect();
+        for e in batch.iter_mut().filter(|e| e.state != "finished") {
+            let derived = match read.get(&e.saga_id) {
+                Some(Ok(entries)) => journal_form(e, entries),
+                _ => None,
+            };
+            match derived {
+                Some(d) => *e = d,
+                None => {
+                    tracing::warn!(event_id = %e.event_id, "webhooks: the journal does not show this stuck change; sent under its provisional id")
+                }
+            }
+        }
+    }
+
     async fn write(
         &self,
-        batch: Vec<WebhookEvent>,
+        journal: &dyn Journal,
+        mut batch: Vec<WebhookEvent>,
         queue: &mut BTreeSet<(u64, String)>,
         items: &mut HashMap<String, Pending>,
     ) {
+        self.journal_ids(journal, &mut batch).await;
         let now = now_ms();
         let mut added = Vec::new();
         for e in batch {
             match self.outbox.put(&e, now) {
                 Ok(Some(p)) => added.push((e.event_id, p)),
-                Ok(None) => {}
+                Ok(None) => {
+                    tracing::debug!(event_id = %e.event_id, "webhooks: event already in the outbox")
+                }
                 Err(err) => {
                     tracing::warn!(event_id = %e.event_id, error = %err, "webhooks: outbox write failed; the event is sent from memory only")
                 }
@@ -714,11 +1096,17 @@ impl OutboxTask {
             tracing::warn!(error = %err, "webhooks: outbox flush failed");
         }
         for (id, p) in added {
-            self.stats.enqueued.fetch_add(1, Relaxed);
+            self.stats
+                .enqueued
+                .get_or_create(&SourceLabels {
+                    event: p.event.clone(),
+                    source: "hook".into(),
+                })
+                .inc();
+            self.stats.add_pending(&p.event);
             queue.insert((p.due_ms, id.clone()));
             items.insert(id, p);
         }
-        self.stats.pending.store(items.len() as u64, Relaxed);
     }
 
     fn settle(
@@ -732,14 +1120,22 @@ impl OutboxTask {
             return;
         };
         p.attempts = p.attempts.saturating_add(1);
+        let event = ev(&p.event);
         match result {
             Attempt::Delivered => {
-                self.stats.delivered.fetch_add(1, Relaxed);
+                self.stats.remove_pending(&p.event);
+                self.stats.delivered.get_or_create(&event).inc();
+                if p.enqueued_ms > 0 {
+                    self.stats
+                        .latency
+                        .get_or_create(&event)
+                        .observe(now_ms().saturating_sub(p.enqueued_ms) as f64);
+                }
                 tracing::debug!(event_id = %id, attempts = p.attempts, "webhook delivered");
                 let _ = self.outbox.pending.remove(id.as_bytes());
             }
             Attempt::Retry(why) if p.attempts < self.cfg.max_attempts => {
-                self.stats.retried.fetch_add(1, Relaxed);
+                self.stats.retried.get_or_create(&event).inc();
                 let wait = backoff_ms(
                     self.cfg.backoff_initial_ms,
                     self.cfg.backoff_max_ms,
@@ -755,102 +1151,98 @@ impl OutboxTask {
                 items.insert(id, p);
             }
             Attempt::Retry(why) | Attempt::GiveUp(why) => {
-                self.stats.given_up.fetch_add(1, Relaxed);
-                tracing::warn!(event_id = %id, saga = %p.saga, event = %p.event, attempts = p.attempts, %why, "webhook given up");
+                let reason = if p.attempts >= self.cfg.max_attempts && !why.starts_with("HTTP 4") {
+                    GiveUpReason::Exhausted
+                } else {
+                    GiveUpReason::Rejected
+                };
+                self.stats.remove_pending(&p.event);
+                self.stats
+                    .given_up
+                    .get_or_create(&GiveUpLabels {
+                        event: p.event.clone(),
+                        reason: reason.as_str().to_owned(),
+                    })
+                    .inc();
+                tracing::warn!(event_id = %id, saga = %p.saga, event = %p.event, attempts = p.attempts, %why, reason = reason.as_str(), "webhook given up");
                 if let Ok(v) = serde_json::to_vec(&p) {
                     let _ = self.outbox.dead.insert(id.as_bytes(), v);
                 }
                 let _ = self.outbox.pending.remove(id.as_bytes());
             }
         }
-        self.stats.pending.store(items.len() as u64, Relaxed);
     }
 }
 
-/// Enqueue the finish of every saga in the journal's finished set that the
-/// outbox has not seen and that finished since the outbox was last alive
-/// (less a margin); mark the others seen. A new outbox only takes the
-/// finished set as seen. Returns how many events were enqueued.
+/// What a reconciliation did.
+#[derive(Debug, Default)]
+struct Reconciled {
+    /// Sagas read from the journal (those updated in the window).
+    sagas_read: usize,
+    /// The events enqueued (their `event`), in order.
+    enqueued: Vec<String>,
+}
+
+/// Re-derive the events of every saga the journal's time index shows
+/// updated since the outbox was last alive (less [`RECONCILE_MARGIN_MS`])
+/// and enqueue those the outbox has not taken ([`journal_events`]); then
+/// forget `seen`/`told` entries older than the window. A new outbox (no
+/// alive mark) enqueues nothing: enabling webhooks does not replay history.
+/// Costs the sagas updated in the window (pages of the `since` index), not
+/// a read of the journal.
 async fn reconcile(
     outbox: &Outbox,
     journal: &dyn Journal,
     events: &[String],
     now: u64,
-) -> Result<usize, String> {
-    let finished = journal
-        .list(SagaSet::Finished)
-        .await
-        .map_err(|e: JournalError| e.to_string())?;
-    let alive = outbox.meta_u64("alive_ms");
-    let unseen: Vec<SagaId> = finished
-        .iter()
-        .filter(|id| {
-            !outbox
-                .seen
-                .contains_key(seen_key(id).as_bytes())
-                .unwrap_or(false)
-        })
-        .copied()
-        .collect();
-    // Sagas compacted out of the journal need no memory here.
-    let live: HashSet<SagaId> = finished.iter().copied().collect();
-    for (k, _) in outbox.seen.iter().flatten() {
-        let gone = saga_of_key(&k).is_none_or(|id| !live.contains(&id));
-        if gone {
-            let _ = outbox.seen.remove(k);
-        }
-    }
-    let mut enqueued = 0;
-    match alive {
-        None => {
-            for id in &unseen {
-                outbox
-                    .seen
-                    .insert(seen_key(id).as_bytes(), &[])
-                    .map_err(sled_err)?;
-            }
-        }
-        Some(alive) => {
-            let since = alive.saturating_sub(RECONCILE_MARGIN_MS);
-            for chunk in unseen.chunks(RECONCILE_BATCH) {
+) -> Result<Reconciled, String> {
+    let mut done = Reconciled::default();
+    if let Some(alive) = outbox.meta_u64("alive_ms") {
+        let since = alive.saturating_sub(RECONCILE_MARGIN_MS);
+        let mut q = SagaQuery {
+            since_ms: Some(since),
+            limit: rescind_core::index::QUERY_LIMIT_MAX,
+            ..SagaQuery::default()
+        };
+        loop {
+            let page = journal
+                .query(&q)
+                .await
+                .map_err(|e: JournalError| e.to_string())?;
+            for chunk in page.ids.chunks(RECONCILE_BATCH) {
                 for (id, entries) in chunk.iter().zip(journal.read_many(chunk).await) {
-                    let event = entries
-                        .ok()
-                        .and_then(|entries| {
-                            let at = entries.last().map_or(0, |e| e.at_ms);
-                            let state = SagaState::fold(*id, &entries).ok()?;
-                            WebhookEvent::of_finished(&state, at)
-                        })
-                        .filter(|e| e.at_ms >= since && events.contains(&e.event));
-                    match event {
-                        Some(e) => {
-                            if outbox.put(&e, now)?.is_some() {
-                                enqueued += 1;
-                            }
-                        }
-                        None => {
-                            outbox
-                                .seen
-                                .insert(seen_key(id).as_bytes(), &[])
-                                .map_err(sled_err)?;
+                    done.sagas_read += 1;
+                    let Ok(entries) = entries else { continue };
+                    for e in journal_events(*id, &entries, since) {
+                        if events.contains(&e.event) && outbox.put(&e, now)?.is_some() {
+                            done.enqueued.push(e.event);
                         }
                     }
+                }
+            }
+            match page.next_cursor {
+                Some(c) => q.cursor = Some(c),
+                None => break,
+            }
+        }
+        // What is older than this window is never re-derived again.
+        for tree in [&outbox.seen, &outbox.told] {
+            for (k, v) in tree.iter().flatten() {
+                let at = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);
+                if at < since {
+                    let _ = tree.remove(k);
                 }
             }
         }
     }
     outbox.set_meta_u64("alive_ms", now)?;
     outbox.flush().await?;
-    Ok(enqueued)
+    Ok(done)
 }
 
 /// The `seen` key of a saga: its id as text.
 fn seen_key(id: &SagaId) -> String {
     id.to_string()
-}
-
-fn saga_of_key(k: &[u8]) -> Option<SagaId> {
-    std::str::from_utf8(k).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -986,24 +1378,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = MemoryJournal::new();
         let now = now_ms();
-        let old = finished_saga(&j, "old", now - 3_600_000).await;
-        // A new outbox takes what is finished as seen: nothing is sent.
+        let _old = finished_saga(&j, "old", now - 3_600_000).await;
+        let events = cfg(dir.path()).events;
+        // A new outbox does not replay history: nothing is sent.
         {
             let ob = Outbox::open(&cfg(dir.path()).outbox).unwrap();
-            assert_eq!(
-                reconcile(&ob, &j, &cfg(dir.path()).events, now)
-                    .await
-                    .unwrap(),
-                0
-            );
-            assert!(ob.seen.contains_key(seen_key(&old).as_bytes()).unwrap());
+            let r = reconcile(&ob, &j, &events, now).await.unwrap();
+            assert!(r.enqueued.is_empty(), "{r:?}");
         }
         // A saga finished after the outbox's last sign of life, before its
         // hook's call reached the outbox (a kill -9 in between).
         let missed = finished_saga(&j, "missed", now + 5).await;
         let ob = Outbox::open(&cfg(dir.path()).outbox).unwrap();
-        let events = cfg(dir.path()).events;
-        assert_eq!(reconcile(&ob, &j, &events, now + 10).await.unwrap(), 1);
+        let r = reconcile(&ob, &j, &events, now + 10).await.unwrap();
+        assert_eq!(r.enqueued, ["completed"]);
         let pending = ob.all_pending();
         assert_eq!(pending.len(), 1);
         let (id, p) = &pending[0];
@@ -1014,8 +1402,133 @@ mod tests {
             ("completed", "missed", "finished")
         );
         // Twice: nothing more.
-        assert_eq!(reconcile(&ob, &j, &events, now + 20).await.unwrap(), 0);
+        let r = reconcile(&ob, &j, &events, now + 20).await.unwrap();
+        assert!(r.enqueued.is_empty(), "{r:?}");
         // The hook's own call for it now is a duplicate the outbox drops.
         assert!(ob.put(&e, now).unwrap().is_none());
+    }
+
+    fn entry(seq: u64, at_ms: u64, record: Record) -> Entry {
+        Entry { seq, at_ms, record }
+    }
+
+    /// A saga stuck at seq 1 (t+20), resumed at seq 2 (t+30), stuck again
+    /// at seq 3 (t+50).
+    fn stuck_twice(t: u64) -> (SagaId, Vec<Entry>) {
+        let id = SagaId::from_key("stuck-twice");
+        let input = SagaInput::cancel_unpaid(OrderRef::new("tbc", "ST1"));
+        let stuck = |r: &str| Record::Stuck { reason: r.into() };
+        let entries = vec![
+            entry(0, t, Record::Started { input, by: None }),
+            entry(1, t + 20, stuck("first")),
+            entry(2, t + 30, Record::Resumed { by: "op".into() }),
+            entry(3, t + 50, stuck("second")),
+        ];
+        (id, entries)
+    }
+
+    #[test]
+    fn journal_events_derive_stuck_and_unstuck_with_deterministic_ids() {
+        let t = 1_700_000_000_000;
+        let (id, entries) = stuck_twice(t);
+        let got: Vec<(String, String, u64, Option<String>)> = journal_events(id, &entries, 0)
+            .into_iter()
+            .map(|e| (e.event_id, e.state, e.at_ms, e.reason))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    format!("{id}.stuck.1"),
+                    "stuck".into(),
+                    t + 20,
+                    Some("first".into())
+                ),
+                (format!("{id}.unstuck.1"), "running".into(), t + 30, None),
+                (
+                    format!("{id}.stuck.3"),
+                    "stuck".into(),
+                    t + 50,
+                    Some("second".into())
+                ),
+            ]
+        );
+        // Only what happened in the window.
+        let late: Vec<String> = journal_events(id, &entries, t + 25)
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(late, [format!("{id}.unstuck.1"), format!("{id}.stuck.3")]);
+        // A live notice takes the journal's id: the stuck record at or before it.
+        // (`SagaNotice` is built by the engine only: the hook's event by hand.)
+        let base = journal_events(id, &entries, 0).remove(0);
+        let live = |event: &str, at_ms: u64| {
+            let mut e = base.clone();
+            e.event = event.into();
+            e.event_id = format!("{id}.{event}.t{at_ms}");
+            e.at_ms = at_ms;
+            if event == "unstuck" {
+                e.state = "running".into();
+                e.reason = None;
+            }
+            e
+        };
+        let s1 = journal_form(&live("stuck", t + 21), &entries).unwrap();
+        assert_eq!(s1.event_id, format!("{id}.stuck.1"));
+        assert_eq!(
+            s1,
+            journal_events(id, &entries, 0)[0],
+            "the same body as re-derived"
+        );
+        let u1 = journal_form(&live("unstuck", t + 31), &entries).unwrap();
+        assert_eq!(
+            (u1.event_id.as_str(), u1.at_ms),
+            (format!("{id}.unstuck.1").as_str(), t + 30)
+        );
+        // A restart resuming the second stuck: no record left it yet.
+        let u2 = journal_form(&live("unstuck", t + 90), &entries).unwrap();
+        assert_eq!(
+            (u2.event_id.as_str(), u2.at_ms),
+            (format!("{id}.unstuck.3").as_str(), t + 90)
+        );
+    }
+
+    #[tokio::test]
+    async fn reconcile_re_derives_a_stuck_event_the_hook_missed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = MemoryJournal::new();
+        let events = cfg(dir.path()).events;
+        let now = now_ms();
+        let ob = Outbox::open(&cfg(dir.path()).outbox).unwrap();
+        assert!(reconcile(&ob, &j, &events, now)
+            .await
+            .unwrap()
+            .enqueued
+            .is_empty());
+        // The hook told the first stuck (it is in the outbox); the worker
+        // died before the outbox heard of the resume and the second stuck.
+        let (id, entries) = stuck_twice(now + 100);
+        j.append_batch(id, &entries, false).await.unwrap();
+        let told = journal_events(id, &entries, 0).remove(0);
+        assert!(ob.put(&told, now).unwrap().is_some());
+        let r = reconcile(&ob, &j, &events, now + 200).await.unwrap();
+        assert_eq!(r.enqueued, ["unstuck", "stuck"]);
+        let ids: BTreeSet<String> = ob.all_pending().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            ids,
+            [
+                format!("{id}.stuck.1"),
+                format!("{id}.unstuck.1"),
+                format!("{id}.stuck.3")
+            ]
+            .into_iter()
+            .collect()
+        );
+        // Again: nothing new; and only the configured events.
+        assert!(reconcile(&ob, &j, &events, now + 300)
+            .await
+            .unwrap()
+            .enqueued
+            .is_empty());
     }
 }

@@ -813,6 +813,7 @@ pub async fn start_worker(
         .metrics(metrics.clone());
     if let Some(w) = &webhooks {
         builder = builder.observer(w.observer());
+        metrics.watch_webhooks(w.stats());
     }
     let engine = builder.build();
     // On a shared journal, news for a saga another worker runs is left for it.
