@@ -258,6 +258,19 @@ outbox = "{outbox}"
     }
 }
 
+/// Wait until the worker's log contains `needle`; fail with `what` and the
+/// log's tail after [`WAIT`].
+async fn wait_for_log(rig: &Rig, needle: &str, what: &str) {
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&rig.worker.log)
+        .unwrap_or_default()
+        .contains(needle)
+    {
+        assert!(t0.elapsed() < WAIT, "{what} ({needle})\n{}", rig.logs());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 fn number(v: &PValue) -> f64 {
     match v {
         PValue::Counter(x) | PValue::Gauge(x) | PValue::Untyped(x) => *x,
@@ -343,18 +356,7 @@ async fn webhooks_are_signed_retried_and_survive_a_kill_9_and_long_poll_answers_
     // Its event is in the outbox once an attempt failed (the outbox is
     // flushed before the first attempt); then the worker dies by SIGKILL.
     let event_k1 = format!("{k1}.finished");
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&rig.worker.log)
-        .unwrap_or_default()
-        .contains(&event_k1)
-    {
-        assert!(
-            t0.elapsed() < WAIT,
-            "no delivery attempt of {event_k1}\n{}",
-            rig.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_for_log(&rig, &event_k1, "no delivery attempt of the finished event").await;
     assert!(rig.worker.kill9().await);
 
     // 2. The receiver comes up (R1's events answered 500 twice first) and the
@@ -575,18 +577,12 @@ async fn a_stuck_event_lost_between_the_journal_and_the_outbox_is_re_derived_aft
         .expect("reason")
         .to_owned();
     // The hook dropped it: the outbox never had it. Then SIGKILL.
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&rig.worker.log)
-        .unwrap_or_default()
-        .contains("event dropped before the outbox")
-    {
-        assert!(
-            t0.elapsed() < WAIT,
-            "the test hook did not drop the stuck event\n{}",
-            rig.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_for_log(
+        &rig,
+        "event dropped before the outbox",
+        "the test hook did not drop the stuck event",
+    )
+    .await;
     assert!(rig.worker.kill9().await);
 
     // The receiver comes up; the worker restarts without the hook.

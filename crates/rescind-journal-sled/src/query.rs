@@ -103,9 +103,10 @@ fn page_from(
     Ok(SagaPage::from_gathered(out, limit))
 }
 
-/// Answer `q` from the indexes.
-pub(crate) fn run(tree: &sled::Tree, path: &Path, q: &SagaQuery) -> Result<SagaPage, JournalError> {
-    let driving: Option<Vec<u8>> = if let Some((c, o)) = &q.order {
+/// The key prefix of the index that drives `q`: the most selective filter
+/// that has its own index (order, account, state, kind, then channel).
+fn driving_prefix(q: &SagaQuery) -> Option<Vec<u8>> {
+    if let Some((c, o)) = &q.order {
         Some(keys::order_prefix(c, o))
     } else if let Some(a) = &q.account {
         Some(keys::str_prefix(keys::BY_ACCOUNT, a))
@@ -117,7 +118,12 @@ pub(crate) fn run(tree: &sled::Tree, path: &Path, q: &SagaQuery) -> Result<SagaP
         q.channel
             .as_ref()
             .map(|c| keys::str_prefix(keys::BY_CHANNEL, c))
-    };
+    }
+}
+
+/// Answer `q` from the indexes.
+pub(crate) fn run(tree: &sled::Tree, path: &Path, q: &SagaQuery) -> Result<SagaPage, JournalError> {
+    let driving = driving_prefix(q);
     if let Some(prefix) = driving {
         let ids = ids_under(tree, path, prefix, q.cursor);
         return page_from(tree, path, q, ids, false);
@@ -188,18 +194,8 @@ pub(crate) fn count(tree: &sled::Tree, path: &Path, q: &SagaQuery) -> Result<u64
     let single = filters.iter().filter(|f| **f).count() == 1;
     let prefix: Option<Vec<u8>> = if !single {
         None
-    } else if let Some((c, o)) = &q.order {
-        Some(keys::order_prefix(c, o))
-    } else if let Some(a) = &q.account {
-        Some(keys::str_prefix(keys::BY_ACCOUNT, a))
-    } else if let Some(s) = q.state {
-        Some(keys::state_prefix(s).to_vec())
-    } else if let Some(k) = &q.kind {
-        Some(keys::str_prefix(keys::BY_KIND, k))
-    } else if let Some(c) = &q.channel {
-        Some(keys::str_prefix(keys::BY_CHANNEL, c))
     } else {
-        q.set.map(|set| vec![set_prefix(set)])
+        driving_prefix(q).or_else(|| q.set.map(|set| vec![set_prefix(set)]))
     };
     if let Some(prefix) = prefix {
         let mut n = 0u64;
